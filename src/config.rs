@@ -1,0 +1,274 @@
+//! The configuration file: raw TOML is parsed strictly (unknown keys are errors that name the
+//! key and its line), then validated into [`Config`], the type the rest of ccx uses.
+//!
+//! Every value has a default, so an empty file (or no file at all) is a working configuration
+//! that listens on loopback only.
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Environment variable that supplies the auth token; it overrides the file's token.
+pub const TOKEN_ENV: &str = "CCX_TOKEN";
+
+/// Variables handed from the server's environment to children by default. Everything else —
+/// credentials in particular — stays with the server unless the config asks for it.
+pub const DEFAULT_PASS_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TERM", "TZ", "TMPDIR",
+    "SHELL",
+];
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    execution: RawExecution,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_sessions: Option<usize>,
+    max_frame_bytes: Option<usize>,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    allowed_origins: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExecution {
+    shell: Option<String>,
+    default_timeout: Option<f64>,
+    max_timeout: Option<f64>,
+    kill_grace: Option<f64>,
+    max_queue: Option<usize>,
+    pass_env: Option<Vec<String>>,
+    env: Option<BTreeMap<String, String>>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The file this was read from, if any.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub execution: ExecConfig,
+}
+
+/// `[server]`: how clients reach ccx.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Concurrent WebSocket sessions; one more is refused with `-32003`.
+    pub max_sessions: usize,
+    /// Largest request frame accepted; a larger one gets an error reply.
+    pub max_frame_bytes: usize,
+    /// Shared secret clients must present; `None` allows loopback listening only.
+    pub token: Option<String>,
+    /// `Origin` header values accepted from browsers; any other Origin is refused.
+    pub allowed_origins: Vec<String>,
+}
+
+/// `[execution]`: how commands run.
+#[derive(Debug, Clone)]
+pub struct ExecConfig {
+    pub shell: String,
+    /// Applied when a request sets no timeout.
+    pub default_timeout: Duration,
+    /// A request asking for more is refused.
+    pub max_timeout: Duration,
+    /// Time between SIGTERM and SIGKILL on cancel, timeout and shutdown.
+    pub kill_grace: Duration,
+    /// Jobs waiting behind the running one, per connection.
+    pub max_queue: usize,
+    /// Names of server environment variables passed to children; `*` passes all.
+    pub pass_env: Vec<String>,
+    /// Variables set for every child (a request's own `env` goes on top).
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8003)),
+            max_sessions: 100,
+            max_frame_bytes: 1 << 20,
+            token: None,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl Default for ExecConfig {
+    fn default() -> Self {
+        ExecConfig {
+            shell: "/bin/sh".into(),
+            default_timeout: Duration::from_secs(3600),
+            max_timeout: Duration::from_secs(24 * 3600),
+            kill_grace: Duration::from_secs(2),
+            max_queue: 16,
+            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file. The error names the file, the key and the line.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Config::parse(&text, Some(path))
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses and validates config text; relative paths are taken from `path`'s directory.
+    pub fn parse(text: &str, path: Option<&Path>) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text)?;
+        let base = path
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut cfg = Config {
+            source: path.map(|p| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())),
+            ..Config::default()
+        };
+        let s = raw.server;
+        if let Some(listen) = s.listen {
+            cfg.server.listen = listen.parse().with_context(|| {
+                format!("server.listen: `{listen}` is not an address like 127.0.0.1:8003")
+            })?;
+        }
+        if let Some(n) = s.max_sessions {
+            cfg.server.max_sessions = positive("server.max_sessions", n)?;
+        }
+        if let Some(n) = s.max_frame_bytes {
+            if n < 1024 {
+                bail!("server.max_frame_bytes must be at least 1024, got {n}");
+            }
+            cfg.server.max_frame_bytes = n;
+        }
+        cfg.server.token = match (s.token, s.token_file) {
+            (Some(_), Some(_)) => bail!("server.token and server.token_file are both set; use one"),
+            (Some(t), None) => Some(t),
+            (None, Some(file)) => {
+                let file = base.join(file);
+                let t = std::fs::read_to_string(&file).with_context(|| {
+                    format!("server.token_file: cannot read {}", file.display())
+                })?;
+                Some(t.trim().to_string())
+            }
+            (None, None) => None,
+        };
+        if cfg.server.token.as_deref() == Some("") {
+            bail!("server.token is empty");
+        }
+        if let Some(origins) = s.allowed_origins {
+            cfg.server.allowed_origins = origins;
+        }
+
+        let e = raw.execution;
+        if let Some(shell) = e.shell {
+            if shell.is_empty() {
+                bail!("execution.shell is empty");
+            }
+            cfg.execution.shell = shell;
+        }
+        if let Some(t) = e.default_timeout {
+            cfg.execution.default_timeout = seconds("execution.default_timeout", t)?;
+        }
+        if let Some(t) = e.max_timeout {
+            cfg.execution.max_timeout = seconds("execution.max_timeout", t)?;
+        }
+        if cfg.execution.default_timeout > cfg.execution.max_timeout {
+            bail!(
+                "execution.default_timeout ({} s) is larger than execution.max_timeout ({} s)",
+                cfg.execution.default_timeout.as_secs_f64(),
+                cfg.execution.max_timeout.as_secs_f64()
+            );
+        }
+        if let Some(t) = e.kill_grace {
+            cfg.execution.kill_grace = seconds("execution.kill_grace", t)?;
+        }
+        if let Some(n) = e.max_queue {
+            cfg.execution.max_queue = n;
+        }
+        if let Some(list) = e.pass_env {
+            cfg.execution.pass_env = list;
+        }
+        if let Some(env) = e.env {
+            if let Some(k) = env.keys().find(|k| !valid_env_name(k)) {
+                bail!("execution.env: `{k}` is not a valid variable name");
+            }
+            cfg.execution.env = env;
+        }
+        Ok(cfg)
+    }
+
+    /// Resolves the token from `CCX_TOKEN`, which overrides the file.
+    pub fn apply_token_env(&mut self) {
+        if let Ok(t) = std::env::var(TOKEN_ENV) {
+            let t = t.trim();
+            if !t.is_empty() {
+                self.server.token = Some(t.to_string());
+            }
+        }
+    }
+}
+
+/// A valid environment variable name for a child: non-empty, no `=`, no NUL.
+pub fn valid_env_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=') && !name.contains('\0')
+}
+
+fn positive(key: &str, n: usize) -> Result<usize> {
+    if n == 0 {
+        bail!("{key} must be at least 1");
+    }
+    Ok(n)
+}
+
+fn seconds(key: &str, s: f64) -> Result<Duration> {
+    if !s.is_finite() || s <= 0.0 || s > 1e9 {
+        bail!("{key} must be a positive number of seconds, got {s}");
+    }
+    Ok(Duration::from_secs_f64(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8003");
+        assert_eq!(c.execution.max_queue, 16);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("[server]\nlisen = \"x\"\n", None).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("lisen"), "{msg}");
+        let err = Config::parse("[executon]\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("executon"));
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let err = Config::parse("[execution]\nkill_grace = -1\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("execution.kill_grace"));
+        let err = Config::parse("[server]\nlisten = \"nowhere\"\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("server.listen"));
+        let err = Config::parse("[server]\nmax_sessions = \"ten\"\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("max_sessions"));
+    }
+}

@@ -1,0 +1,407 @@
+//! Child processes: `<shell> -c <command>` in its own process group, both pipes read as bytes
+//! into chunks with a `seq`, signals to the whole group, a wall-clock timeout with
+//! TERM → grace → KILL, and reaping. A job reports into a session's event channel and never
+//! touches a socket.
+//!
+//! Backpressure: a chunk is read only once the previous one has a place in the channel, so a
+//! slow reader fills the pipe and the child waits in `write(2)`; memory stays bounded at one
+//! chunk per job. The loop keeps serving timeouts and control messages while it waits.
+
+use crate::events::{Event, JobId, JobStatus, Stream};
+use crate::protocol::ControlType;
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+
+/// Largest piece of output read (and so sent) at once.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Pipe capacity asked of the kernel: fewer wake-ups per megabyte on big outputs.
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct ProcessSpec {
+    pub shell: String,
+    pub command: String,
+    pub cwd: Option<PathBuf>,
+    /// The child's complete environment.
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    /// How many trailing bytes of each stream to keep for post-hooks.
+    pub tail_bytes: usize,
+}
+
+/// A control request for a running job; the reply says whether it applied.
+pub struct Control {
+    pub kind: ControlType,
+    pub reply: oneshot::Sender<Result<(), String>>,
+}
+
+/// How a process ended, with the facts post-hooks and the terminal event need.
+#[derive(Debug, Clone)]
+pub struct ProcessOutcome {
+    pub status: JobStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub duration: Duration,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    pub stdout_tail: Vec<u8>,
+    pub stderr_tail: Vec<u8>,
+}
+
+/// A spawned process that has not been driven yet.
+pub struct Process {
+    child: Child,
+    pub pid: u32,
+    pub pgid: i32,
+    started: Instant,
+    timeout: Duration,
+    kill_grace: Duration,
+    tail_bytes: usize,
+}
+
+/// Starts `spec` in a new process group with stdin from `/dev/null`.
+pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
+    let mut cmd = Command::new(&spec.shell);
+    cmd.arg("-c")
+        .arg(&spec.command)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own group so signals reach grandchildren; `process_group` keeps std's posix_spawn path.
+        .process_group(0)
+        .kill_on_drop(false);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    let child = cmd.spawn()?;
+    let pid = child
+        .id()
+        .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
+    for fd in [
+        child.stdout.as_ref().map(|p| p.as_raw_fd()),
+        child.stderr.as_ref().map(|p| p.as_raw_fd()),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        // SAFETY: fcntl on a pipe descriptor we own; failure only means a smaller pipe.
+        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
+    }
+    Ok(Process {
+        child,
+        pid,
+        pgid: pid as i32,
+        started: Instant::now(),
+        timeout: spec.timeout,
+        kill_grace: spec.kill_grace,
+        tail_bytes: spec.tail_bytes,
+    })
+}
+
+/// Sends `sig` to every process in the group.
+pub fn signal_group(pgid: i32, sig: libc::c_int) {
+    // SAFETY: killpg has no memory effects; an ESRCH (group gone) is expected and ignored.
+    unsafe { libc::killpg(pgid, sig) };
+}
+
+/// One output pipe and what has been read from it.
+struct Pipe<R> {
+    reader: Option<R>,
+    /// Bytes of an incomplete UTF-8 character held back for the next chunk.
+    carry: Vec<u8>,
+    bytes: u64,
+    tail: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
+    fn new(reader: Option<R>) -> Self {
+        Pipe {
+            reader,
+            carry: Vec::new(),
+            bytes: 0,
+            tail: Vec::new(),
+            buf: vec![0; CHUNK_BYTES],
+        }
+    }
+
+    async fn read(&mut self) -> io::Result<usize> {
+        match self.reader.as_mut() {
+            Some(r) => r.read(&mut self.buf).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Accounts for `n` fresh bytes (0 = end of stream) and returns the text to send.
+    fn take(&mut self, n: usize, tail_cap: usize) -> Option<String> {
+        let at_eof = n == 0;
+        if at_eof {
+            self.reader = None;
+        }
+        let fresh = &self.buf[..n];
+        self.bytes += n as u64;
+        if tail_cap > 0 {
+            self.tail
+                .extend_from_slice(&fresh[fresh.len().saturating_sub(tail_cap)..]);
+            if self.tail.len() > 2 * tail_cap {
+                self.tail.drain(..self.tail.len() - tail_cap);
+            }
+        }
+        let text = if self.carry.is_empty() {
+            let (text, used) = decode_utf8(fresh, at_eof);
+            self.carry.extend_from_slice(&fresh[used..]);
+            text
+        } else {
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(fresh);
+            let (text, used) = decode_utf8(&joined, at_eof);
+            self.carry = joined[used..].to_vec();
+            text
+        };
+        (!text.is_empty()).then_some(text)
+    }
+
+    fn tail(&self, cap: usize) -> Vec<u8> {
+        self.tail[self.tail.len().saturating_sub(cap)..].to_vec()
+    }
+}
+
+/// Decodes as much of `bytes` as forms complete characters; invalid bytes become U+FFFD.
+/// Returns the text and how many bytes it used: an incomplete character at the end is left
+/// for the next read unless `at_eof`.
+pub fn decode_utf8(bytes: &[u8], at_eof: bool) -> (String, usize) {
+    let mut out = String::with_capacity(bytes.len());
+    let mut rest = bytes;
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(s) => {
+                out.push_str(s);
+                return (out, bytes.len());
+            }
+            Err(e) => {
+                let (valid, after) = rest.split_at(e.valid_up_to());
+                // SAFETY: from_utf8 vouched for the first valid_up_to bytes.
+                out.push_str(unsafe { std::str::from_utf8_unchecked(valid) });
+                match e.error_len() {
+                    Some(bad) => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        rest = &after[bad..];
+                    }
+                    None if at_eof => {
+                        out.push(char::REPLACEMENT_CHARACTER);
+                        return (out, bytes.len());
+                    }
+                    None => return (out, bytes.len() - after.len()),
+                }
+            }
+        }
+    }
+}
+
+/// Why the job is being ended by ccx, if it is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    TimedOut,
+    Canceled,
+}
+
+impl Process {
+    /// Drives the process to its end: streams output into `events`, obeys `ctrl`, enforces the
+    /// timeout, and reaps. Returns once the process is reaped and its pipes are drained (or,
+    /// if something outside the group holds them open, a grace period after the exit).
+    pub async fn run(
+        mut self,
+        job_id: JobId,
+        events: mpsc::Sender<Event>,
+        mut ctrl: mpsc::Receiver<Control>,
+    ) -> ProcessOutcome {
+        let mut out = Pipe::new(self.child.stdout.take());
+        let mut err = Pipe::new(self.child.stderr.take());
+        let tail_cap = self.tail_bytes;
+        let pgid = self.pgid;
+        let deadline = self.started + self.timeout;
+        let mut seq: u64 = 0;
+        // Events waiting for room in the channel; reading pauses while any wait.
+        let mut pending: VecDeque<Event> = VecDeque::new();
+        // Once the receiver is gone, output is read and dropped so the child never blocks.
+        let mut sink_open = true;
+        let mut ending: Option<Ending> = None;
+        let mut kill_at: Option<Instant> = None;
+        let mut exited: Option<ExitStatus> = None;
+        let mut drain_until: Option<Instant> = None;
+        let mut ctrl_open = true;
+
+        loop {
+            if exited.is_some() && out.reader.is_none() && err.reader.is_none() {
+                break;
+            }
+            let can_read = pending.is_empty();
+            tokio::select! {
+                permit = events.reserve(), if !pending.is_empty() => match permit {
+                    Ok(permit) => permit.send(pending.pop_front().expect("checked non-empty")),
+                    Err(_) => {
+                        sink_open = false;
+                        pending.clear();
+                    }
+                },
+                r = out.read(), if can_read && out.reader.is_some() => {
+                    let n = r.unwrap_or(0);
+                    extend_drain(&mut drain_until, n, self.kill_grace);
+                    if let Some(data) = out.take(n, tail_cap) {
+                        push_output(&mut pending, sink_open, &job_id, Stream::Stdout, data, &mut seq);
+                    }
+                }
+                r = err.read(), if can_read && err.reader.is_some() => {
+                    let n = r.unwrap_or(0);
+                    extend_drain(&mut drain_until, n, self.kill_grace);
+                    if let Some(data) = err.take(n, tail_cap) {
+                        push_output(&mut pending, sink_open, &job_id, Stream::Stderr, data, &mut seq);
+                    }
+                }
+                status = self.child.wait(), if exited.is_none() => {
+                    exited = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                    // Background processes the command left behind would hold the pipes open
+                    // and keep running after the job is reported done: end them.
+                    signal_group(pgid, libc::SIGKILL);
+                    drain_until = Some(Instant::now() + self.kill_grace);
+                    kill_at = None;
+                }
+                _ = sleep_until(deadline), if ending.is_none() && exited.is_none() => {
+                    ending = Some(Ending::TimedOut);
+                    terminate(pgid);
+                    kill_at = Some(Instant::now() + self.kill_grace);
+                }
+                _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
+                    signal_group(pgid, libc::SIGKILL);
+                    kill_at = None;
+                }
+                _ = sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() && can_read => {
+                    // Something outside the group holds a pipe open without writing: stop
+                    // waiting for it. (The timer restarts with every read, so a full pipe
+                    // behind a slow client is still drained completely.)
+                    break;
+                }
+                msg = ctrl.recv(), if ctrl_open => match msg {
+                    None => ctrl_open = false,
+                    Some(Control { kind, reply }) => {
+                        let result = if exited.is_some() || ending.is_some() {
+                            Err(format!("job {job_id} is already ending"))
+                        } else {
+                            match kind {
+                                ControlType::Pause => {
+                                    signal_group(pgid, libc::SIGSTOP);
+                                    pending.push_back(Event::Paused { job_id: job_id.clone() });
+                                }
+                                ControlType::Resume => {
+                                    signal_group(pgid, libc::SIGCONT);
+                                    pending.push_back(Event::Resumed { job_id: job_id.clone() });
+                                }
+                                ControlType::Cancel => {
+                                    ending = Some(Ending::Canceled);
+                                    terminate(pgid);
+                                    kill_at = Some(Instant::now() + self.kill_grace);
+                                    pending.push_back(Event::Canceled { job_id: job_id.clone() });
+                                }
+                            }
+                            Ok(())
+                        };
+                        let _ = reply.send(result);
+                    }
+                },
+            }
+        }
+        // Flush what is still waiting; the terminal event must come after all of it.
+        for ev in pending.drain(..) {
+            if sink_open && events.send(ev).await.is_err() {
+                break;
+            }
+        }
+        let duration = self.started.elapsed();
+        let exit = exited.unwrap_or_else(|| ExitStatus::from_raw(0));
+        let (exit_code, signal) = (exit.code(), exit.signal());
+        let status = match ending {
+            Some(Ending::TimedOut) => JobStatus::TimedOut,
+            Some(Ending::Canceled) => JobStatus::Canceled,
+            None if exit_code == Some(0) => JobStatus::Completed,
+            None => JobStatus::Failed,
+        };
+        ProcessOutcome {
+            status,
+            exit_code,
+            signal,
+            duration,
+            stdout_bytes: out.bytes,
+            stderr_bytes: err.bytes,
+            stdout_tail: out.tail(tail_cap),
+            stderr_tail: err.tail(tail_cap),
+        }
+    }
+}
+
+/// After the exit, every read restarts the drain timer: only silence ends the wait.
+fn extend_drain(drain_until: &mut Option<Instant>, n: usize, grace: Duration) {
+    if n > 0
+        && let Some(t) = drain_until.as_mut()
+    {
+        *t = Instant::now() + grace;
+    }
+}
+
+/// SIGTERM to the group, and SIGCONT so a paused group can act on it.
+fn terminate(pgid: i32) {
+    signal_group(pgid, libc::SIGTERM);
+    signal_group(pgid, libc::SIGCONT);
+}
+
+fn push_output(
+    pending: &mut VecDeque<Event>,
+    sink_open: bool,
+    job_id: &JobId,
+    stream: Stream,
+    data: String,
+    seq: &mut u64,
+) {
+    *seq += 1;
+    if sink_open {
+        pending.push_back(Event::Output {
+            job_id: job_id.clone(),
+            stream,
+            data,
+            seq: *seq,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode_utf8;
+
+    #[test]
+    fn incomplete_characters_wait_for_the_next_read() {
+        let euro = "€".as_bytes(); // 3 bytes
+        let (text, used) = decode_utf8(&[b'a', euro[0], euro[1]], false);
+        assert_eq!((text.as_str(), used), ("a", 1));
+        let (text, used) = decode_utf8(&[b'a', euro[0], euro[1]], true);
+        assert_eq!((text.as_str(), used), ("a\u{FFFD}", 3));
+    }
+
+    #[test]
+    fn invalid_bytes_become_replacement_characters() {
+        let (text, used) = decode_utf8(b"a\xffb\xc3", false);
+        assert_eq!((text.as_str(), used), ("a\u{FFFD}b", 3));
+    }
+}
