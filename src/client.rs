@@ -60,7 +60,7 @@ impl Client {
                     .context("token is not a valid header")?,
             );
         }
-        let (ws, _) = tokio_tungstenite::connect_async(request)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
             .await
             .with_context(|| format!("cannot connect to {url}"))?;
         let mut client = Client {

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
@@ -114,6 +115,10 @@ pub async fn serve(
     let token = state.shutdown.clone();
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = token.clone();
+    // Small JSON frames must not wait for Nagle's algorithm (a 40 ms stall per reply).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         tokio::select! {
             _ = shutdown => {}
@@ -331,6 +336,8 @@ async fn send_loop(
     mut replies: mpsc::Receiver<Outbound>,
     mut events: mpsc::Receiver<Event>,
 ) {
+    // A requested close waits until every event (terminal ones included) has been written.
+    let mut close: Option<(u16, &'static str)> = None;
     loop {
         let out = tokio::select! {
             biased;
@@ -341,13 +348,8 @@ async fn send_loop(
         let msg = match out {
             Outbound::Text(t) => Message::Text(t.into()),
             Outbound::Close(code, reason) => {
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: Utf8Bytes::from_static(reason),
-                    })))
-                    .await;
-                break;
+                close = Some((code, reason));
+                continue;
             }
         };
         // Batch writes while more is waiting; flush when the channels run dry.
@@ -358,8 +360,15 @@ async fn send_loop(
         };
         if let Err(e) = result {
             debug!(cause = %e, "write failed");
-            break;
+            return;
         }
+    }
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = sink.send(Message::Close(Some(frame))).await;
     }
     let _ = sink.close().await;
 }

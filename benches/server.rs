@@ -1,0 +1,278 @@
+//! Server benchmark: `cargo bench --bench server`.
+//!
+//! Starts the release `ccx` binary on a free loopback port and measures, in one run:
+//! - round trip of `execute "true"` on one connection (send → `process.completed`), p50/p99,
+//!   next to the cost of spawning `sh -c true` directly from Rust (the floor ccx sits on);
+//! - stdout throughput for 1 GB of output;
+//! - wall time for 200 connections each running `sleep 1` at once;
+//! - the server's RSS idle and during that run.
+//!
+//! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn main() {
+    let quick = std::env::var_os("CCX_BENCH_QUICK").is_some();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("ccx-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("ccx.toml");
+    std::fs::write(&cfg, "[server]\nmax_sessions = 400\n").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_ccx"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .env("RUST_LOG", "warn,ccx::server=info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ccx serve");
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap_or_default();
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let url = format!("ws://{addr}/ws");
+    let pid = server.id();
+
+    let rows = rt.block_on(async {
+        let mut rows: Vec<(String, String)> = Vec::new();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let idle_rss = rss_kib(pid);
+
+        let n = if quick { 100 } else { 1000 };
+        let direct = spawn_direct(n).await;
+        let direct_std = spawn_std(n);
+        rows.push((
+            format!("`sh -c true` spawned with std, blocking ({n} runs)"),
+            format!(
+                "p50 {} / p99 {}",
+                us(pct(&direct_std, 50)),
+                us(pct(&direct_std, 99))
+            ),
+        ));
+        let rtt = round_trips(&url, n).await;
+        rows.push((
+            format!("`sh -c true` spawned directly from Rust (tokio, {n} runs)"),
+            format!(
+                "p50 {} / p99 {}",
+                us(pct(&direct, 50)),
+                us(pct(&direct, 99))
+            ),
+        ));
+        rows.push((
+            format!("`execute \"true\"` round trip, one connection ({n} runs)"),
+            format!(
+                "p50 {} / p99 {} ({:.2}× direct p50)",
+                us(pct(&rtt, 50)),
+                us(pct(&rtt, 99)),
+                pct(&rtt, 50).as_secs_f64() / pct(&direct, 50).as_secs_f64()
+            ),
+        ));
+
+        let bytes: u64 = if quick { 100_000_000 } else { 1_000_000_000 };
+        let (secs, got) = throughput(&url, bytes).await;
+        assert_eq!(got, bytes, "every byte arrives");
+        rows.push((
+            format!(
+                "stdout throughput, {} MB through one connection",
+                bytes / 1_000_000
+            ),
+            format!("{:.0} MB/s ({secs:.2} s)", bytes as f64 / 1e6 / secs),
+        ));
+
+        let conns = if quick { 50 } else { 200 };
+        let (wall, peak) = parallel_sleeps(&url, conns, pid).await;
+        rows.push((
+            format!("{conns} connections each running `sleep 1` at once"),
+            format!("{:.2} s wall", wall.as_secs_f64()),
+        ));
+        rows.push((
+            "server RSS idle".into(),
+            format!("{:.1} MiB", idle_rss as f64 / 1024.0),
+        ));
+        rows.push((
+            format!("server RSS peak during the {conns}-connection run"),
+            format!("{:.1} MiB", peak as f64 / 1024.0),
+        ));
+        rows
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+
+    println!("| measurement | result |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}
+
+async fn connect(url: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("connect");
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"connected\""));
+    ws
+}
+
+async fn send_execute(ws: &mut Ws, id: u64, command: &str) {
+    let msg =
+        json!({"jsonrpc": "2.0", "id": id, "method": "execute", "params": {"command": command}});
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Reads until `process.completed`; returns the sum of `stdout_bytes` it reports and the
+/// payload bytes of output notifications seen.
+async fn until_completed(ws: &mut Ws) -> (u64, u64) {
+    let mut seen = 0u64;
+    loop {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        // Output notifications are the bulk: count them without a full parse.
+        if t.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"process.output\"") {
+            seen += t.len() as u64;
+            continue;
+        }
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "process.completed" {
+            assert_ne!(v["params"]["status"], "denied");
+            return (v["params"]["stdout_bytes"].as_u64().unwrap_or(0), seen);
+        }
+        if let Some(e) = v.get("error") {
+            panic!("server error: {e}");
+        }
+    }
+}
+
+async fn spawn_direct(n: usize) -> Vec<Duration> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let child = tokio::process::Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        child.wait_with_output().await.unwrap();
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
+fn spawn_std(n: usize) -> Vec<Duration> {
+    use std::os::unix::process::CommandExt;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .output()
+            .unwrap();
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
+async fn round_trips(url: &str, n: usize) -> Vec<Duration> {
+    let mut ws = connect(url).await;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        send_execute(&mut ws, i as u64, "true").await;
+        until_completed(&mut ws).await;
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
+async fn throughput(url: &str, bytes: u64) -> (f64, u64) {
+    let mut ws = connect(url).await;
+    let line = "a".repeat(1023);
+    let cmd = format!("yes {line} | head -c {bytes}");
+    let start = Instant::now();
+    send_execute(&mut ws, 1, &cmd).await;
+    let (reported, _) = until_completed(&mut ws).await;
+    (start.elapsed().as_secs_f64(), reported)
+}
+
+async fn parallel_sleeps(url: &str, conns: usize, server_pid: u32) -> (Duration, u64) {
+    let start = Instant::now();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut peak = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(server_pid));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            peak
+        })
+    };
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let url = url.to_string();
+            tokio::spawn(async move {
+                let mut ws = connect(&url).await;
+                send_execute(&mut ws, 1, "sleep 1").await;
+                until_completed(&mut ws).await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let wall = start.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    (wall, sampler.await.unwrap())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn pct(sorted: &[Duration], p: usize) -> Duration {
+    sorted[((sorted.len() - 1) * p) / 100]
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}

@@ -1,0 +1,205 @@
+//! The built `ccx` binary: `ccx serve` and `ccx exec` as a user runs them.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CCX: &str = env!("CARGO_BIN_EXE_ccx");
+
+/// `ccx serve` on a free loopback port; returns the child and its address.
+fn spawn_server(extra: &[&str], config: Option<&str>) -> (Child, String) {
+    let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("ccx.toml");
+    std::fs::write(&cfg, config.unwrap_or("[execution]\nkill_grace = 0.3\n")).unwrap();
+    let mut child = Command::new(CCX)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .args(extra)
+        .env_remove("CCX_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server log").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn exec(addr: &str, args: &[&str]) -> std::process::Output {
+    Command::new(CCX)
+        .args(["exec", "--url", &format!("ws://{addr}/ws")])
+        .args(args)
+        .env_remove("CCX_TOKEN")
+        .output()
+        .unwrap()
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn exec_passes_output_through_and_exits_with_the_commands_code() {
+    let (child, addr) = spawn_server(&[], None);
+    let _server = Server(child);
+
+    let out = exec(&addr, &["--", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    let out = exec(&addr, &["-e", "WHO=world", "--", "echo", "hello", "$WHO"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
+
+    let out = exec(&addr, &["--", "kill -9 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 9));
+
+    let out = exec(&addr, &["--timeout", "0.3", "--", "sleep 30"]);
+    assert_eq!(out.status.code(), Some(124));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timed out"));
+
+    let out = exec(&addr, &["--cwd", "/no/such/dir", "--", "true"]);
+    assert_eq!(out.status.code(), Some(126));
+
+    let out = exec(&addr, &["--timeout", "-5", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeout"));
+}
+
+#[test]
+fn exec_reports_an_unreachable_server() {
+    // A port nothing listens on: bind, read the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = exec(&format!("127.0.0.1:{port}"), &["--", "true"]);
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
+}
+
+#[test]
+fn ctrl_c_on_exec_cancels_the_remote_job() {
+    let (child, addr) = spawn_server(&[], None);
+    let _server = Server(child);
+    let mut client = Command::new(CCX)
+        .args([
+            "exec",
+            "--url",
+            &format!("ws://{addr}/ws"),
+            "--",
+            "echo $$; sleep 300",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(client.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let pgid: i64 = first.trim().parse().unwrap();
+    assert!(!group_members(pgid).is_empty());
+    unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
+    let status = wait_with_timeout(&mut client, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(130));
+    assert!(group_members(pgid).is_empty(), "remote job still running");
+}
+
+#[test]
+fn sigterm_stops_the_server_after_terminal_events() {
+    let (mut child, addr) = spawn_server(&[], None);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+        let reply = ws.call("execute", json!({"command": "sleep 300"})).await;
+        let job = reply["result"]["job_id"].as_str().unwrap().to_string();
+        let pgid = reply["result"]["pgid"].as_i64().unwrap();
+        let started = Instant::now();
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let events = ws.collect(&job).await;
+        assert_eq!(completion(&events)["status"], "canceled");
+        let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+        assert!(status.success(), "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(group_members(pgid).is_empty());
+    });
+}
+
+#[test]
+fn serve_rejects_a_bad_config_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("bad.toml");
+    std::fs::write(&cfg, "[execution]\nkill_grace = 2\nmax_queeu = 3\n").unwrap();
+    let out = Command::new(CCX)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_queeu") && err.contains("bad.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_a_token() {
+    let mut child = Command::new(CCX)
+        .args(["serve", "--listen", "0.0.0.0:0", "--config", "/dev/null"])
+        .env_remove("CCX_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_with_timeout(&mut child, Duration::from_secs(10));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("without an auth token"), "{err}");
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
