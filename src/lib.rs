@@ -1,1 +1,2 @@
 //! ccx
+pub mod hooks;
