@@ -7,6 +7,9 @@
 //! maps a stale artifact. Files are written to a temporary name and renamed into place, so a
 //! reader never sees half a file, and concurrent writers of the same key are harmless.
 //!
+//! Artifacts are memory-mapped while in use: never modify a cache file in place (truncating a
+//! mapped file makes the process fault). Deleting files, or the whole directory, is safe.
+//!
 //! Safety: `Component::deserialize_file` trusts its input (it is native code). The cache only
 //! maps files named by a key it computed, in a directory it creates with mode 0700; whoever can
 //! write there can already run code as this user.
@@ -124,7 +127,11 @@ impl ArtifactCache {
         let artifact = engine
             .precompile_component(bytes)
             .map_err(anyhow::Error::from)?;
-        tracing::debug!(hook, ms = started.elapsed().as_millis() as u64, "compiled hook");
+        tracing::debug!(
+            hook,
+            ms = started.elapsed().as_millis() as u64,
+            "compiled hook"
+        );
         if let Err(err) = store(&path, &artifact) {
             tracing::warn!(hook, path = %path.display(), cause = %format!("{err:#}"), "could not cache hook artifact");
         }
@@ -142,7 +149,9 @@ fn store(path: &Path, artifact: &[u8]) -> anyhow::Result<()> {
     create_private_dir(dir)?;
     let tmp = dir.join(format!(
         ".{}.{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("artifact"),
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("artifact"),
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{InstancePre, ResourceTable};
-use wasmtime::{ResourceLimiter, Store, Trap};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -171,7 +171,9 @@ fn floor_char_boundary(s: &str, mut at: usize) -> usize {
 
 /// Adds what a hook may import to the linker: all of WASI preview 2 (sandboxed by the
 /// `WasiCtx` each call builds) and `ccx:hooks/host`.
-pub(crate) fn add_to_linker(linker: &mut wasmtime::component::Linker<CallState>) -> anyhow::Result<()> {
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<CallState>,
+) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     host::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
@@ -247,7 +249,11 @@ impl Pollable for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -340,9 +346,17 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
     };
     let fuel_set = store.set_fuel(fuel).is_ok();
     // A store's deadline starts at 0; every store must get one. Yield at each tick and keep
-    // going: the outer timeout decides when the call is over.
+    // going: the outer timeout decides when the call is over. The yield is tokio's
+    // `yield_now`, which defers the wake-up until the worker has polled its timer and I/O
+    // drivers; wasmtime's plain yield wakes the task at once, and tokio then polls its drivers
+    // only every ~61 polls, so a spinning guest would delay every timer on its worker by ~60 ms.
     store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
 
     let started = Instant::now();
     let limits = hook.limits;
@@ -361,7 +375,10 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
         match input {
             Input::Pre(req) => {
                 let Some(indices) = hook.pre else {
-                    return Err((Phase::Call, wasmtime::Error::msg("hook has no pre-execute export")));
+                    return Err((
+                        Phase::Call,
+                        wasmtime::Error::msg("hook has no pre-execute export"),
+                    ));
                 };
                 let bound = indices
                     .load(&mut store, &instance)
@@ -374,7 +391,10 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
             }
             Input::Post(job) => {
                 let Some(indices) = hook.post else {
-                    return Err((Phase::Call, wasmtime::Error::msg("hook has no post-execute export")));
+                    return Err((
+                        Phase::Call,
+                        wasmtime::Error::msg("hook has no post-execute export"),
+                    ));
                 };
                 let bound = indices
                     .load(&mut store, &instance)
@@ -396,10 +416,17 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
         0
     };
     let refused = store.data().limiter.refused;
-    let dropped_logs = store.data().log_messages.saturating_sub(LOG_MESSAGES_PER_CALL);
+    let dropped_logs = store
+        .data()
+        .log_messages
+        .saturating_sub(LOG_MESSAGES_PER_CALL);
     drop(store);
     if dropped_logs > 0 {
-        tracing::warn!(hook = name, dropped = dropped_logs, "hook logged more than {LOG_MESSAGES_PER_CALL} messages in one call; the rest were dropped");
+        tracing::warn!(
+            hook = name,
+            dropped = dropped_logs,
+            "hook logged more than {LOG_MESSAGES_PER_CALL} messages in one call; the rest were dropped"
+        );
     }
 
     let stdout = stdout.text();

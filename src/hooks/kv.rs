@@ -79,8 +79,14 @@ mod tests {
         kv.set("a".into(), "22".into()).unwrap();
         assert_eq!(kv.get("a").as_deref(), Some("22"));
         assert_eq!(kv.bytes, 3);
-        assert!(kv.set("k".repeat(KV_MAX_KEY_BYTES + 1), String::new()).is_err());
-        assert!(kv.set("b".into(), "v".repeat(KV_MAX_VALUE_BYTES + 1)).is_err());
+        assert!(
+            kv.set("k".repeat(KV_MAX_KEY_BYTES + 1), String::new())
+                .is_err()
+        );
+        assert!(
+            kv.set("b".into(), "v".repeat(KV_MAX_VALUE_BYTES + 1))
+                .is_err()
+        );
         for i in 1..KV_MAX_KEYS {
             kv.set(format!("k{i}"), String::new()).unwrap();
         }

@@ -38,9 +38,11 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::{LoadSource, default_cache_dir};
-pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS, OUTPUT_CAP_BYTES};
+pub use call::{
+    LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS, OUTPUT_CAP_BYTES,
+};
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
-pub use set::{HookSet, HookStatus, HookState, LoadError, RunInput, RunReport, run_once};
+pub use set::{HookSet, HookState, HookStatus, LoadError, RunInput, RunReport, run_once};
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
 pub use types::{
     HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES, MAX_ANNOTATION_VALUE_BYTES,
@@ -299,11 +301,17 @@ impl HookHost {
                 Ok(engine) => (engine, true),
                 Err(err) => {
                     tracing::warn!(cause = %err, "pooling allocator unavailable; using on-demand allocation");
-                    (Engine::new(&engine_config()).map_err(anyhow::Error::from)?, false)
+                    (
+                        Engine::new(&engine_config()).map_err(anyhow::Error::from)?,
+                        false,
+                    )
                 }
             }
         } else {
-            (Engine::new(&engine_config()).map_err(anyhow::Error::from)?, false)
+            (
+                Engine::new(&engine_config()).map_err(anyhow::Error::from)?,
+                false,
+            )
         };
         let mut linker = Linker::new(&engine);
         call::add_to_linker(&mut linker).context("adding host functions to the linker")?;

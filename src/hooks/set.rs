@@ -10,7 +10,9 @@ use wasmtime::component::InstancePre;
 
 use super::bindings::{post, pre};
 use super::cache::LoadSource;
-use super::call::{self, Answer, CallOutcome, CallState, Callable, Failure, HookIdentity, Input, Limits};
+use super::call::{
+    self, Answer, CallOutcome, CallState, Callable, Failure, HookIdentity, Input, Limits,
+};
 use super::stats::{HookCounters, Tally};
 use super::types::{self, HookRequest, HookResult, PreDecision};
 use super::{
@@ -33,7 +35,9 @@ pub enum LoadError {
         path: PathBuf,
         message: String,
     },
-    #[error("hook `{hook}` ({path}) cannot be linked (it may import only WASI 0.2 and ccx:hooks): {message}")]
+    #[error(
+        "hook `{hook}` ({path}) cannot be linked (it may import only WASI 0.2 and ccx:hooks): {message}"
+    )]
     Link {
         hook: String,
         path: PathBuf,
@@ -146,7 +150,10 @@ fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadError> {
     if spec.memory_mb == 0 || spec.memory_mb > MAX_MEMORY_MB {
         return Err(LoadError::Limits {
             hook,
-            message: format!("memory_mb must be 1..={MAX_MEMORY_MB}, not {}", spec.memory_mb),
+            message: format!(
+                "memory_mb must be 1..={MAX_MEMORY_MB}, not {}",
+                spec.memory_mb
+            ),
         });
     }
     if spec.timeout_ms == 0 {
@@ -161,14 +168,14 @@ fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadError> {
         path: path.clone(),
         source,
     })?;
-    let (component, source) =
-        host.cache
-            .load(&host.engine, &spec.name, &bytes)
-            .map_err(|e| LoadError::Compile {
-                hook: hook.clone(),
-                path: path.clone(),
-                message: format!("{e:#}"),
-            })?;
+    let (component, source) = host
+        .cache
+        .load(&host.engine, &spec.name, &bytes)
+        .map_err(|e| LoadError::Compile {
+            hook: hook.clone(),
+            path: path.clone(),
+            message: format!("{e:#}"),
+        })?;
     let load_ms = started.elapsed().as_secs_f64() * 1000.0;
     let instance_pre = host
         .linker
@@ -628,8 +635,8 @@ pub async fn run_once(
     let out = call::call(host, &callable, input).await;
     let checked = out.result.and_then(|answer| {
         let value = match answer {
-            Answer::Pre(d) => types::check_pre(d).map(|d| serde_json::to_value(d)),
-            Answer::Post(o) => types::check_post(o).map(|o| serde_json::to_value(o)),
+            Answer::Pre(d) => types::check_pre(d).map(serde_json::to_value),
+            Answer::Post(o) => types::check_post(o).map(serde_json::to_value),
         };
         value
             .map_err(|why| Failure {

@@ -180,7 +180,12 @@ mod tests {
     fn ring_is_bounded() {
         let c = HookCounters::default();
         for _ in 0..STATS_WINDOW + 10 {
-            c.record(Stage::Pre, Duration::from_micros(5), 7, Tally::Decision("allow"));
+            c.record(
+                Stage::Pre,
+                Duration::from_micros(5),
+                7,
+                Tally::Decision("allow"),
+            );
         }
         let s = c.snapshot();
         assert_eq!(s.calls, (STATS_WINDOW + 10) as u64);

@@ -241,7 +241,9 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), Invalid> {
 
 fn check_answer_size(total: usize) -> Result<(), Invalid> {
     if total > MAX_ANSWER_BYTES {
-        return Err(format!("answer is {total} bytes (limit {MAX_ANSWER_BYTES})"));
+        return Err(format!(
+            "answer is {total} bytes (limit {MAX_ANSWER_BYTES})"
+        ));
     }
     Ok(())
 }
@@ -278,7 +280,10 @@ pub(crate) fn check_pre(answer: wit::PreDecision) -> Result<PreDecision, Invalid
             }
             let total = p.command.as_ref().map_or(0, String::len)
                 + p.cwd.as_ref().map_or(0, String::len)
-                + p.set_env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+                + p.set_env
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
                 + p.unset_env.iter().map(String::len).sum::<usize>();
             check_answer_size(total)?;
             if let Some(command) = &p.command {
@@ -354,7 +359,10 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(req.command, "ls -l");
-        assert_eq!(req.env, vec![("A".into(), "9".into()), ("C".into(), "3".into())]);
+        assert_eq!(
+            req.env,
+            vec![("A".into(), "9".into()), ("C".into(), "3".into())]
+        );
         assert_eq!(req.timeout_ms, Some(5));
         assert_eq!(req.cwd, None);
     }
@@ -390,7 +398,10 @@ mod tests {
             verdict: Some(Verdict::Fail("bad".into())),
         };
         let json = serde_json::to_string(&out).unwrap();
-        assert_eq!(json, r#"{"annotations":{"k":"v"},"verdict":{"fail":"bad"}}"#);
+        assert_eq!(
+            json,
+            r#"{"annotations":{"k":"v"},"verdict":{"fail":"bad"}}"#
+        );
         assert_eq!(serde_json::to_string(&Verdict::Pass).unwrap(), r#""pass""#);
     }
 }
