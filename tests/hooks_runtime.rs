@@ -448,6 +448,17 @@ async fn kv_survives_calls_and_new_generations() {
 }
 
 #[tokio::test]
+async fn the_sandbox_has_no_filesystem_environment_arguments_or_network() {
+    let chain = load(&[test_hook("probe", &[("mode", "probe")])])
+        .run_pre(request("ls"))
+        .await;
+    assert_eq!(
+        denied(&chain.outcome),
+        ("probe", "fs=false env=0 args=0 net=false")
+    );
+}
+
+#[tokio::test]
 async fn guest_output_is_captured_and_bounded() {
     let mut spec = test_hook("chatty", &[("mode", "log"), ("lines", "3")]);
     let report = run_once(host(), &spec, RunInput::Pre(request("ls")))
@@ -563,6 +574,25 @@ fn spinning_hooks_do_not_starve_other_tasks() {
         // 80 ticks if never delayed; a starved runtime would manage almost none.
         assert!(ticks >= 60, "only {ticks} ticks in 800 ms while hooks spun");
     });
+}
+
+/// More concurrent calls than the host has instance slots: the extra calls wait for a slot
+/// instead of failing on an exhausted pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_beyond_the_pool_size_all_succeed() {
+    let set = Arc::new(load(&[test_hook(
+        "busy",
+        &[("mode", "alloc-some"), ("mb", "1")],
+    )]));
+    let calls = (0..100).map(|_| {
+        let set = set.clone();
+        tokio::spawn(async move { set.run_pre(request("ls")).await })
+    });
+    for chain in futures_util::future::join_all(calls).await {
+        let chain = chain.unwrap();
+        assert!(chain.warnings.is_empty(), "{:?}", chain.warnings);
+    }
+    assert_eq!(host().stats("busy").allow, 100);
 }
 
 // ---- the artifact cache ----------------------------------------------------------------------

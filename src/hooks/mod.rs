@@ -277,8 +277,10 @@ fn engine_config() -> Config {
 /// (componentize-py uses ~50 core instances, 8 tables and 200,000 table elements).
 fn pooling_config(calls: u32) -> PoolingAllocationConfig {
     let mut pool = PoolingAllocationConfig::default();
+    // Every concurrent call can hold a full-size interpreted guest, so a burst never fails on
+    // pool exhaustion; slots are virtual memory, committed only when used.
     pool.total_component_instances(calls)
-        .total_core_instances(calls * 16)
+        .total_core_instances(calls * 64)
         .max_core_instances_per_component(64)
         .total_memories(calls * 4)
         .max_memories_per_component(16)

@@ -564,8 +564,9 @@ pub enum RunInput {
 pub struct RunReport {
     pub hook: String,
     pub stage: Stage,
-    /// The checked answer as JSON (`{"allow": null}`-style is avoided: see [`PreDecision`] and
-    /// [`super::PostOutcome`]); `None` when the call failed.
+    /// The checked answer as JSON: `"allow"`, `{"deny": reason}`, `{"modify": patch}` for a
+    /// pre-hook, `{"annotations": {...}, "verdict": ...}` for a post-hook; `None` when the call
+    /// failed.
     pub answer: Option<serde_json::Value>,
     /// The failure, when the call failed (including an invalid answer).
     pub failure: Option<RunFailure>,

@@ -4,7 +4,8 @@
 //! Config keys:
 //! - `mode` (pre-execute): `allow` (default), `deny` (`reason`), `modify` (`command`, `cwd`,
 //!   `set_env=K=V`, `unset_env`, `timeout_ms`), `deny-if-contains` (`needle`), `counter`, `log`,
-//!   `big` (`size` bytes of deny reason), or a misbehaviour below.
+//!   `big` (`size` bytes of deny reason), `probe` (deny with a report of what the sandbox let
+//!   through), or a misbehaviour below.
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
 //!   echo of the job; verdict fail when `fail_on_exit_nonzero=true` and the exit code is
 //!   non-zero), `big` (`count` annotations), `log`, or a misbehaviour below.
@@ -126,6 +127,14 @@ impl Guest for TestHook {
                 PreDecision::Allow
             }
             "big" => PreDecision::Deny("x".repeat(cfg_u64("size", 100_000) as usize)),
+            "probe" => {
+                // Reports what the sandbox let through; every probe should fail or be empty.
+                let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
+                PreDecision::Deny(format!("fs={fs} env={env} args={args} net={net}"))
+            }
             _ => PreDecision::Allow,
         }
     }
