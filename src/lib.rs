@@ -15,6 +15,8 @@
 //!   spawn, terminal event. The WebSocket server, `ccx mcp` and tests all drive it.
 //! - [`server`]: the axum router and one session (receive task + send task) per connection.
 //!   It never touches processes.
+//! - [`hooks`]: the wasmtime host — engine, hook set generations, per-call sandbox with fuel,
+//!   deadline and memory limits, counters, kv store, compiled-artifact cache.
 //! - [`client`]: the WebSocket client behind `ccx exec`.
 //!
 //! The core (`jobs`, `executor`) never depends on `server`, and `jobs` never on hooks.
@@ -23,6 +25,7 @@ pub mod client;
 pub mod config;
 pub mod events;
 pub mod executor;
+pub mod hooks;
 pub mod jobs;
 pub mod protocol;
 pub mod server;

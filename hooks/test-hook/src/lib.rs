@@ -1,0 +1,187 @@
+//! A test hook whose behaviour is chosen by its config table, so that one component (built once)
+//! serves every runtime test and benchmark.
+//!
+//! Config keys:
+//! - `mode` (pre-execute): `allow` (default), `deny` (`reason`), `modify` (`command`, `cwd`,
+//!   `set_env=K=V`, `unset_env`, `timeout_ms`), `deny-if-contains` (`needle`), `counter`, `log`,
+//!   `big` (`size` bytes of deny reason), `probe` (deny with a report of what the sandbox let
+//!   through), or a misbehaviour below.
+//! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
+//!   echo of the job; verdict fail when `fail_on_exit_nonzero=true` and the exit code is
+//!   non-zero), `big` (`count` annotations), `log`, or a misbehaviour below.
+//! - misbehaviours, either stage: `loop`, `alloc` (without end), `alloc-some` (`mb` MiB, then
+//!   answer normally), `stack`, `panic`, `sleep` (`ms`, default 60000).
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "hook",
+});
+
+use ccx::hooks::host::{self, Level};
+// The worlds `use` ExecRequest, PreDecision, ExecResult and PostOutcome at the top level.
+use ccx::hooks::types::{JobStatus, RequestPatch, Verdict};
+
+struct TestHook;
+
+fn cfg(key: &str) -> Option<String> {
+    host::config().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+fn cfg_u64(key: &str, default: u64) -> u64 {
+    cfg(key).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Misbehaviours shared by both stages; returns normally only for modes that are not one.
+fn misbehave(mode: &str) {
+    match mode {
+        "loop" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                let mut chunk = vec![0u8; 1 << 20];
+                chunk[0] = 1;
+                hoard.push(std::hint::black_box(chunk));
+            }
+        }
+        "alloc-some" => {
+            let mb = cfg_u64("mb", 1) as usize;
+            let mut hoard = vec![0u8; mb << 20];
+            hoard[mb << 19] = 1;
+            std::hint::black_box(&hoard);
+        }
+        "stack" => {
+            std::hint::black_box(recurse(std::hint::black_box(1)));
+        }
+        "panic" => panic!("test-hook panicked on purpose"),
+        "sleep" => std::thread::sleep(std::time::Duration::from_millis(cfg_u64("ms", 60_000))),
+        _ => {}
+    }
+}
+
+/// Recurses until the wasm stack overflows; the opaque condition keeps the compiler from
+/// turning it into a loop.
+fn recurse(n: u64) -> u64 {
+    let buf = std::hint::black_box([n; 64]);
+    if std::hint::black_box(n) == 0 {
+        return 0;
+    }
+    recurse(buf[(n % 64) as usize] + 1) + buf[3]
+}
+
+fn say(stage: &str) {
+    let lines = cfg_u64("lines", 1);
+    for i in 0..lines {
+        println!("{stage} stdout line {i}");
+    }
+    eprintln!("{stage} stderr line");
+    host::log(Level::Info, &format!("{stage} says hello"));
+}
+
+impl Guest for TestHook {
+    fn pre_execute(request: ExecRequest) -> PreDecision {
+        let mode = cfg("mode").unwrap_or_else(|| "allow".into());
+        misbehave(&mode);
+        match mode.as_str() {
+            "deny" => PreDecision::Deny(cfg("reason").unwrap_or_else(|| "denied by test-hook".into())),
+            "modify" => {
+                let set_env = cfg("set_env")
+                    .and_then(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .into_iter()
+                    .collect();
+                PreDecision::Modify(RequestPatch {
+                    command: cfg("command"),
+                    cwd: cfg("cwd"),
+                    set_env,
+                    unset_env: cfg("unset_env").into_iter().collect(),
+                    timeout_ms: cfg("timeout_ms").and_then(|v| v.parse().ok()),
+                })
+            }
+            "deny-if-contains" => {
+                let needle = cfg("needle").unwrap_or_default();
+                if !needle.is_empty() && request.command.contains(&needle) {
+                    PreDecision::Deny(format!("command contains `{needle}`"))
+                } else {
+                    PreDecision::Allow
+                }
+            }
+            "counter" => {
+                let word = request.command.split_whitespace().next().unwrap_or("").to_string();
+                let key = format!("count:{word}");
+                let n = host::kv_get(&key).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + 1;
+                host::kv_set(&key, &n.to_string());
+                PreDecision::Modify(RequestPatch {
+                    command: None,
+                    cwd: None,
+                    set_env: vec![("COUNT".into(), n.to_string())],
+                    unset_env: vec![],
+                    timeout_ms: None,
+                })
+            }
+            "log" => {
+                say("pre");
+                PreDecision::Allow
+            }
+            "big" => PreDecision::Deny("x".repeat(cfg_u64("size", 100_000) as usize)),
+            "probe" => {
+                // Reports what the sandbox let through; every probe should fail or be empty.
+                let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+                let env = std::env::vars().count();
+                let args = std::env::args().count();
+                let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
+                PreDecision::Deny(format!("fs={fs} env={env} args={args} net={net}"))
+            }
+            _ => PreDecision::Allow,
+        }
+    }
+
+    fn post_execute(job: ExecResult) -> PostOutcome {
+        let mode = cfg("post_mode").unwrap_or_else(|| "annotate".into());
+        misbehave(&mode);
+        match mode.as_str() {
+            "big" => PostOutcome {
+                annotations: (0..cfg_u64("count", 1000)).map(|i| (format!("k{i}"), "v".into())).collect(),
+                verdict: None,
+            },
+            "log" => {
+                say("post");
+                PostOutcome { annotations: vec![], verdict: None }
+            }
+            _ => {
+                let status = match job.status {
+                    JobStatus::Completed => "completed",
+                    JobStatus::Failed => "failed",
+                    JobStatus::TimedOut => "timed-out",
+                    JobStatus::Canceled => "canceled",
+                };
+                let mut annotations: Vec<(String, String)> = host::config()
+                    .into_iter()
+                    .filter_map(|(k, v)| k.strip_prefix("note.").map(|k| (k.to_string(), v)))
+                    .collect();
+                annotations.push(("status".into(), status.into()));
+                annotations.push(("command".into(), job.request.command.clone()));
+                annotations.push((
+                    "exit_code".into(),
+                    job.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+                ));
+                annotations.push(("stdout_tail_len".into(), job.stdout_tail.len().to_string()));
+                let verdict = if cfg("fail_on_exit_nonzero").as_deref() == Some("true") {
+                    match job.exit_code {
+                        Some(0) => Some(Verdict::Pass),
+                        Some(c) => Some(Verdict::Fail(format!("exit code {c}"))),
+                        None => Some(Verdict::Fail("no exit code".into())),
+                    }
+                } else {
+                    None
+                };
+                PostOutcome { annotations, verdict }
+            }
+        }
+    }
+}
+
+export!(TestHook);

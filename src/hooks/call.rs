@@ -1,0 +1,522 @@
+//! One hook call: a fresh `Store` with its limits, instantiation through the hook's
+//! `InstancePre`, the call itself bounded from outside, and the classification of whatever went
+//! wrong into a [`FailureKind`] with a message that names the limit.
+//!
+//! A store lives for exactly one call (spin's rule): nothing leaks between calls, a trapped
+//! instance is never reused, and a store never crosses tasks.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{InstancePre, ResourceTable};
+use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{host, post, pre, types as wit};
+use super::kv::SharedKv;
+use super::{FailureKind, HookHost, HookSpec};
+
+/// Bytes of guest stdout (and, separately, stderr) kept per call; the rest is dropped and a
+/// note says how much. Writes never fail, so a chatty guest is not turned into a trapping one.
+pub const OUTPUT_CAP_BYTES: usize = 16 * 1024;
+/// Longest `host.log` message kept, in bytes; longer ones are cut with a note.
+pub const LOG_MESSAGE_MAX_BYTES: usize = 4 * 1024;
+/// Most `host.log` messages one call may emit; later ones are counted and dropped.
+pub const LOG_MESSAGES_PER_CALL: u32 = 100;
+/// Most elements a guest table may grow to (componentize-py needs about 200,000).
+pub const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+/// What a hook knows about itself during a call: its name, its config table and its kv store.
+/// Shared by every call of the hook in this generation.
+#[derive(Debug)]
+pub(crate) struct HookIdentity {
+    pub(crate) name: String,
+    pub(crate) config: Vec<(String, String)>,
+    pub(crate) kv: SharedKv,
+}
+
+/// Per-call limits, copied from the spec.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// 0 means unlimited.
+    pub(crate) fuel: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) memory_bytes: usize,
+}
+
+impl Limits {
+    pub(crate) fn from_spec(spec: &HookSpec) -> Self {
+        Limits {
+            fuel: spec.fuel,
+            timeout: Duration::from_millis(spec.timeout_ms),
+            memory_bytes: usize::try_from(spec.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// The store data of one call.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    ident: Arc<HookIdentity>,
+    limiter: CallLimiter,
+    log_messages: u32,
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A memory limiter that remembers refusing a growth. A Rust guest that cannot allocate
+/// aborts, which surfaces as an `unreachable` trap; the note lets us report `memory` instead.
+struct CallLimiter {
+    memory_bytes: usize,
+    refused: Option<usize>,
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    // Interpreted guests (componentize-py) use dozens of core instances per component.
+    fn instances(&self) -> usize {
+        100
+    }
+    fn tables(&self) -> usize {
+        100
+    }
+    fn memories(&self) -> usize {
+        100
+    }
+}
+
+impl host::Host for CallState {
+    fn log(&mut self, level: host::Level, mut message: String) {
+        self.log_messages += 1;
+        if self.log_messages > LOG_MESSAGES_PER_CALL {
+            return; // counted; reported once when the call ends
+        }
+        if message.len() > LOG_MESSAGE_MAX_BYTES {
+            let total = message.len();
+            message.truncate(floor_char_boundary(&message, LOG_MESSAGE_MAX_BYTES));
+            message.push_str(&format!(" … [cut: message was {total} bytes]"));
+        }
+        let hook = self.ident.name.as_str();
+        match level {
+            host::Level::Trace => tracing::trace!(hook, "{message}"),
+            host::Level::Debug => tracing::debug!(hook, "{message}"),
+            host::Level::Info => tracing::info!(hook, "{message}"),
+            host::Level::Warn => tracing::warn!(hook, "{message}"),
+            host::Level::Error => tracing::error!(hook, "{message}"),
+        }
+    }
+
+    fn config(&mut self) -> Vec<(String, String)> {
+        self.ident.config.clone()
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<String> {
+        lock(&self.ident.kv).get(&key)
+    }
+
+    fn kv_set(&mut self, key: String, value: String) {
+        if let Err(why) = lock(&self.ident.kv).set(key, value) {
+            tracing::warn!(hook = %self.ident.name, "kv-set ignored: {why}");
+        }
+    }
+}
+
+impl wit::Host for CallState {}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn floor_char_boundary(s: &str, mut at: usize) -> usize {
+    at = at.min(s.len());
+    while !s.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
+}
+
+/// Adds what a hook may import to the linker: all of WASI preview 2 (sandboxed by the
+/// `WasiCtx` each call builds) and `ccx:hooks/host`.
+pub(crate) fn add_to_linker(
+    linker: &mut wasmtime::component::Linker<CallState>,
+) -> anyhow::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    host::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(linker, |s| s)?;
+    Ok(())
+}
+
+// ---- captured guest output --------------------------------------------------------------------
+
+/// A bounded capture of one guest output stream. Unlike `MemoryOutputPipe`, writes past the cap
+/// succeed and are counted, so a guest's `println!` never fails.
+#[derive(Clone, Default)]
+pub(crate) struct Capture(Arc<Mutex<CaptureBuf>>);
+
+#[derive(Default)]
+struct CaptureBuf {
+    data: Vec<u8>,
+    dropped: u64,
+}
+
+impl Capture {
+    fn push(&self, bytes: &[u8]) {
+        let mut buf = lock(&self.0);
+        let room = OUTPUT_CAP_BYTES.saturating_sub(buf.data.len());
+        let keep = room.min(bytes.len());
+        buf.data.extend_from_slice(&bytes[..keep]);
+        buf.dropped += (bytes.len() - keep) as u64;
+    }
+
+    /// The captured text, lossy UTF-8, with a note when bytes were dropped.
+    pub(crate) fn text(&self) -> String {
+        let buf = lock(&self.0);
+        let mut text = String::from_utf8_lossy(&buf.data).into_owned();
+        if buf.dropped > 0 {
+            text.push_str(&format!(
+                "\n[… {} more bytes dropped: output is capped at {OUTPUT_CAP_BYTES} bytes]",
+                buf.dropped
+            ));
+        }
+        text
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+// ---- the call ---------------------------------------------------------------------------------
+
+/// What a loaded hook needs to be called.
+pub(crate) struct Callable<'a> {
+    pub(crate) ident: &'a Arc<HookIdentity>,
+    pub(crate) limits: Limits,
+    pub(crate) instance_pre: &'a InstancePre<CallState>,
+    pub(crate) pre: Option<&'a pre::PreHookIndices>,
+    pub(crate) post: Option<&'a post::PostHookIndices>,
+}
+
+/// The input of one call.
+pub(crate) enum Input {
+    Pre(wit::ExecRequest),
+    Post(wit::ExecResult),
+}
+
+/// A guest's raw answer, before checking.
+pub(crate) enum Answer {
+    Pre(wit::PreDecision),
+    Post(wit::PostOutcome),
+}
+
+/// A failed call: what kind, and a message naming the hook and the limit.
+#[derive(Clone, Debug)]
+pub(crate) struct Failure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+}
+
+/// Everything one call produced.
+pub(crate) struct CallOutcome {
+    pub(crate) result: Result<Answer, Failure>,
+    pub(crate) fuel_used: u64,
+    pub(crate) duration: Duration,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+/// Where an error came from, which decides its kind when it is not a trap.
+enum Phase {
+    Instantiate,
+    Call,
+}
+
+/// Runs one call of one hook in a fresh store.
+///
+/// Bounds: fuel (checked by wasm code), a memory limiter, an epoch deadline that yields to the
+/// executor every tick (so a spinning guest never holds a tokio worker for more than a tick) and
+/// an outer `tokio::time::timeout` around instantiation and the call (so a guest blocked in a
+/// host or WASI call, such as a sleep, is cut too: its future is dropped). The call therefore
+/// returns within `timeout` plus about one tick and the timer's granularity.
+pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> CallOutcome {
+    let name = hook.ident.name.as_str();
+    let stdout = Capture::default();
+    let stderr = Capture::default();
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .build();
+    let mut store = Store::new(
+        &host.engine,
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            ident: hook.ident.clone(),
+            limiter: CallLimiter {
+                memory_bytes: hook.limits.memory_bytes,
+                refused: None,
+            },
+            log_messages: 0,
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    let fuel = if hook.limits.fuel == 0 {
+        u64::MAX
+    } else {
+        hook.limits.fuel
+    };
+    let fuel_set = store.set_fuel(fuel).is_ok();
+    // A store's deadline starts at 0; every store must get one. Yield at each tick and keep
+    // going: the outer timeout decides when the call is over. The yield is tokio's
+    // `yield_now`, which defers the wake-up until the worker has polled its timer and I/O
+    // drivers; wasmtime's plain yield wakes the task at once, and tokio then polls its drivers
+    // only every ~61 polls, so a spinning guest would delay every timer on its worker by ~60 ms.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+
+    let started = Instant::now();
+    let limits = hook.limits;
+    let timed = tokio::time::timeout(limits.timeout, async {
+        // A slot in the instance pool; waiting for one counts against the deadline.
+        let _permit = host
+            .call_slots
+            .acquire()
+            .await
+            .map_err(|e| (Phase::Instantiate, wasmtime::Error::msg(e.to_string())))?;
+        let instance = hook
+            .instance_pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| (Phase::Instantiate, e))?;
+        match input {
+            Input::Pre(req) => {
+                let Some(indices) = hook.pre else {
+                    return Err((
+                        Phase::Call,
+                        wasmtime::Error::msg("hook has no pre-execute export"),
+                    ));
+                };
+                let bound = indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| (Phase::Instantiate, e))?;
+                bound
+                    .call_pre_execute(&mut store, &req)
+                    .await
+                    .map(Answer::Pre)
+                    .map_err(|e| (Phase::Call, e))
+            }
+            Input::Post(job) => {
+                let Some(indices) = hook.post else {
+                    return Err((
+                        Phase::Call,
+                        wasmtime::Error::msg("hook has no post-execute export"),
+                    ));
+                };
+                let bound = indices
+                    .load(&mut store, &instance)
+                    .map_err(|e| (Phase::Instantiate, e))?;
+                bound
+                    .call_post_execute(&mut store, &job)
+                    .await
+                    .map(Answer::Post)
+                    .map_err(|e| (Phase::Call, e))
+            }
+        }
+    })
+    .await;
+    let duration = started.elapsed();
+
+    let fuel_used = if fuel_set {
+        fuel.saturating_sub(store.get_fuel().unwrap_or(0))
+    } else {
+        0
+    };
+    let refused = store.data().limiter.refused;
+    let dropped_logs = store
+        .data()
+        .log_messages
+        .saturating_sub(LOG_MESSAGES_PER_CALL);
+    drop(store);
+    if dropped_logs > 0 {
+        tracing::warn!(
+            hook = name,
+            dropped = dropped_logs,
+            "hook logged more than {LOG_MESSAGES_PER_CALL} messages in one call; the rest were dropped"
+        );
+    }
+
+    let stdout = stdout.text();
+    let stderr = stderr.text();
+    let result = match timed {
+        Err(_elapsed) => Err(Failure {
+            kind: FailureKind::Timeout,
+            message: format!(
+                "hook `{name}` passed its deadline of {} ms",
+                limits.timeout.as_millis()
+            ),
+        }),
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err((phase, err))) => Err(classify(name, &limits, refused, phase, &err, &stderr)),
+    };
+    CallOutcome {
+        result,
+        fuel_used,
+        duration,
+        stdout,
+        stderr,
+    }
+}
+
+/// Turns a wasmtime error into a failure kind and a message a person can act on.
+fn classify(
+    name: &str,
+    limits: &Limits,
+    refused: Option<usize>,
+    phase: Phase,
+    err: &wasmtime::Error,
+    stderr: &str,
+) -> Failure {
+    // Checked first: a Rust guest that cannot grow its memory aborts with `unreachable`.
+    if let Some(desired) = refused {
+        return Failure {
+            kind: FailureKind::Memory,
+            message: format!(
+                "hook `{name}` exceeded its memory limit of {} MiB (a memory asked to grow to {} MiB)",
+                limits.memory_bytes >> 20,
+                desired.div_ceil(1 << 20)
+            ),
+        };
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => Failure {
+            kind: FailureKind::Fuel,
+            message: format!("hook `{name}` ran out of fuel (limit {})", limits.fuel),
+        },
+        Some(Trap::Interrupt) => Failure {
+            kind: FailureKind::Timeout,
+            message: format!(
+                "hook `{name}` passed its deadline of {} ms",
+                limits.timeout.as_millis()
+            ),
+        },
+        Some(trap) => {
+            let mut message = format!("hook `{name}` trapped: {trap}");
+            if let Some(note) = stderr_note(stderr) {
+                message.push_str(&format!(" (guest stderr: {note})"));
+            }
+            Failure {
+                kind: FailureKind::Trap,
+                message,
+            }
+        }
+        None => match phase {
+            Phase::Instantiate => Failure {
+                kind: FailureKind::Load,
+                message: format!("hook `{name}` could not be instantiated: {err:#}"),
+            },
+            Phase::Call => Failure {
+                kind: FailureKind::Trap,
+                message: format!("hook `{name}` failed: {err:#}"),
+            },
+        },
+    }
+}
+
+/// The last non-empty lines of a guest's stderr (where a Rust panic message goes), short.
+fn stderr_note(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    let tail = lines[lines.len().saturating_sub(2)..].join(" / ");
+    let cut = floor_char_boundary(&tail, 512);
+    Some(tail[..cut].to_string())
+}

@@ -1,0 +1,195 @@
+//! Per-hook counters, kept by hook *name* in the [`super::HookHost`] so they survive reloads of
+//! the hook set (a status page should not reset to zero when the config file is touched).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use super::{FailureKind, Stage};
+
+/// How many recent calls the latency and fuel percentiles are computed over.
+pub const STATS_WINDOW: usize = 1024;
+
+/// Counters for one hook. A std `Mutex` because updates are a few integer bumps, never held
+/// across an await.
+#[derive(Debug, Default)]
+pub(crate) struct HookCounters {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    calls: u64,
+    pre_calls: u64,
+    post_calls: u64,
+    allow: u64,
+    deny: u64,
+    modify: u64,
+    pass: u64,
+    fail: u64,
+    failures: FailureCounts,
+    durations_us: VecDeque<u64>,
+    fuel: VecDeque<u64>,
+    last_failure: Option<LastFailure>,
+}
+
+/// Failures by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FailureCounts {
+    pub fuel: u64,
+    pub timeout: u64,
+    pub memory: u64,
+    pub trap: u64,
+    pub invalid: u64,
+    pub load: u64,
+}
+
+/// The most recent failure of a hook.
+#[derive(Clone, Debug, Serialize)]
+pub struct LastFailure {
+    pub stage: Stage,
+    pub kind: FailureKind,
+    pub message: String,
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
+}
+
+/// A copy of one hook's counters, for status pages.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HookStats {
+    /// Calls of either stage, including failed ones.
+    pub calls: u64,
+    pub pre_calls: u64,
+    pub post_calls: u64,
+    /// Pre-hook decisions (answers that passed the checks).
+    pub allow: u64,
+    pub deny: u64,
+    pub modify: u64,
+    /// Post-hook verdicts (answers that passed the checks).
+    pub pass: u64,
+    pub fail: u64,
+    pub failures: FailureCounts,
+    /// Latency of a call (fresh store, instantiation and the call) over the last
+    /// [`STATS_WINDOW`] calls, in microseconds.
+    pub latency_p50_us: Option<u64>,
+    pub latency_p99_us: Option<u64>,
+    /// Fuel used per call over the last [`STATS_WINDOW`] calls.
+    pub fuel_p50: Option<u64>,
+    pub last_failure: Option<LastFailure>,
+}
+
+/// What one call ended with, for the counters.
+pub(crate) enum Tally<'a> {
+    Decision(&'a str),
+    Verdict(Option<bool>),
+    Failure(FailureKind, &'a str),
+}
+
+fn push_bounded(ring: &mut VecDeque<u64>, value: u64) {
+    if ring.len() == STATS_WINDOW {
+        ring.pop_front();
+    }
+    ring.push_back(value);
+}
+
+fn percentile(ring: &VecDeque<u64>, p: f64) -> Option<u64> {
+    if ring.is_empty() {
+        return None;
+    }
+    let mut sorted: Vec<u64> = ring.iter().copied().collect();
+    sorted.sort_unstable();
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    Some(sorted[rank - 1])
+}
+
+impl HookCounters {
+    pub(crate) fn record(&self, stage: Stage, duration: Duration, fuel: u64, tally: Tally<'_>) {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.calls += 1;
+        match stage {
+            Stage::Pre => s.pre_calls += 1,
+            Stage::Post => s.post_calls += 1,
+        }
+        push_bounded(&mut s.durations_us, duration.as_micros() as u64);
+        push_bounded(&mut s.fuel, fuel);
+        match tally {
+            Tally::Decision("allow") => s.allow += 1,
+            Tally::Decision("deny") => s.deny += 1,
+            Tally::Decision(_) => s.modify += 1,
+            Tally::Verdict(Some(true)) => s.pass += 1,
+            Tally::Verdict(Some(false)) => s.fail += 1,
+            Tally::Verdict(None) => {}
+            Tally::Failure(kind, message) => {
+                let f = &mut s.failures;
+                match kind {
+                    FailureKind::Fuel => f.fuel += 1,
+                    FailureKind::Timeout => f.timeout += 1,
+                    FailureKind::Memory => f.memory += 1,
+                    FailureKind::Trap => f.trap += 1,
+                    FailureKind::Invalid => f.invalid += 1,
+                    FailureKind::Load => f.load += 1,
+                }
+                s.last_failure = Some(LastFailure {
+                    stage,
+                    kind,
+                    message: message.to_string(),
+                    at_unix: SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0),
+                });
+            }
+        }
+    }
+
+    pub(crate) fn snapshot(&self) -> HookStats {
+        let s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        HookStats {
+            calls: s.calls,
+            pre_calls: s.pre_calls,
+            post_calls: s.post_calls,
+            allow: s.allow,
+            deny: s.deny,
+            modify: s.modify,
+            pass: s.pass,
+            fail: s.fail,
+            failures: s.failures.clone(),
+            latency_p50_us: percentile(&s.durations_us, 0.50),
+            latency_p99_us: percentile(&s.durations_us, 0.99),
+            fuel_p50: percentile(&s.fuel, 0.50),
+            last_failure: s.last_failure.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let ring: VecDeque<u64> = (1..=100).collect();
+        assert_eq!(percentile(&ring, 0.5), Some(50));
+        assert_eq!(percentile(&ring, 0.99), Some(99));
+        assert_eq!(percentile(&VecDeque::new(), 0.5), None);
+    }
+
+    #[test]
+    fn ring_is_bounded() {
+        let c = HookCounters::default();
+        for _ in 0..STATS_WINDOW + 10 {
+            c.record(
+                Stage::Pre,
+                Duration::from_micros(5),
+                7,
+                Tally::Decision("allow"),
+            );
+        }
+        let s = c.snapshot();
+        assert_eq!(s.calls, (STATS_WINDOW + 10) as u64);
+        assert_eq!(c.inner.lock().unwrap().durations_us.len(), STATS_WINDOW);
+        assert_eq!(s.fuel_p50, Some(7));
+    }
+}
