@@ -42,7 +42,9 @@ pub use call::{
     LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS, OUTPUT_CAP_BYTES,
 };
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
-pub use set::{HookSet, HookState, HookStatus, LoadError, RunInput, RunReport, run_once};
+pub use set::{
+    HookSet, HookState, HookStatus, LoadError, RunFailure, RunInput, RunReport, run_once,
+};
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
 pub use types::{
     HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES, MAX_ANNOTATION_VALUE_BYTES,
