@@ -4,6 +4,7 @@
 //! Every value has a default, so an empty file (or no file at all) is a working configuration
 //! that listens on loopback only.
 
+use crate::hooks::{self, HookSpec, OnFailure};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -28,6 +29,34 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     execution: RawExecution,
+    #[serde(default)]
+    sandbox: RawSandbox,
+    #[serde(default)]
+    hooks: Vec<RawHook>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    cache_dir: Option<PathBuf>,
+    cache: Option<bool>,
+    tail_bytes: Option<usize>,
+    pooling: Option<bool>,
+    max_concurrent_calls: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHook {
+    name: String,
+    path: PathBuf,
+    enabled: Option<bool>,
+    fuel: Option<u64>,
+    timeout_ms: Option<u64>,
+    memory_mb: Option<u64>,
+    on_failure: Option<OnFailure>,
+    #[serde(default)]
+    config: toml::Table,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -39,6 +68,7 @@ struct RawServer {
     token: Option<String>,
     token_file: Option<PathBuf>,
     allowed_origins: Option<Vec<String>>,
+    watch_interval: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +90,33 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub server: ServerConfig,
     pub execution: ExecConfig,
+    pub sandbox: SandboxConfig,
+    /// `[[hooks]]` in file order, paths made absolute.
+    pub hooks: Vec<HookSpec>,
+}
+
+/// `[sandbox]`: the hook runtime as a whole.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxConfig {
+    /// Where compiled components are cached; `None` turns the cache off.
+    pub cache_dir: Option<PathBuf>,
+    /// Bytes of each output stream's end handed to post-hooks.
+    pub tail_bytes: usize,
+    /// Use the pooling allocator when the machine allows it.
+    pub pooling: bool,
+    /// Hook calls running at once across all sessions.
+    pub max_concurrent_calls: u32,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            cache_dir: hooks::default_cache_dir(),
+            tail_bytes: 4096,
+            pooling: true,
+            max_concurrent_calls: 32,
+        }
+    }
 }
 
 /// `[server]`: how clients reach ccx.
@@ -74,6 +131,9 @@ pub struct ServerConfig {
     pub token: Option<String>,
     /// `Origin` header values accepted from browsers; any other Origin is refused.
     pub allowed_origins: Vec<String>,
+    /// How often the config file and hook files are checked for changes; `None`: never
+    /// (SIGHUP still reloads).
+    pub watch_interval: Option<Duration>,
 }
 
 /// `[execution]`: how commands run.
@@ -102,6 +162,7 @@ impl Default for ServerConfig {
             max_frame_bytes: 1 << 20,
             token: None,
             allowed_origins: Vec::new(),
+            watch_interval: Some(Duration::from_secs(1)),
         }
     }
 }
@@ -173,6 +234,11 @@ impl Config {
         if let Some(origins) = s.allowed_origins {
             cfg.server.allowed_origins = origins;
         }
+        match s.watch_interval {
+            Some(0.0) => cfg.server.watch_interval = None,
+            Some(t) => cfg.server.watch_interval = Some(seconds("server.watch_interval", t)?),
+            None => {}
+        }
 
         let e = raw.execution;
         if let Some(shell) = e.shell {
@@ -209,6 +275,77 @@ impl Config {
             }
             cfg.execution.env = env;
         }
+
+        let sb = raw.sandbox;
+        if sb.cache == Some(false) {
+            cfg.sandbox.cache_dir = None;
+        } else if let Some(dir) = sb.cache_dir {
+            cfg.sandbox.cache_dir = Some(base.join(dir));
+        }
+        if let Some(n) = sb.tail_bytes {
+            if n > 1 << 20 {
+                bail!("sandbox.tail_bytes must be at most 1 MiB, got {n}");
+            }
+            cfg.sandbox.tail_bytes = n;
+        }
+        if let Some(p) = sb.pooling {
+            cfg.sandbox.pooling = p;
+        }
+        if let Some(n) = sb.max_concurrent_calls {
+            cfg.sandbox.max_concurrent_calls =
+                positive("sandbox.max_concurrent_calls", n as usize)? as u32;
+        }
+
+        for (i, h) in raw.hooks.into_iter().enumerate() {
+            let at = format!("hooks[{i}] (`{}`)", h.name);
+            if h.name.trim().is_empty() {
+                bail!("hooks[{i}].name is empty");
+            }
+            if cfg.hooks.iter().any(|o| o.name == h.name) {
+                bail!(
+                    "{at}: name `{}` is used twice; hook names must be unique",
+                    h.name
+                );
+            }
+            let mut spec = HookSpec::new(h.name.clone(), base.join(&h.path));
+            spec.path = std::path::absolute(&spec.path).unwrap_or(spec.path);
+            spec.enabled = h.enabled.unwrap_or(true);
+            if let Some(f) = h.fuel {
+                spec.fuel = positive(&format!("{at}.fuel"), f as usize)? as u64;
+            }
+            if let Some(t) = h.timeout_ms {
+                if !(1..=60_000).contains(&t) {
+                    bail!("{at}.timeout_ms must be between 1 and 60000, got {t}");
+                }
+                spec.timeout_ms = t;
+            }
+            if let Some(m) = h.memory_mb {
+                if !(1..=hooks::MAX_MEMORY_MB).contains(&m) {
+                    bail!(
+                        "{at}.memory_mb must be between 1 and {}, got {m}",
+                        hooks::MAX_MEMORY_MB
+                    );
+                }
+                spec.memory_mb = m;
+            }
+            if let Some(p) = h.on_failure {
+                spec.on_failure = p;
+            }
+            for (k, v) in h.config {
+                let v = match v {
+                    toml::Value::String(s) => s,
+                    toml::Value::Integer(n) => n.to_string(),
+                    toml::Value::Float(n) => n.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => bail!(
+                        "{at}.config.{k} must be a string, number or boolean, got {}",
+                        other.type_str()
+                    ),
+                };
+                spec.config.push((k, v));
+            }
+            cfg.hooks.push(spec);
+        }
         Ok(cfg)
     }
 
@@ -219,6 +356,67 @@ impl Config {
             if !t.is_empty() {
                 self.server.token = Some(t.to_string());
             }
+        }
+    }
+}
+
+/// What a file looked like when last checked: modification time, size and inode, or
+/// nothing when it was missing.
+type Stamp = Option<(std::time::SystemTime, u64, u64)>;
+
+fn stamps(config: &Path, hooks: &[PathBuf]) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    std::iter::once(config)
+        .chain(hooks.iter().map(PathBuf::as_path))
+        .map(|p| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        })
+        .collect()
+}
+
+/// Watches the config file and the hook files it names: every `interval` (if any) it checks
+/// whether one of them changed, and on SIGHUP it reloads regardless. Each reload sends the
+/// freshly validated config, or the reason it did not validate, to `tx`. Returns when the
+/// receiver is gone.
+pub async fn watch_config(
+    path: PathBuf,
+    mut hooks: Vec<PathBuf>,
+    interval: Option<Duration>,
+    tx: tokio::sync::mpsc::Sender<Result<Config>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).ok();
+    let mut tick = interval.map(|i| {
+        let mut t = tokio::time::interval(i);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
+    let mut last = stamps(&path, &hooks);
+    loop {
+        let forced = tokio::select! {
+            _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => false,
+            _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => true,
+            _ = tx.closed() => return,
+        };
+        let now = stamps(&path, &hooks);
+        if !forced && now == last {
+            continue;
+        }
+        last = now;
+        let result = Config::load(&path).map(|mut c| {
+            c.apply_token_env();
+            c
+        });
+        if let Ok(c) = &result {
+            let paths: Vec<PathBuf> = c.hooks.iter().map(|h| h.path.clone()).collect();
+            if paths != hooks {
+                hooks = paths;
+                last = stamps(&path, &hooks);
+            }
+        }
+        if tx.send(result).await.is_err() {
+            return;
         }
     }
 }
@@ -260,6 +458,54 @@ mod tests {
         assert!(msg.contains("lisen"), "{msg}");
         let err = Config::parse("[executon]\n", None).unwrap_err();
         assert!(format!("{err:#}").contains("executon"));
+    }
+
+    #[test]
+    fn hooks_are_read_in_order_with_paths_relative_to_the_file() {
+        let text = r#"
+            [[hooks]]
+            name = "a"
+            path = "hooks/a.wasm"
+            config = { patterns = "rm -rf /", max = 3, strict = true }
+            [[hooks]]
+            name = "b"
+            path = "/abs/b.wasm"
+            enabled = false
+            on_failure = "deny"
+            fuel = 10
+            timeout_ms = 50
+            memory_mb = 8
+        "#;
+        let c = Config::parse(text, Some(Path::new("/etc/ccx/ccx.toml"))).unwrap();
+        assert_eq!(c.hooks.len(), 2);
+        assert_eq!(c.hooks[0].path, Path::new("/etc/ccx/hooks/a.wasm"));
+        assert_eq!(
+            c.hooks[0].config,
+            vec![
+                ("max".to_string(), "3".to_string()),
+                ("patterns".into(), "rm -rf /".into()),
+                ("strict".into(), "true".into())
+            ]
+        );
+        assert!(c.hooks[0].enabled);
+        assert!(!c.hooks[1].enabled);
+        assert_eq!(c.hooks[1].on_failure, OnFailure::Deny);
+        assert_eq!(
+            (c.hooks[1].fuel, c.hooks[1].timeout_ms, c.hooks[1].memory_mb),
+            (10, 50, 8)
+        );
+    }
+
+    #[test]
+    fn bad_hooks_are_named() {
+        let dup = "[[hooks]]\nname = \"a\"\npath = \"x\"\n[[hooks]]\nname = \"a\"\npath = \"y\"\n";
+        assert!(format!("{:#}", Config::parse(dup, None).unwrap_err()).contains("used twice"));
+        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\ntimeout_ms = 0\n";
+        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("timeout_ms"));
+        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\non_failure = \"maybe\"\n";
+        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("maybe"));
+        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\nfule = 3\n";
+        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("fule"));
     }
 
     #[test]

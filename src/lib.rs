@@ -18,9 +18,12 @@
 //! - [`hooks`]: the wasmtime host — engine, hook set generations, per-call sandbox with fuel,
 //!   deadline and memory limits, counters, kv store, compiled-artifact cache.
 //! - [`client`]: the WebSocket client behind `ccx exec`.
+//! - [`app`]: wires one process (hook host, executor, reload loop) for `ccx serve` and
+//!   `ccx mcp` alike.
 //!
 //! The core (`jobs`, `executor`) never depends on `server`, and `jobs` never on hooks.
 
+pub mod app;
 pub mod client;
 pub mod config;
 pub mod events;

@@ -49,9 +49,16 @@ const REPLY_BUFFER: usize = 16;
 /// error; larger ones close the connection (1009) without being buffered.
 const HARD_FRAME_FACTOR: usize = 16;
 
+/// Where `hook_status`, `GET /hooks` and `/health` get the hooks' state from. The server only
+/// passes the JSON along; it knows nothing of wasm.
+pub trait HookStatusSource: Send + Sync {
+    fn hook_status(&self) -> Value;
+}
+
 /// What a running server shares between its connections.
 pub struct ServerState {
     pub exec: Arc<Executor>,
+    hooks: Option<Arc<dyn HookStatusSource>>,
     pub config: ServerConfig,
     /// The config file the server was started with, reported by `/health`.
     pub config_file: Option<PathBuf>,
@@ -69,9 +76,11 @@ impl ServerState {
         exec: Arc<Executor>,
         config: ServerConfig,
         config_file: Option<PathBuf>,
+        hooks: Option<Arc<dyn HookStatusSource>>,
     ) -> Arc<Self> {
         Arc::new(ServerState {
             exec,
+            hooks,
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
             config,
             config_file,
@@ -89,6 +98,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/ws", get(ws_handler))
         .route("/ws/mcp", get(ws_handler))
         .route("/health", get(health))
+        .route("/hooks", get(hooks_page))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -105,12 +115,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    if state.config.token.is_none() && !addr.ip().is_loopback() {
-        bail!(
-            "refusing to listen on {addr} without an auth token: set server.token or \
-             server.token_file in the config, or CCX_TOKEN, or listen on a loopback address"
-        );
-    }
+    check_exposure(addr, state.config.token.is_some())?;
     info!(%addr, "listening");
     let token = state.shutdown.clone();
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
@@ -137,6 +142,17 @@ pub async fn serve(
         warn!("sessions still open after the shutdown grace period");
     }
     info!("stopped");
+    Ok(())
+}
+
+/// Without a token, only loopback addresses may be served.
+pub fn check_exposure(addr: SocketAddr, has_token: bool) -> Result<()> {
+    if !has_token && !addr.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {addr} without an auth token: set server.token or \
+             server.token_file in the config, or CCX_TOKEN, or listen on a loopback address"
+        );
+    }
     Ok(())
 }
 
@@ -190,8 +206,27 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+impl ServerState {
+    fn hook_status(&self) -> Value {
+        match &self.hooks {
+            Some(src) => src.hook_status(),
+            None => json!({"enabled": false, "hooks_configured": 0, "hooks": []}),
+        }
+    }
+}
+
+async fn hooks_page(State(state): State<Arc<ServerState>>) -> Json<Value> {
+    Json(state.hook_status())
+}
+
 async fn health(State(state): State<Arc<ServerState>>) -> Json<Value> {
     let exec = state.exec.config();
+    let hooks = state.hook_status();
+    let count = |s: &str| {
+        hooks["hooks"]
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|h| h["state"] == s).count())
+    };
     Json(json!({
         "status": "healthy",
         "service": "ccx",
@@ -208,6 +243,14 @@ async fn health(State(state): State<Arc<ServerState>>) -> Json<Value> {
             "kill_grace": exec.kill_grace.as_secs_f64(),
         },
         "config_file": state.config_file,
+        "hooks": {
+            "configured": hooks["hooks_configured"],
+            "loaded": count("loaded"),
+            "failed": count("failed"),
+            "disabled": count("disabled"),
+            "generation": hooks["generation"],
+            "reload_error": hooks["reload_error"],
+        },
     }))
 }
 
@@ -279,6 +322,7 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>) {
 
     let mut send_task = tokio::spawn(send_loop(sink, reply_rx, event_rx).in_current_span());
     let receiver = Receiver {
+        state: state.clone(),
         session: session.clone(),
         replies: reply_tx.clone(),
         max_frame: state.config.max_frame_bytes,
@@ -375,6 +419,7 @@ async fn send_loop(
 
 /// The receive side of a session.
 struct Receiver {
+    state: Arc<ServerState>,
     session: Session,
     replies: mpsc::Sender<Outbound>,
     max_frame: usize,
@@ -486,6 +531,10 @@ impl Receiver {
                     serde_json::to_value(status).map_err(|_| RpcError::Internal)?,
                     None,
                 ))
+            }
+            "hook_status" => {
+                let _: NoParams = protocol::params(req.params)?;
+                Ok((self.state.hook_status(), None))
             }
             "pong" | "ping" => Ok((json!({}), None)),
             other => Err(RpcError::MethodNotFound(other.to_string())),

@@ -657,7 +657,7 @@ async fn without_a_token_only_loopback_is_served() {
         cfg.execution.clone(),
         std::sync::Arc::new(ccx::executor::NoHooks),
     );
-    let state = ccx::server::ServerState::new(exec, cfg.server.clone(), None);
+    let state = ccx::server::ServerState::new(exec, cfg.server.clone(), None, None);
     let err = ccx::server::serve(listener, state, async {})
         .await
         .unwrap_err();

@@ -45,7 +45,7 @@ impl TestServer {
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let exec = Executor::new(cfg.execution.clone(), hooks);
-        let state = ServerState::new(exec.clone(), cfg.server.clone(), None);
+        let state = ServerState::new(exec.clone(), cfg.server.clone(), None, None);
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, state, async {
             let _ = rx.await;
@@ -74,6 +74,74 @@ impl TestServer {
             .expect("server stops")
             .unwrap()
             .unwrap();
+    }
+}
+
+/// A server wired like `ccx serve`: config file, hook runtime, reload watcher.
+pub struct AppServer {
+    pub addr: SocketAddr,
+    pub app: Arc<ccx::app::App>,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl AppServer {
+    pub async fn start(config: &std::path::Path) -> AppServer {
+        let mut cfg = Config::load(config).expect("valid test config");
+        cfg.server.listen = "127.0.0.1:0".parse().unwrap();
+        let listener = tokio::net::TcpListener::bind(cfg.server.listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = ccx::app::App::start(cfg).await.expect("app starts");
+        let stop = tokio_util::sync::CancellationToken::new();
+        app.spawn_watcher(stop.clone());
+        let state = ServerState::new(
+            app.exec.clone(),
+            app.config.server.clone(),
+            app.config.source.clone(),
+            Some(app.clone()),
+        );
+        let s = stop.clone();
+        let task = tokio::spawn(server::serve(listener, state, async move {
+            s.cancelled().await
+        }));
+        AppServer {
+            addr,
+            app,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn connect(&self) -> Ws {
+        Ws::connect(&format!("ws://{}/ws", self.addr)).await
+    }
+
+    /// GET a JSON page.
+    pub async fn get(&self, path: &str) -> Value {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(self.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {buf}"))
+    }
+
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(WAIT, &mut self.task).await;
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -172,6 +240,18 @@ impl Ws {
         kept.extend(self.backlog.drain(..));
         self.backlog = kept;
         events
+    }
+
+    /// Runs a command to its end, or returns the error reply when it was refused.
+    pub async fn run_or_error(&mut self, params: Value) -> Result<Vec<Value>, Value> {
+        let resp = self.call("execute", params).await;
+        match resp["result"]["job_id"].as_str() {
+            Some(job) => {
+                let job = job.to_string();
+                Ok(self.collect(&job).await)
+            }
+            None => Err(resp),
+        }
     }
 
     /// Runs a command to its end: (execute response, its notifications).

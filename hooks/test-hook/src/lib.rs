@@ -5,7 +5,8 @@
 //! - `mode` (pre-execute): `allow` (default), `deny` (`reason`), `modify` (`command`, `cwd`,
 //!   `set_env=K=V`, `unset_env`, `timeout_ms`), `deny-if-contains` (`needle`), `counter`, `log`,
 //!   `big` (`size` bytes of deny reason), `probe` (deny with a report of what the sandbox let
-//!   through), or a misbehaviour below.
+//!   through), or a misbehaviour below. With `when` set, the pre stage applies its mode only to
+//!   commands containing that text and allows the rest.
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
 //!   echo of the job; verdict fail when `fail_on_exit_nonzero=true` and the exit code is
 //!   non-zero), `big` (`count` annotations), `log`, or a misbehaviour below.
@@ -85,6 +86,13 @@ fn say(stage: &str) {
 impl Guest for TestHook {
     fn pre_execute(request: ExecRequest) -> PreDecision {
         let mode = cfg("mode").unwrap_or_else(|| "allow".into());
+        // `when`: misbehave only for commands containing it (else allow), so one connection's
+        // job can trip a limit while another's runs normally.
+        if let Some(when) = cfg("when")
+            && !request.command.contains(&when)
+        {
+            return PreDecision::Allow;
+        }
         misbehave(&mode);
         match mode.as_str() {
             "deny" => PreDecision::Deny(cfg("reason").unwrap_or_else(|| "denied by test-hook".into())),

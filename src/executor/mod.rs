@@ -5,6 +5,10 @@
 //! A [`Session`] is a connection's view: its jobs run strictly one after another in the order
 //! they were sent, while different sessions run in parallel.
 
+mod hook_chain;
+
+pub use hook_chain::HookChain;
+
 use crate::config::ExecConfig;
 use crate::events::{Completion, Event, JobId, JobStatus};
 use crate::jobs::{self, Control, Process, ProcessOutcome, ProcessSpec};
@@ -19,9 +23,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
-
-/// Bytes of each stream's end kept for post-hooks.
-pub const DEFAULT_TAIL_BYTES: usize = 4096;
 
 /// A command as a client asked for it (and as pre-hooks may have changed it).
 #[derive(Debug, Clone, PartialEq)]
@@ -184,8 +185,11 @@ pub trait Hooks: Send + Sync + 'static {
         ctx: &'a JobContext,
         request: &'a JobRequest,
         outcome: &'a ProcessOutcome,
-        timeout: Duration,
     ) -> BoxFuture<'a, PostResult>;
+    /// Bytes of each stream's end the post-hooks want (0: none, so none are kept).
+    fn tail_bytes(&self) -> usize {
+        0
+    }
 }
 
 /// No hooks: allow everything, annotate nothing.
@@ -209,7 +213,6 @@ impl Hooks for NoHooks {
         _: &'a JobContext,
         _: &'a JobRequest,
         _: &'a ProcessOutcome,
-        _: Duration,
     ) -> BoxFuture<'a, PostResult> {
         Box::pin(async { PostResult::default() })
     }
@@ -553,6 +556,9 @@ fn start<'a>(
             session_id: inner.id.clone(),
             job_id: job_id.clone(),
         };
+        // Hooks see the timeout that will apply, default included.
+        let mut request = request;
+        request.timeout = Some(request.timeout.unwrap_or(cfg.default_timeout));
         let pre = hooks.pre(&ctx, request).await;
         let (request, info) = match pre.verdict {
             PreVerdict::Deny { hook, reason } => {
@@ -580,7 +586,7 @@ fn start<'a>(
             env: child_env(&cfg, &request.env),
             timeout,
             kill_grace: cfg.kill_grace,
-            tail_bytes: DEFAULT_TAIL_BYTES,
+            tail_bytes: hooks.tail_bytes(),
         };
         let process = match jobs::spawn(&spec) {
             Ok(p) => p,
@@ -640,7 +646,6 @@ fn start<'a>(
             hooks,
             warnings: pre.warnings,
             started_info,
-            timeout,
         };
         tokio::spawn(job.run(ctrl_rx, gate_rx, done_tx).instrument(span));
         Start::Started {
@@ -660,7 +665,6 @@ struct JobTask {
     hooks: Arc<dyn Hooks>,
     warnings: Vec<Value>,
     started_info: Value,
-    timeout: Duration,
 }
 
 impl JobTask {
@@ -678,7 +682,6 @@ impl JobTask {
             hooks,
             warnings,
             started_info,
-            timeout,
         } = self;
         let job_id = ctx.job_id.clone();
         // Wait until the caller has sent its reply (or dropped it).
@@ -705,7 +708,7 @@ impl JobTask {
             .run(job_id.clone(), inner.events.clone(), ctrl)
             .await;
         inner.exec.running.fetch_sub(1, Ordering::Relaxed);
-        let post = hooks.post(&ctx, &request, &outcome, timeout).await;
+        let post = hooks.post(&ctx, &request, &outcome).await;
         for w in post.warnings {
             inner
                 .emit(Event::HookWarning {
