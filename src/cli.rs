@@ -43,6 +43,12 @@ enum Command {
     /// Inspect, check, switch and try out hooks.
     #[command(subcommand)]
     Hooks(HooksCommand),
+    /// Serve the Model Context Protocol on stdin/stdout, for Claude Code and other agents.
+    ///
+    /// Tools: `execute`, `execute_task_list`, `hook_status`. Jobs run here, with the config's
+    /// executor settings and hooks (as `ccx serve` would run them), or with --url on a running
+    /// ccx server. Logs go to stderr; stdout carries the protocol.
+    Mcp(McpArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +117,21 @@ struct ServeArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct McpArgs {
+    /// Run jobs on the ccx server at this WebSocket URL (e.g. ws://127.0.0.1:8003/ws)
+    /// instead of in this process.
+    #[arg(long, conflicts_with = "config")]
+    url: Option<String>,
+    /// Auth token for --url (prefer the CCX_TOKEN environment variable).
+    #[arg(long, env = "CCX_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Config file (TOML) for running jobs here. Without it, ./ccx.toml is used when present,
+    /// else the defaults.
+    #[arg(long, short, env = "CCX_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct ExecArgs {
     /// Server URL.
     #[arg(long, env = "CCX_URL", default_value = client::DEFAULT_URL)]
@@ -165,6 +186,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Command::Serve(args) => serve(args).await,
             Command::Exec(args) => exec(args).await,
             Command::Hooks(cmd) => hooks_cmd::run(cmd).await,
+            Command::Mcp(args) => mcp(args).await,
         }
     })
 }
@@ -381,6 +403,24 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let result = server::serve(listener, state, shutdown_signal()).await;
     stop.cancel();
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn mcp(args: McpArgs) -> Result<ExitCode> {
+    match args.url {
+        Some(url) => ccx::mcp::serve_stdio_remote(url, args.token).await?,
+        None => {
+            let path = args.config.or_else(|| {
+                let default = PathBuf::from("ccx.toml");
+                default.exists().then_some(default)
+            });
+            let config = match &path {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            ccx::mcp::serve_stdio_local(config).await?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

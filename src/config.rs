@@ -33,6 +33,15 @@ struct RawConfig {
     sandbox: RawSandbox,
     #[serde(default)]
     hooks: Vec<RawHook>,
+    #[serde(default)]
+    mcp: RawMcp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMcp {
+    max_output_bytes: Option<usize>,
+    progress_interval: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +104,25 @@ pub struct Config {
     pub hooks: Vec<HookSpec>,
 }
 
+/// `[mcp]`: how the MCP tools report jobs to an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct McpConfig {
+    /// Output kept per stream in a tool result: the first half and the last half of this
+    /// many bytes; what lies between is left out and counted.
+    pub max_output_bytes: usize,
+    /// Shortest time between two progress notifications for one tool call.
+    pub progress_interval: Duration,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            max_output_bytes: 32 * 1024,
+            progress_interval: Duration::from_secs(1),
+        }
+    }
+}
+
 /// `[sandbox]`: the hook runtime as a whole.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxConfig {
@@ -134,6 +162,10 @@ pub struct ServerConfig {
     /// How often the config file and hook files are checked for changes; `None`: never
     /// (SIGHUP still reloads).
     pub watch_interval: Option<Duration>,
+    /// The `[mcp]` section. It is kept with the server settings because both MCP front ends
+    /// read it with them: `/mcp` (mounted by the server, which sees only `ServerConfig`) and
+    /// `ccx mcp`. Like the rest of `[server]`, a change applies after a restart.
+    pub mcp: McpConfig,
 }
 
 /// `[execution]`: how commands run.
@@ -163,6 +195,7 @@ impl Default for ServerConfig {
             token: None,
             allowed_origins: Vec::new(),
             watch_interval: Some(Duration::from_secs(1)),
+            mcp: McpConfig::default(),
         }
     }
 }
@@ -294,6 +327,17 @@ impl Config {
         if let Some(n) = sb.max_concurrent_calls {
             cfg.sandbox.max_concurrent_calls =
                 positive("sandbox.max_concurrent_calls", n as usize)? as u32;
+        }
+
+        let m = raw.mcp;
+        if let Some(n) = m.max_output_bytes {
+            if !(256..=16 << 20).contains(&n) {
+                bail!("mcp.max_output_bytes must be between 256 and 16 MiB, got {n}");
+            }
+            cfg.server.mcp.max_output_bytes = n;
+        }
+        if let Some(t) = m.progress_interval {
+            cfg.server.mcp.progress_interval = seconds("mcp.progress_interval", t)?;
         }
 
         for (i, h) in raw.hooks.into_iter().enumerate() {
@@ -506,6 +550,26 @@ mod tests {
         assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("maybe"));
         let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\nfule = 3\n";
         assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("fule"));
+    }
+
+    #[test]
+    fn mcp_section_is_strict_and_validated() {
+        let c = Config::parse("", None).unwrap();
+        assert_eq!(c.server.mcp.max_output_bytes, 32 * 1024);
+        assert_eq!(c.server.mcp.progress_interval, Duration::from_secs(1));
+        let c = Config::parse(
+            "[mcp]\nmax_output_bytes = 4096\nprogress_interval = 0.25\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.server.mcp.max_output_bytes, 4096);
+        assert_eq!(c.server.mcp.progress_interval, Duration::from_millis(250));
+        let err = Config::parse("[mcp]\nmax_output_bytes = 10\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("mcp.max_output_bytes"));
+        let err = Config::parse("[mcp]\nprogress_interval = 0\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("mcp.progress_interval"));
+        let err = Config::parse("[mcp]\nmax_output = 1\n", None).unwrap_err();
+        assert!(format!("{err:#}").contains("max_output"));
     }
 
     #[test]

@@ -30,6 +30,7 @@ pub mod events;
 pub mod executor;
 pub mod hooks;
 pub mod jobs;
+pub mod mcp;
 pub mod protocol;
 pub mod server;
 

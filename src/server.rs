@@ -1,5 +1,6 @@
-//! The HTTP side: the axum router (`/ws`, `/ws/mcp`, `/health`, `/healthz`), auth and Origin
-//! checks, and one session per WebSocket connection.
+//! The HTTP side: the axum router (`/ws`, `/ws/mcp`, `/health`, `/healthz`, and MCP's
+//! Streamable HTTP at `/mcp`, see [`crate::mcp`]), auth and Origin checks, and one session per
+//! WebSocket connection.
 //!
 //! A session is two tasks around the socket (as in axum's chat example): the receive task
 //! parses requests and calls the executor; the send task owns the write half. Two bounded
@@ -94,11 +95,20 @@ impl ServerState {
 
 /// The router, with auth and Origin checks on every route but `/healthz`.
 pub fn router(state: Arc<ServerState>) -> Router {
+    let status_state = state.clone();
+    let mcp = crate::mcp::http_service(
+        state.exec.clone(),
+        Some(Arc::new(move || status_state.hook_status())),
+        state.config.mcp.clone(),
+        state.config.token.is_some(),
+        state.shutdown.child_token(),
+    );
     let guarded = Router::new()
         .route("/ws", get(ws_handler))
         .route("/ws/mcp", get(ws_handler))
         .route("/health", get(health))
         .route("/hooks", get(hooks_page))
+        .route_service("/mcp", mcp)
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))

@@ -1,0 +1,103 @@
+//! The Model Context Protocol face of ccx, on the official Rust SDK (`rmcp`): the tools
+//! `execute`, `execute_task_list` and `hook_status`, served over stdio by `ccx mcp` and over
+//! Streamable HTTP at the server's `/mcp`.
+//!
+//! # Layout
+//! - [`tools`]: the MCP server ([`CcxTools`]) — tool schemas, descriptions, result text and
+//!   structured content, progress notifications, cancellation.
+//! - [`backend`]: where jobs run. [`Local`] drives this process's [`Executor`] (the same
+//!   job lifecycle as `ccx serve`, hooks and limits included); [`Remote`] speaks the
+//!   WebSocket protocol to a running server (`ccx mcp --url`). The tools see one trait.
+//! - `output`: head-and-tail capture of a job's output, bounded by `[mcp] max_output_bytes`.
+//!
+//! Output is kept per stream (stdout and stderr separately), each cut to its first and last
+//! `max_output_bytes / 2` bytes with the number of bytes left out stated.
+
+pub mod backend;
+mod output;
+pub mod tools;
+
+pub use backend::{Backend, HookStatusFn, JobError, JobReport, JobSpec, Local, Remote};
+pub use tools::{CcxTools, PROGRESS_META_KEY};
+
+use crate::app::App;
+use crate::config::{Config, McpConfig};
+use crate::executor::Executor;
+use anyhow::{Context, Result};
+use rmcp::ServiceExt;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The Streamable HTTP service mounted at `/mcp`: one [`CcxTools`] per MCP session, jobs run
+/// by `exec`. `shutdown` ends every MCP session (and so cancels their jobs).
+///
+/// rmcp's own `Host` check (against DNS rebinding) stays on for a token-less server, which
+/// only ever listens on loopback; with a token the server's auth guard is the protection and
+/// the server may be reached under any name.
+pub fn http_service(
+    exec: Arc<Executor>,
+    hook_status: Option<HookStatusFn>,
+    config: McpConfig,
+    has_token: bool,
+    shutdown: CancellationToken,
+) -> StreamableHttpService<CcxTools, LocalSessionManager> {
+    let mut http = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
+    if has_token {
+        http = http.disable_allowed_hosts();
+    }
+    let backend: Arc<dyn Backend> = Arc::new(Local::new(exec, hook_status));
+    StreamableHttpService::new(
+        move || Ok(CcxTools::new(backend.clone(), config.clone())),
+        LocalSessionManager::default().into(),
+        http,
+    )
+}
+
+/// `ccx mcp --config …`: an MCP server on stdin/stdout whose jobs run in this process, wired
+/// exactly as `ccx serve` (hook runtime, executor, reload watcher).
+pub async fn serve_stdio_local(config: Config) -> Result<()> {
+    let app = App::start(config).await?;
+    let stop = CancellationToken::new();
+    app.spawn_watcher(stop.clone());
+    let status_app = app.clone();
+    let hook_status: HookStatusFn = Arc::new(move || status_app.status());
+    let backend = Arc::new(Local::new(app.exec.clone(), Some(hook_status)));
+    let grace = app.exec.config().kill_grace;
+    let result = serve_stdio(backend, app.config.server.mcp.clone(), grace).await;
+    stop.cancel();
+    result
+}
+
+/// `ccx mcp --url …`: an MCP server on stdin/stdout that runs every job on the ccx server at
+/// `url`.
+pub async fn serve_stdio_remote(url: String, token: Option<String>) -> Result<()> {
+    let backend = Arc::new(Remote::new(url, token));
+    serve_stdio(backend, McpConfig::default(), Duration::from_secs(2)).await
+}
+
+/// Serves until the client closes stdin; then cancels the calls still running and waits
+/// (up to the kill grace and a little slack) for their jobs to end. Logs go to stderr:
+/// stdout carries the protocol.
+async fn serve_stdio(backend: Arc<dyn Backend>, config: McpConfig, grace: Duration) -> Result<()> {
+    let tools = CcxTools::new(backend, config);
+    let calls = tools.calls().clone();
+    let running = tools
+        .serve(rmcp::transport::stdio_pipes())
+        .await
+        .context("MCP initialization failed")?;
+    info!("MCP server ready on stdio");
+    let reason = running.waiting().await.context("MCP service task failed")?;
+    info!(?reason, "MCP client went away");
+    calls.close();
+    if tokio::time::timeout(grace + Duration::from_secs(1), calls.wait())
+        .await
+        .is_err()
+    {
+        warn!("tool calls still running after the grace period");
+    }
+    Ok(())
+}
