@@ -1,0 +1,457 @@
+//! The MCP interface through a real MCP client (rmcp's client side): over stdio to the built
+//! `ccx mcp` binary, and over Streamable HTTP to a server's `/mcp`. Real config files, real
+//! hook components, real processes.
+
+mod common;
+#[path = "common/hooks.rs"]
+mod hooks_common;
+
+use common::*;
+use rmcp::model::{
+    CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, NotificationMetaObject,
+    ProgressNotificationParam,
+};
+use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
+use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
+use rmcp::{ClientHandler, RoleClient, ServiceExt};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const CCX: &str = env!("CARGO_BIN_EXE_ccx");
+
+/// A hook that denies commands containing `forbidden`, and annotates every job.
+const GUARD: &str = r#"
+[[hooks]]
+name = "guard"
+path = "{hook}"
+config = { mode = "deny-if-contains", needle = "forbidden", "note.checked" = "yes" }
+"#;
+
+/// A config file in a fresh directory: quick kill grace and progress, plus `hooks`.
+fn write_config(hooks: &str) -> PathBuf {
+    let dir = hooks_common::scratch_dir("mcp");
+    let path = dir.join("ccx.toml");
+    let hook = if hooks.contains("{hook}") {
+        hooks_common::guests().test_hook.display().to_string()
+    } else {
+        String::new()
+    };
+    let text = format!(
+        "[server]\nwatch_interval = 0\n\n[execution]\nkill_grace = 0.3\n\n\
+         [mcp]\nprogress_interval = 0.2\nmax_output_bytes = 1024\n\n\
+         [sandbox]\ncache_dir = \"{}\"\n\n{}",
+        dir.join("cache").display(),
+        hooks.replace("{hook}", &hook)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// An MCP client that hands every progress notification to the test.
+struct Recorder {
+    progress: mpsc::UnboundedSender<ProgressNotificationParam>,
+}
+
+impl ClientHandler for Recorder {
+    async fn on_progress(
+        &self,
+        mut params: ProgressNotificationParam,
+        context: NotificationContext<RoleClient>,
+    ) {
+        // rmcp 3.11.0 leaves a notification's `_meta` in the context's extensions (its
+        // `context.meta` comes out empty), so look there first.
+        params.meta = context
+            .extensions
+            .get::<NotificationMetaObject>()
+            .cloned()
+            .or(Some(context.meta));
+        let _ = self.progress.send(params);
+    }
+}
+
+type Client = RunningService<RoleClient, Recorder>;
+
+fn recorder() -> (Recorder, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Recorder { progress: tx }, rx)
+}
+
+/// `ccx mcp --config <path>` as a child process, initialized.
+async fn stdio_client(
+    config: &Path,
+) -> (Client, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
+    let mut cmd = tokio::process::Command::new(CCX);
+    cmd.arg("mcp").arg("--config").arg(config);
+    let transport = TokioChildProcess::new(cmd).expect("ccx mcp starts");
+    let (handler, rx) = recorder();
+    let client = tokio::time::timeout(WAIT, handler.serve(transport))
+        .await
+        .expect("initialized in time")
+        .expect("initialize succeeds");
+    (client, rx)
+}
+
+/// A client of `/mcp` on `addr`.
+async fn http_client(
+    addr: std::net::SocketAddr,
+    token: Option<&str>,
+) -> Result<(Client, mpsc::UnboundedReceiver<ProgressNotificationParam>), String> {
+    let mut config =
+        rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
+            format!("http://{addr}/mcp"),
+        );
+    if let Some(t) = token {
+        config = config.auth_header(t);
+    }
+    let transport = StreamableHttpClientTransport::from_config(config);
+    let (handler, rx) = recorder();
+    match tokio::time::timeout(WAIT, handler.serve(transport)).await {
+        Ok(Ok(client)) => Ok((client, rx)),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(_) => panic!("initialize timed out"),
+    }
+}
+
+fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
+    CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
+}
+
+async fn call_tool(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
+    tokio::time::timeout(WAIT, client.peer().call_tool(call(tool, args)))
+        .await
+        .expect("tool answered in time")
+        .expect("tool call succeeds")
+}
+
+fn text(r: &CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+fn structured(r: &CallToolResult) -> &Value {
+    r.structured_content.as_ref().expect("structured content")
+}
+
+async fn lists_the_three_tools_with_schemas(client: &Client) {
+    let tools = client.peer().list_all_tools().await.unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    assert_eq!(names, ["execute", "execute_task_list", "hook_status"]);
+    let execute = &tools[0];
+    assert!(
+        execute
+            .description
+            .as_deref()
+            .unwrap()
+            .contains("process group")
+    );
+    let schema = Value::Object((*execute.input_schema).clone());
+    assert_eq!(schema["required"], json!(["command"]), "{schema}");
+    for key in ["command", "timeout", "cwd", "env"] {
+        assert!(
+            schema["properties"][key]["description"].is_string(),
+            "{key}: {schema}"
+        );
+    }
+    let list = Value::Object((*tools[1].input_schema).clone());
+    assert_eq!(list["properties"]["tasks"]["type"], "array", "{list}");
+}
+
+async fn a_command_runs_and_reports_status_output_and_hooks(client: &Client) {
+    let r = call_tool(
+        client,
+        "execute",
+        json!({"command": "echo hello; echo oops >&2; exit 3", "env": {"X": "1"}}),
+    )
+    .await;
+    assert_eq!(r.is_error, Some(false), "{r:?}");
+    let s = structured(&r);
+    assert_eq!(s["status"], "failed", "{s}");
+    assert_eq!(s["exit_code"], 3);
+    assert_eq!(s["stdout"], "hello\n");
+    assert_eq!(s["stderr"], "oops\n");
+    assert_eq!(
+        (s["stdout_bytes"].as_u64(), s["stderr_bytes"].as_u64()),
+        (Some(6), Some(5))
+    );
+    assert!(s["execution_time"].is_number());
+    assert!(s["pgid"].is_number());
+    // Pre-hook verdict and post-hook annotations are both there.
+    assert_eq!(s["hooks"]["pre"]["reports"][0]["hook"], "guard", "{s}");
+    assert_eq!(s["hooks"]["post"][0]["hook"], "guard", "{s}");
+    assert!(s["hooks"]["post"][0].to_string().contains("checked"), "{s}");
+    let t = text(&r);
+    assert!(t.contains("exit code 3"), "{t}");
+    assert!(t.contains("hello") && t.contains("oops"), "{t}");
+}
+
+async fn long_output_keeps_head_and_tail(client: &Client) {
+    let r = call_tool(
+        client,
+        "execute",
+        json!({"command": "echo FIRST; seq 1 5000; echo LAST"}),
+    )
+    .await;
+    let s = structured(&r);
+    let out = s["stdout"].as_str().unwrap();
+    assert!(
+        out.starts_with("FIRST\n") && out.ends_with("LAST\n"),
+        "{out}"
+    );
+    let omitted = s["stdout_omitted_bytes"].as_u64().unwrap();
+    assert_eq!(omitted + 1024, s["stdout_bytes"].as_u64().unwrap());
+    assert!(
+        out.contains(&format!("[… {omitted} bytes left out …]")),
+        "{out}"
+    );
+    assert!(
+        text(&r).contains(&format!("{omitted} left out")),
+        "{}",
+        text(&r)
+    );
+}
+
+async fn a_denied_command_is_a_tool_error_naming_hook_and_reason(client: &Client) {
+    let r = call_tool(client, "execute", json!({"command": "echo forbidden"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+    let t = text(&r);
+    assert!(
+        t.contains("guard") && t.contains("command contains `forbidden`"),
+        "{t}"
+    );
+    let s = structured(&r);
+    assert_eq!(s["status"], "denied");
+    assert_eq!(s["hook"], "guard");
+    assert_eq!(s["reason"], "command contains `forbidden`");
+}
+
+async fn a_task_list_stops_at_the_failing_task_unless_told_to_go_on(client: &Client) {
+    let tasks = json!(["echo one", "echo two; exit 7", "echo three"]);
+    let r = call_tool(client, "execute_task_list", json!({"tasks": tasks})).await;
+    let s = structured(&r);
+    let statuses: Vec<&str> = s["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["completed", "failed", "skipped"], "{s}");
+    assert_eq!(s["tasks"][1]["exit_code"], 7);
+    assert_eq!(s["tasks"][0]["stdout"], "one\n");
+    assert_eq!(s["all_succeeded"], false);
+    assert!(
+        text(&r).contains("1 completed, 1 failed, 1 skipped"),
+        "{}",
+        text(&r)
+    );
+
+    let r = call_tool(
+        client,
+        "execute_task_list",
+        json!({"tasks": tasks, "continue_on_error": true, "timeout_per_task": 10}),
+    )
+    .await;
+    let s = structured(&r);
+    assert_eq!(
+        s["summary"],
+        json!({"total": 3, "completed": 2, "failed": 1, "skipped": 0})
+    );
+    assert_eq!(s["tasks"][2]["stdout"], "three\n");
+}
+
+async fn progress_is_reported_while_a_command_runs(
+    client: &Client,
+    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
+) {
+    while progress.try_recv().is_ok() {}
+    let r = call_tool(
+        client,
+        "execute",
+        json!({"command": "for i in 1 2 3 4 5; do echo tick $i; sleep 0.2; done"}),
+    )
+    .await;
+    assert_eq!(structured(&r)["status"], "completed");
+    let mut seen = Vec::new();
+    while let Ok(p) = progress.try_recv() {
+        seen.push(p);
+    }
+    assert!(seen.len() >= 2, "progress notifications: {seen:?}");
+    // rmcp's client handles each notification in its own task: they may arrive out of order.
+    seen.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+    // Progress only grows, and each notification names the job.
+    assert!(
+        seen.windows(2).all(|w| w[0].progress < w[1].progress),
+        "{seen:?}"
+    );
+    let last = seen.last().unwrap();
+    assert!(
+        last.message.as_deref().unwrap().contains("tick"),
+        "{last:?}"
+    );
+    let meta = last.meta.as_ref().expect("meta");
+    assert!(meta.get("ccx/job").unwrap()["pgid"].is_number(), "{meta:?}");
+}
+
+/// Starts `echo $$; sleep 300`, learns its process group from a progress notification, cancels
+/// the request, and checks that the group is gone.
+async fn a_canceled_call_kills_the_process_group(
+    client: &Client,
+    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
+) {
+    while progress.try_recv().is_ok() {}
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(call(
+        "execute",
+        json!({"command": "echo $$; sleep 300"}),
+    )));
+    let handle = client
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let pgid = loop {
+        let p = tokio::time::timeout(Duration::from_secs(15), progress.recv())
+            .await
+            .expect("progress in time")
+            .expect("progress channel open");
+        let meta = p.meta.as_ref().and_then(|m| m.get("ccx/job").cloned());
+        if let Some(pgid) = meta.and_then(|m| m["pgid"].as_i64()) {
+            // The shell's own pid, printed first, is its process group.
+            if p.message
+                .as_deref()
+                .unwrap_or("")
+                .ends_with(&format!("last: {pgid}"))
+            {
+                break pgid;
+            }
+        }
+    };
+    assert!(!group_members(pgid).is_empty(), "the job is running");
+    handle.cancel(Some("test".into())).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || group_members(pgid).is_empty()).await,
+        "process group {pgid} still has {:?}",
+        group_members(pgid)
+    );
+    // The connection is still usable afterwards.
+    let r = call_tool(client, "execute", json!({"command": "echo after"})).await;
+    assert_eq!(structured(&r)["stdout"], "after\n");
+}
+
+async fn hook_status_lists_the_hooks(client: &Client) {
+    let r = call_tool(client, "hook_status", json!({})).await;
+    let s = structured(&r);
+    assert_eq!(s["hooks_configured"], 1, "{s}");
+    assert_eq!(s["hooks"][0]["name"], "guard", "{s}");
+    assert!(text(&r).contains("guard"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_mcp_runs_commands_through_the_executor_and_its_hooks() {
+    let config = write_config(GUARD);
+    let (client, mut progress) = stdio_client(&config).await;
+    let info = client.peer().peer_info().expect("server info");
+    assert_eq!(info.server_info.as_ref().unwrap().name, "ccx");
+    lists_the_three_tools_with_schemas(&client).await;
+    a_command_runs_and_reports_status_output_and_hooks(&client).await;
+    long_output_keeps_head_and_tail(&client).await;
+    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
+    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
+    progress_is_reported_while_a_command_runs(&client, &mut progress).await;
+    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
+    hook_status_lists_the_hooks(&client).await;
+    client.cancel().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mcp_serves_the_same_tools_at_slash_mcp() {
+    let config = write_config(GUARD);
+    let server = AppServer::start(&config).await;
+    let (client, mut progress) = http_client(server.addr, None).await.unwrap();
+    lists_the_three_tools_with_schemas(&client).await;
+    a_command_runs_and_reports_status_output_and_hooks(&client).await;
+    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
+    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
+    progress_is_reported_while_a_command_runs(&client, &mut progress).await;
+    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
+    hook_status_lists_the_hooks(&client).await;
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slash_mcp_sits_behind_the_servers_auth() {
+    let mut cfg = test_config();
+    cfg.server.token = Some("s3cret".into());
+    let server = TestServer::start(cfg).await;
+    let err = http_client(server.addr, None).await.err().expect("refused");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("auth"),
+        "{err}"
+    );
+    let err = http_client(server.addr, Some("wrong"))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("auth"),
+        "{err}"
+    );
+    let (client, _) = http_client(server.addr, Some("s3cret")).await.unwrap();
+    let r = call_tool(&client, "execute", json!({"command": "echo ok"})).await;
+    assert_eq!(structured(&r)["stdout"], "ok\n");
+    client.cancel().await.unwrap();
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_mcp_with_url_forwards_to_a_running_server() {
+    let config = write_config(GUARD);
+    let server = AppServer::start(&config).await;
+    let mut cmd = tokio::process::Command::new(CCX);
+    cmd.arg("mcp")
+        .arg("--url")
+        .arg(format!("ws://{}/ws", server.addr))
+        .env_remove("CCX_CONFIG");
+    let (handler, mut progress) = recorder();
+    let client = handler
+        .serve(TokioChildProcess::new(cmd).unwrap())
+        .await
+        .expect("initialize succeeds");
+    a_command_runs_and_reports_status_output_and_hooks(&client).await;
+    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
+    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
+    progress_is_reported_while_a_command_runs_remote(&client, &mut progress).await;
+    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
+    hook_status_lists_the_hooks(&client).await;
+    client.cancel().await.unwrap();
+    server.stop().await;
+}
+
+/// With `--url` the progress interval is the default (1 s), so a longer command.
+async fn progress_is_reported_while_a_command_runs_remote(
+    client: &Client,
+    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
+) {
+    while progress.try_recv().is_ok() {}
+    let r = call_tool(
+        client,
+        "execute",
+        json!({"command": "for i in 1 2 3 4 5; do echo tick $i; sleep 0.5; done"}),
+    )
+    .await;
+    assert_eq!(structured(&r)["status"], "completed");
+    let mut seen = Vec::new();
+    while let Ok(p) = progress.try_recv() {
+        seen.push(p);
+    }
+    assert!(seen.len() >= 2, "progress notifications: {seen:?}");
+    // rmcp's client handles each notification in its own task: they may arrive out of order.
+    seen.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+    assert!(
+        seen.windows(2).all(|w| w[0].progress < w[1].progress),
+        "{seen:?}"
+    );
+}
