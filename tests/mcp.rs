@@ -455,3 +455,36 @@ async fn progress_is_reported_while_a_command_runs_remote(
         "{seen:?}"
     );
 }
+
+/// The stdio shutdown MCP clients use (close stdin, then SIGTERM) ends a running job too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_stdio_server_kills_its_running_jobs() {
+    let config = write_config("");
+    let (client, mut progress) = stdio_client(&config).await;
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(call(
+        "execute",
+        json!({"command": "sleep 300"}),
+    )));
+    let _handle = client
+        .peer()
+        .send_cancellable_request(request, PeerRequestOptions::no_options())
+        .await
+        .unwrap();
+    let pgid = loop {
+        let p = tokio::time::timeout(Duration::from_secs(15), progress.recv())
+            .await
+            .expect("progress in time")
+            .expect("progress channel open");
+        let meta = p.meta.as_ref().and_then(|m| m.get("ccx/job").cloned());
+        if let Some(pgid) = meta.and_then(|m| m["pgid"].as_i64()) {
+            break pgid;
+        }
+    };
+    assert!(!group_members(pgid).is_empty(), "the job is running");
+    client.cancel().await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || group_members(pgid).is_empty()).await,
+        "process group {pgid} outlived the MCP server: {:?}",
+        group_members(pgid)
+    );
+}

@@ -79,9 +79,10 @@ pub async fn serve_stdio_remote(url: String, token: Option<String>) -> Result<()
     serve_stdio(backend, McpConfig::default(), Duration::from_secs(2)).await
 }
 
-/// Serves until the client closes stdin; then cancels the calls still running and waits
-/// (up to the kill grace and a little slack) for their jobs to end. Logs go to stderr:
-/// stdout carries the protocol.
+/// Serves until the client closes stdin (or SIGTERM/SIGINT arrives, the next step of MCP's
+/// stdio shutdown); then cancels the calls still running and waits (up to the kill grace and a
+/// little slack) for their jobs' process groups to be gone. Logs go to stderr: stdout carries
+/// the protocol.
 async fn serve_stdio(backend: Arc<dyn Backend>, config: McpConfig, grace: Duration) -> Result<()> {
     let tools = CcxTools::new(backend, config);
     let calls = tools.calls().clone();
@@ -90,8 +91,20 @@ async fn serve_stdio(backend: Arc<dyn Backend>, config: McpConfig, grace: Durati
         .await
         .context("MCP initialization failed")?;
     info!("MCP server ready on stdio");
+    let stop = running.cancellation_token();
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        info!("signal received; stopping");
+        stop.cancel();
+    });
     let reason = running.waiting().await.context("MCP service task failed")?;
-    info!(?reason, "MCP client went away");
+    signals.abort();
+    info!(?reason, "MCP service stopped");
     calls.close();
     if tokio::time::timeout(grace + Duration::from_secs(1), calls.wait())
         .await
