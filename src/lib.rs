@@ -31,6 +31,7 @@ pub mod executor;
 pub mod hooks;
 pub mod jobs;
 pub mod protocol;
+pub mod scaffold;
 pub mod server;
 
 pub use config::Config;

@@ -475,3 +475,134 @@ async fn the_example_config_loads_every_example_hook() {
         "{err}"
     );
 }
+
+/// Builds a scaffolded project with its own `build.sh`; returns the component's path.
+fn build_scaffold(dir: &Path, lang: ccx::scaffold::Lang) -> std::path::PathBuf {
+    let mut cmd = std::process::Command::new(dir.join("build.sh"));
+    if lang == ccx::scaffold::Lang::Rust {
+        // Share the example hooks' target dir: wit-bindgen is compiled there already.
+        cmd.env("CARGO_TARGET_DIR", root().join("hooks/target"));
+    }
+    let out = cmd.output().expect("running build.sh");
+    assert!(
+        out.status.success(),
+        "{lang:?} build.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = std::path::PathBuf::from(stdout.lines().last().unwrap_or_default().trim());
+    assert!(path.is_file(), "build.sh printed {stdout:?}");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaffolded_hooks_build_and_load_in_every_language() {
+    use ccx::hooks::{HookResult, JobStatus, Verdict};
+    use ccx::scaffold::{Lang, StageChoice, scaffold};
+    examples(); // the toolchains are installed and warm
+    let dest = scratch_dir("scaffold");
+    let host = host();
+    for (lang, stage) in [
+        (Lang::Rust, StageChoice::Both),
+        (Lang::Python, StageChoice::Pre),
+        (Lang::Js, StageChoice::Post),
+    ] {
+        let name = format!("my-{lang:?}-hook").to_lowercase();
+        let dir = scaffold(&name, lang, stage, &dest).unwrap();
+        assert_eq!(dir, dest.join(&name));
+        assert_eq!(
+            std::fs::read_to_string(dir.join("wit/hooks.wit")).unwrap(),
+            std::fs::read_to_string(root().join("wit/hooks.wit")).unwrap()
+        );
+        let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+        assert!(readme.contains("./build.sh") && readme.contains("ccx hooks run"));
+        let wasm = build_scaffold(&dir, lang);
+
+        let mut spec = HookSpec::new(&name, &wasm);
+        spec.config = vec![
+            ("deny".into(), "--force".into()),
+            ("fail_on_error".into(), "true".into()),
+        ];
+        let set = tokio::task::spawn_blocking({
+            let host = host.clone();
+            move || HookSet::load(&host, &[spec])
+        })
+        .await
+        .unwrap();
+        let status = &set.status()[0];
+        assert!(
+            matches!(status.state, ccx::hooks::HookState::Loaded),
+            "{lang:?}: {:?}",
+            status.state
+        );
+        if stage != StageChoice::Post {
+            let chain = set.run_pre(pre_request("git push --force")).await;
+            assert!(chain.warnings.is_empty(), "{lang:?}: {:?}", chain.warnings);
+            assert_eq!(
+                chain.outcome,
+                PreOutcome::Deny {
+                    hook: name.clone(),
+                    reason: "`--force` is not allowed here".into()
+                },
+                "{lang:?}"
+            );
+            match set.run_pre(pre_request("ls")).await.outcome {
+                PreOutcome::Allow { request, .. } => assert_eq!(
+                    request.env,
+                    [("CCX_HOOK".to_string(), name.clone())],
+                    "{lang:?}"
+                ),
+                denied => panic!("{lang:?}: {denied:?}"),
+            }
+        }
+        if stage != StageChoice::Pre {
+            let job = HookResult {
+                request: pre_request("make test"),
+                status: JobStatus::Completed,
+                exit_code: Some(2),
+                signal: None,
+                duration_ms: 5,
+                stdout_bytes: 9,
+                stderr_bytes: 0,
+                stdout_tail: "a\nb\nfail\n".into(),
+                stderr_tail: String::new(),
+            };
+            let chain = set.run_post(&job).await;
+            assert!(chain.warnings.is_empty(), "{lang:?}: {:?}", chain.warnings);
+            let r = &chain.reports[0];
+            assert_eq!(
+                r.verdict,
+                Some(Verdict::Fail("exit code 2".into())),
+                "{lang:?}"
+            );
+            assert_eq!(
+                r.annotations,
+                [
+                    ("stdout_tail_lines".to_string(), "3".to_string()),
+                    ("stdout_bytes".into(), "9".into())
+                ],
+                "{lang:?}"
+            );
+        }
+    }
+
+    // The README's try-it command works as written.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccx"))
+        .current_dir(dest.join("my-rust-hook"))
+        .args([
+            "hooks",
+            "run",
+            "my-rust-hook.wasm",
+            "--pre",
+            "@request.json",
+        ])
+        .args(["--config", "deny=--force"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["answer"],
+        json!({"deny": "`--force` is not allowed here"})
+    );
+}
