@@ -125,7 +125,8 @@ for h in "${hooks[@]}"; do
         if stale "$dest" "$dir" "$wit" "$here/requirements.txt"; then
             python_ready
             log "building $name (Python, componentize-py)"
-            (cd "$dir" && nice -n 10 "$venv/bin/componentize-py" --quiet -d "$wit" -w "$world" \
+            # VIRTUAL_ENV would make componentize-py bundle that venv's site-packages too.
+            (cd "$dir" && nice -n 10 env -u VIRTUAL_ENV "$venv/bin/componentize-py" --quiet -d "$wit" -w "$world" \
                 componentize app -o "$dest.tmp" >&2)
             mv -f "$dest.tmp" "$dest"
         fi

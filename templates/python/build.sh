@@ -9,5 +9,6 @@ if [ ! -x .venv/bin/componentize-py ] || [ requirements.txt -nt .venv/.installed
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt >&2
     touch .venv/.installed
 fi
-.venv/bin/componentize-py --quiet -d wit -w {{world}} componentize app -o {{name}}.wasm >&2
+# Without VIRTUAL_ENV: componentize-py would bundle that venv's site-packages too.
+env -u VIRTUAL_ENV .venv/bin/componentize-py --quiet -d wit -w {{world}} componentize app -o {{name}}.wasm >&2
 echo "$PWD/{{name}}.wasm"
