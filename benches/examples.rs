@@ -140,6 +140,31 @@ fn main() {
         ),
     ];
 
+    // The C example only when its toolchain is wanted (it takes minutes to install).
+    let c_hook = (std::env::var("CCX_HOOKS_C").as_deref() == Ok("1")).then(|| {
+        let out = Command::new("bash")
+            .arg(root().join("hooks/build.sh"))
+            .arg("deny-substring")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    });
+    let mut cases = cases;
+    if let Some(path) = &c_hook {
+        cases.push((
+            "deny-substring",
+            "C",
+            path,
+            Input::Pre(request("cd /srv/app && make -j4 && make test")),
+            3000,
+        ));
+    }
+
     // A fresh cache, so cold loads really compile.
     let cache = scratch_dir("bench-cache");
     let host = HookHost::new(HostOptions {

@@ -30,13 +30,20 @@ hooks=(
     counter:rust:post-hook
     agent-result-check:python:post-hook
     secret-scan:js:post-hook
+    deny-substring:c:pre-hook
 )
+# Built only when named or with CCX_HOOKS_C=1: the C toolchain (zig from PyPI, wit-bindgen-cli
+# compiled from crates.io) costs minutes and 100+ MB on a fresh machine.
+optional_langs=" c "
 
 log() { echo "build.sh: $*" >&2; }
 
 selected=("$@")
-wanted() {
-    [ "${#selected[@]}" -eq 0 ] && return 0
+wanted() { # NAME LANG
+    if [ "${#selected[@]}" -eq 0 ]; then
+        [[ "$optional_langs" != *" $2 "* || "${CCX_HOOKS_C:-}" = 1 ]]
+        return
+    fi
     for w in "${selected[@]}"; do [ "$w" = "$1" ] && return 0; done
     return 1
 }
@@ -68,7 +75,7 @@ flock 9
 rust=()
 for h in "${hooks[@]}"; do
     IFS=: read -r name lang _ <<<"$h"
-    if [ "$lang" = rust ] && wanted "$name"; then rust+=("$name"); fi
+    if [ "$lang" = rust ] && wanted "$name" rust; then rust+=("$name"); fi
 done
 if [ "${#rust[@]}" -gt 0 ]; then
     if ! rustup target list --installed | grep -qx "$target"; then
@@ -113,10 +120,31 @@ js_ready() {
     (cd "$dir" && nice -n 10 npm ci --no-audit --no-fund --loglevel=error >&2)
 }
 
+# -- C --------------------------------------------------------------------------------------
+tools="$here/.tools"
+c_ready() {
+    if [ ! -x "$venv/bin/zig" ] && ! "$venv/bin/python" -m ziglang version >/dev/null 2>&1 ||
+        stale "$venv/.installed-c" "$here/requirements-c.txt"; then
+        [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+        log "installing zig into hooks/.venv ($(cat "$here/requirements-c.txt"))"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+            -r "$here/requirements-c.txt" >&2
+        touch "$venv/.installed-c"
+    fi
+    # Same version as the Rust guests' wit-bindgen crate (hooks/Cargo.toml).
+    local want="0.61.0"
+    if ! "$tools/bin/wit-bindgen" --version 2>/dev/null | grep -q "$want"; then
+        log "installing wit-bindgen-cli $want into hooks/.tools (cargo install, a few minutes)"
+        CARGO_TARGET_DIR="$here/target/tools" nice -n 10 \
+            cargo install --quiet --locked "wit-bindgen-cli@$want" --root "$tools" >&2
+    fi
+    js_ready "$here/secret-scan" # for `jco new` and its WASI reactor adapter
+}
+
 built=()
 for h in "${hooks[@]}"; do
     IFS=: read -r name lang world <<<"$h"
-    wanted "$name" || continue
+    wanted "$name" "$lang" || continue
     dir="$here/$name"
     dest="$out/$name.wasm"
     case "$lang" in
@@ -136,6 +164,22 @@ for h in "${hooks[@]}"; do
             js_ready "$dir"
             log "building $name (JavaScript, componentize-js)"
             (cd "$dir" && nice -n 10 node build.mjs "$name.js" "$wit" "$world" "$dest" >&2)
+        fi
+        ;;
+    c)
+        if stale "$dest" "$dir" "$wit" "$here/requirements-c.txt"; then
+            c_ready
+            log "building $name (C, wit-bindgen c + zig cc + jco new)"
+            gen="$here/target/c/$name"
+            rm -rf "$gen" && mkdir -p "$gen"
+            "$tools/bin/wit-bindgen" c "$wit" --world "$world" --out-dir "$gen" >/dev/null
+            stem="${world//-/_}"
+            nice -n 10 "$venv/bin/python" -m ziglang cc -target wasm32-wasi -mexec-model=reactor \
+                -Os -Wall -I"$gen" "$dir"/*.c "$gen/$stem.c" "$gen/${stem}_component_type.o" \
+                -o "$gen/core.wasm" >&2
+            "$here/secret-scan/node_modules/.bin/jco" new "$gen/core.wasm" --wasi-reactor \
+                -o "$dest.tmp" >&2
+            mv -f "$dest.tmp" "$dest"
         fi
         ;;
     esac

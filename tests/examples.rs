@@ -606,3 +606,39 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
         json!({"deny": "`--force` is not allowed here"})
     );
 }
+
+/// The C route (wit-bindgen c, zig cc, jco new) works. Ignored by default: the first build
+/// installs zig from PyPI and compiles wit-bindgen-cli from crates.io, which takes minutes.
+/// Run with `cargo test --test examples -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "installs the C toolchain (minutes); run with --ignored"]
+async fn a_c_hook_builds_and_denies() {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("hooks/build.sh"))
+        .arg("deny-substring")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut spec = HookSpec::new("deny-substring", &path);
+    spec.config = vec![("deny".into(), "shutdown\n--force".into())];
+    let host = host();
+    let set = tokio::task::spawn_blocking(move || HookSet::load(&host, &[spec]))
+        .await
+        .unwrap();
+    assert_eq!(
+        set.run_pre(pre_request("git push --force")).await.outcome,
+        PreOutcome::Deny {
+            hook: "deny-substring".into(),
+            reason: "command contains `--force`".into()
+        }
+    );
+    assert!(matches!(
+        set.run_pre(pre_request("git push")).await.outcome,
+        PreOutcome::Allow { .. }
+    ));
+}
