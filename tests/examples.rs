@@ -354,6 +354,29 @@ path = "{agent-result-check}"
     let (notes, verdict) = judge("../../Cargo.toml").await;
     assert_eq!(notes, json!({}));
     assert_eq!(verdict, Value::Null);
+
+    // A final answer longer than the tail: the event is cut at the front, and what is left
+    // (cost, tokens) is still read.
+    let long = scratch_dir("transcript").join("long.jsonl");
+    let success = std::fs::read_to_string(fixture("agent-success.jsonl")).unwrap();
+    let answer = "All tests pass. ".repeat(400);
+    std::fs::write(
+        &long,
+        success.replace(
+            "All 12 tests pass; I fixed the off-by-one in parse_range.",
+            &answer,
+        ),
+    )
+    .unwrap();
+    let (_, events) = ws
+        .run(json!({"command": format!("cat '{}'", long.display())}))
+        .await;
+    let r = report(completion(&events), "agent-result-check");
+    assert_eq!(r["verdict"], "pass", "{r}");
+    assert_eq!(r["annotations"]["result_truncated"], "true");
+    assert_eq!(r["annotations"]["result_subtype"], "unknown");
+    assert_eq!(r["annotations"]["cost_usd"], "0.0873");
+    assert_eq!(r["annotations"]["output_tokens"], "1877");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

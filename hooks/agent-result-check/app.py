@@ -72,20 +72,32 @@ def events(tail):
     return found
 
 
-def cut_result_fields(tail):
-    """Fields of a result event whose line was cut at the front of the tail."""
-    at = tail.rfind('"type":"result"')
-    line = tail[tail.rfind("\n", 0, at) + 1 :] if at >= 0 else tail.splitlines()[-1] if tail else ""
-    fields = {}
+def cut_result(tail):
+    """The fields still visible in a result event cut at the front by the tail's size limit.
+
+    Such an event is the tail's last line, does not parse, and still holds the keys that
+    follow the (long) `result` text: `session_id`, `total_cost_usd`, `usage`."""
+    lines = [line for line in tail.splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = lines[-1].replace('": ', '":')
+    if '"total_cost_usd":' not in last and '"type":"result"' not in last:
+        return None
+    try:
+        json.loads(last)
+        return None  # a complete line: not cut
+    except ValueError:
+        pass
+    fields = {"_text": last}
     for key in ("subtype", "session_id"):
-        m = re.search(r'"%s":"([^"]*)"' % key, line)
+        m = re.search(r'"%s":"([^"]*)"' % key, last)
         if m:
             fields[key] = m.group(1)
     for key in ("total_cost_usd", "cost_usd", "num_turns", "input_tokens", "output_tokens"):
-        m = re.search(r'"%s":(-?[0-9.eE+-]+)' % key, line)
+        m = re.search(r'"%s":(-?[0-9][0-9.eE+-]*)' % key, last)
         if m:
-            fields[key] = m.group(1)
-    m = re.search(r'"is_error":(true|false)', line)
+            fields[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
+    m = re.search(r'"is_error":(true|false)', last)
     if m:
         fields["is_error"] = m.group(1) == "true"
     return fields
@@ -114,17 +126,17 @@ class WitWorld(wit_world.WitWorld):
         found = events(tail)
         programs = config("programs", "claude").split()
         words = re.split(r"[\s;&|()/]+", job.request.command)
-        if not found and not any(p in words for p in programs):
-            return PostOutcome(annotations=[], verdict=None)
-
         notes = {}
         results = [e for e in found if e.get("type") == "result"]
         result = results[-1] if results else None
         truncated = False
-        if result is None and '"type":"result"' in tail.replace(" ", ""):
-            result = cut_result_fields(tail.replace('": ', '":'))
-            truncated = True
-            notes["result_truncated"] = "true"
+        if result is None:
+            result = cut_result(tail)
+            truncated = result is not None
+            if truncated:
+                notes["result_truncated"] = "true"
+        if not found and not truncated and not any(p in words for p in programs):
+            return PostOutcome(annotations=[], verdict=None)
 
         # Limit messages are looked for where the agent's runtime reports them (stderr, lines
         # that are not events, the result text, API error messages), not in the conversation,
@@ -132,10 +144,12 @@ class WitWorld(wit_world.WitWorld):
         plain = [line for line in tail.splitlines() if not line.lstrip().startswith("{")]
         text = "\n".join([job.stderr_tail] + plain + [api_errors(e) for e in found])
         if result is not None:
+            # A cut event may have lost its subtype: "unknown" is judged by what is left.
             subtype = result.get("subtype", "unknown")
-            is_error = bool(result.get("is_error", subtype != "success"))
+            is_error = bool(result.get("is_error", subtype not in ("success", "unknown")))
             notes["result_subtype"] = subtype
-            notes["is_error"] = "true" if is_error else "false"
+            if "is_error" in result or subtype != "unknown":
+                notes["is_error"] = "true" if is_error else "false"
             cost = result.get("total_cost_usd", result.get("cost_usd"))
             if cost is not None:
                 notes["cost_usd"] = number(cost)
@@ -149,6 +163,8 @@ class WitWorld(wit_world.WitWorld):
                 notes["session_id"] = str(result["session_id"])
             if isinstance(result.get("result"), str):
                 text += "\n" + result["result"]
+            if truncated:
+                text += "\n" + result["_text"]
         else:
             subtype, is_error = "missing", True
             notes["result_subtype"] = "missing"
@@ -169,7 +185,7 @@ class WitWorld(wit_world.WitWorld):
         elif result is None:
             status = job.status.name.lower().replace("_", "-")
             verdict = Verdict_Fail("no result event: the agent did not complete (job %s)" % status)
-        elif is_error or subtype != "success":
+        elif is_error or subtype not in ("success", "unknown"):
             verdict = Verdict_Fail("agent ended with %s" % subtype)
         elif job.status != JobStatus.COMPLETED or job.exit_code not in (0, None):
             verdict = Verdict_Fail("agent reported success but exited with %s" % job.exit_code)
