@@ -203,3 +203,122 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
+    let (child, addr) = spawn_server(&[], None);
+    let pid = child.id();
+    let _server = Server(child);
+    let url = format!("ws://{addr}/ws");
+    let mut slow = Ws::connect(&url).await;
+    let mut other = Ws::connect(&url).await;
+    let before = rss_mib(pid);
+    let total: u64 = 300_000_000;
+    let reply = slow
+        .call(
+            "execute",
+            json!({"command": format!("head -c {total} /dev/zero | tr '\\0' a")}),
+        )
+        .await;
+    let job = reply["result"]["job_id"].as_str().unwrap().to_string();
+    // The slow client reads nothing for a while; the job must stall, not buffer 300 MB.
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let (_, events) = other.run(json!({"command": "echo quick"})).await;
+        assert_eq!(output(&events, "stdout"), "quick\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let grown = rss_mib(pid).saturating_sub(before);
+    assert!(
+        grown < 100,
+        "server memory grew by {grown} MiB behind a slow reader"
+    );
+    let status = slow.call("status", json!({})).await;
+    assert_eq!(
+        status["result"]["running"]["job_id"],
+        job.as_str(),
+        "still running: stalled"
+    );
+    // Now read it all: every byte arrives.
+    let mut received = 0u64;
+    loop {
+        let m = slow.next().await;
+        match m["method"].as_str() {
+            Some("process.output") => {
+                received += m["params"]["data"].as_str().unwrap().len() as u64
+            }
+            Some("process.completed") => {
+                assert_eq!(m["params"]["status"], "completed");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(received, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_leave_no_descriptors_or_zombies_behind() {
+    let (child, addr) = spawn_server(&[], None);
+    let pid = child.id();
+    let _server = Server(child);
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let zombie_children = || {
+        let me = pid.to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 2 && f[0] == "Z" && f[1] == me
+            })
+            .count()
+    };
+    let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+    // Warm up whatever the runtime allocates once.
+    ws.run(json!({"command": "true"})).await;
+    let before = open_fds();
+    for i in 0..30 {
+        let cmd = match i % 3 {
+            0 => "echo x; echo y >&2",
+            1 => "sleep 5 & exit 1",
+            _ => "sleep 10",
+        };
+        let timeout = if i % 3 == 2 { Some(0.1) } else { None };
+        let mut params = json!({"command": cmd});
+        if let Some(t) = timeout {
+            params["timeout"] = json!(t);
+        }
+        ws.run(params).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds() <= before
+            && zombie_children() == 0)
+        .await,
+        "fds {} -> {}, zombies {}",
+        before,
+        open_fds(),
+        zombie_children()
+    );
+}
