@@ -9,9 +9,11 @@
 //!
 //! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -174,32 +176,12 @@ fn start_server(
 ) -> (std::process::Child, String, Duration) {
     let cfg = dir.join(format!("{tag}.toml"));
     std::fs::write(&cfg, config).unwrap();
-    let started = Instant::now();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ccx"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn,ccx::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ccx serve");
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server log").unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    let took = started.elapsed();
-    std::thread::spawn(move || for _ in lines {});
-    (server, format!("ws://{addr}/ws"), took)
+    let (child, addr, took) = common::spawn_ccx_serve(
+        env!("CARGO_BIN_EXE_ccx"),
+        &cfg,
+        &[("RUST_LOG", "warn,ccx::server=info")],
+    );
+    (child, format!("ws://{addr}/ws"), took)
 }
 
 async fn connect(url: &str) -> Ws {

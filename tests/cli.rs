@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,37 +11,12 @@ use std::time::{Duration, Instant};
 const CCX: &str = env!("CARGO_BIN_EXE_ccx");
 
 /// `ccx serve` on a free loopback port; returns the child and its address.
-fn spawn_server(extra: &[&str], config: Option<&str>) -> (Child, String) {
+fn spawn_server(config: Option<&str>) -> (Child, String) {
     let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("ccx.toml");
     std::fs::write(&cfg, config.unwrap_or("[execution]\nkill_grace = 0.3\n")).unwrap();
-    let mut child = Command::new(CCX)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&cfg)
-        .args(extra)
-        .env_remove("CCX_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server log").unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
     (child, addr)
 }
 
@@ -64,7 +39,7 @@ impl Drop for Server {
 
 #[test]
 fn exec_passes_output_through_and_exits_with_the_commands_code() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let _server = Server(child);
 
     let out = exec(&addr, &["--", "echo out; echo err >&2; exit 3"]);
@@ -106,7 +81,7 @@ fn exec_reports_an_unreachable_server() {
 
 #[test]
 fn ctrl_c_on_exec_cancels_the_remote_job() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let _server = Server(child);
     let mut client = Command::new(CCX)
         .args([
@@ -133,7 +108,7 @@ fn ctrl_c_on_exec_cancels_the_remote_job() {
 
 #[test]
 fn sigterm_stops_the_server_after_terminal_events() {
-    let (mut child, addr) = spawn_server(&[], None);
+    let (mut child, addr) = spawn_server(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
@@ -216,7 +191,7 @@ fn rss_mib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let pid = child.id();
     let _server = Server(child);
     let url = format!("ws://{addr}/ws");
@@ -274,7 +249,7 @@ async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_leave_no_descriptors_or_zombies_behind() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let pid = child.id();
     let _server = Server(child);
     let open_fds = || {
