@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use ccx::app::App;
 use ccx::client::{self, ExecOptions};
 use ccx::config::Config;
-use ccx::server::{self, ServerState};
+use ccx::server;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -372,13 +372,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let app = App::start(config).await?;
     let stop = CancellationToken::new();
     app.spawn_watcher(stop.clone());
-    let state = ServerState::new(
-        app.exec.clone(),
-        app.config.server.clone(),
-        app.config.source.clone(),
-        Some(app.clone()),
-    );
-    let result = server::serve(listener, state, shutdown_signal()).await;
+    let result = server::serve(listener, app.server_state(), shutdown_signal()).await;
     stop.cancel();
     result?;
     Ok(ExitCode::SUCCESS)
