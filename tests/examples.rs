@@ -627,7 +627,8 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
     assert_eq!(
         report["answer"],
         json!({"deny": "`--force` is not allowed here"})
-    );
+    ); // Each project holds a virtualenv or node_modules (hundreds of MB): clean up on success.
+    let _ = std::fs::remove_dir_all(&dest);
 }
 
 /// The C route (wit-bindgen c, zig cc, jco new) works. Ignored by default: the first build
