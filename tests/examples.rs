@@ -524,7 +524,14 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
     use ccx::scaffold::{Lang, StageChoice, scaffold};
     examples(); // the toolchains are installed and warm
     let dest = scratch_dir("scaffold");
-    let host = host();
+    // A private cache, removed with `dest`: every build of an interpreted hook differs, so its
+    // compiled artifacts would only pile up in the shared one.
+    let host = HookHost::new(HostOptions {
+        cache_dir: Some(dest.join("cache")),
+        pooling: false,
+        max_concurrent_calls: 4,
+    })
+    .unwrap();
     for (lang, stage) in [
         (Lang::Rust, StageChoice::Both),
         (Lang::Python, StageChoice::Pre),
