@@ -297,3 +297,27 @@ async fn jobs_leave_no_descriptors_or_zombies_behind() {
         zombie_children()
     );
 }
+
+#[test]
+fn hooks_new_scaffolds_a_project_and_refuses_to_overwrite() {
+    let dir = std::env::temp_dir().join(format!("ccx-new-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = |name: &str| {
+        Command::new(CCX)
+            .args([
+                "hooks", "new", name, "--lang", "python", "--stage", "post", "--dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = new("my-check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.join("my-check/wit/hooks.wit").exists());
+    assert!(dir.join("my-check/README.md").exists());
+    let again = new("my-check");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&again.stderr).is_empty());
+    let bad = new("Not A Name");
+    assert_eq!(bad.status.code(), Some(2));
+}
