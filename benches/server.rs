@@ -111,28 +111,24 @@ fn main() {
         String::from_utf8_lossy(&built.stderr)
     );
     let stdout = String::from_utf8_lossy(&built.stdout);
-    let test_hook = stdout
-        .lines()
-        .find(|l| l.ends_with("test-hook.wasm"))
-        .unwrap()
-        .trim();
-    let cache = dir.join("cache");
-    let mut cfg = format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display());
-    for i in 0..10 {
-        cfg.push_str(&format!(
-            "[[hooks]]\nname = \"h{i}\"\npath = \"{test_hook}\"\n"
-        ));
-    }
-    let (mut cold, _, cold_start) = start_server(&dir, "cold", &cfg);
-    let _ = cold.kill();
-    let _ = cold.wait();
-    let (mut warm, warm_url, warm_start) = start_server(&dir, "warm", &cfg);
+    let path_of = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("build.sh did not build {name}"))
+            .trim()
+            .to_string()
+    };
+    let chain = |hook: &str, cache: &std::path::Path| {
+        let mut cfg = format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display());
+        for i in 0..10 {
+            cfg.push_str(&format!("[[hooks]]\nname = \"h{i}\"\npath = \"{hook}\"\n"));
+        }
+        cfg
+    };
     let n = if quick { 100 } else { 1000 };
-    let chained = rt.block_on(round_trips(&warm_url, n));
-    let _ = warm.kill();
-    let _ = warm.wait();
-    let (mut bare, url3, _) = start_server(&dir, "bare", "");
-    let bare_rtt = rt.block_on(round_trips(&url3, n));
+    let (mut bare, bare_url, _) = start_server(&dir, "bare", "");
+    let bare_rtt = rt.block_on(round_trips(&bare_url, n));
     let _ = bare.kill();
     let _ = bare.wait();
     rows.push((
@@ -143,23 +139,40 @@ fn main() {
             us(pct(&bare_rtt, 99))
         ),
     ));
-    rows.push((
-        format!("same with a 10-hook chain, pre + post each ({n} runs)"),
-        format!(
-            "p50 {} / p99 {} (adds {} at p50)",
-            us(pct(&chained, 50)),
-            us(pct(&chained, 99)),
-            us(pct(&chained, 50).saturating_sub(pct(&bare_rtt, 50)))
+    let trivial = chain(&path_of("pre-only.wasm"), &dir.join("cache-trivial"));
+    let full = chain(&path_of("test-hook.wasm"), &dir.join("cache-full"));
+    for (what, cfg) in [
+        ("10 trivial Rust pre-hooks (`pre-only`)", &trivial),
+        (
+            "10 Rust hooks with pre and post (`test-hook`, 20 calls)",
+            &full,
         ),
-    ));
-    rows.push((
-        "server start to listening, 10 hooks, cold cache (compile)".into(),
-        format!("{:.0} ms", cold_start.as_secs_f64() * 1e3),
-    ));
-    rows.push((
-        "server start to listening, 10 hooks, warm cache".into(),
-        format!("{:.0} ms", warm_start.as_secs_f64() * 1e3),
-    ));
+    ] {
+        let (mut cold, _, cold_start) = start_server(&dir, "cold", cfg);
+        let _ = cold.kill();
+        let _ = cold.wait();
+        let (mut warm, warm_url, warm_start) = start_server(&dir, "warm", cfg);
+        let chained = rt.block_on(round_trips(&warm_url, n));
+        let _ = warm.kill();
+        let _ = warm.wait();
+        rows.push((
+            format!("same with {what}"),
+            format!(
+                "p50 {} / p99 {} (adds {} at p50)",
+                us(pct(&chained, 50)),
+                us(pct(&chained, 99)),
+                us(pct(&chained, 50).saturating_sub(pct(&bare_rtt, 50)))
+            ),
+        ));
+        rows.push((
+            format!("server start to listening with {what}: cold cache (compile) / warm cache"),
+            format!(
+                "{:.0} ms / {:.0} ms",
+                cold_start.as_secs_f64() * 1e3,
+                warm_start.as_secs_f64() * 1e3
+            ),
+        ));
+    }
 
     println!("| measurement | result |\n|---|---|");
     for (k, v) in rows {
