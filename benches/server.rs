@@ -9,9 +9,11 @@
 //!
 //! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes.
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -28,31 +30,7 @@ fn main() {
         .unwrap();
     let dir = std::env::temp_dir().join(format!("ccx-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("ccx.toml");
-    std::fs::write(&cfg, "[server]\nmax_sessions = 400\n").unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_ccx"))
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&cfg)
-        .env("RUST_LOG", "warn,ccx::server=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ccx serve");
-    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let url = format!("ws://{addr}/ws");
+    let (mut server, url, _) = start_server(&dir, "plain", "[server]\nmax_sessions = 400\n");
     let pid = server.id();
 
     let rows = rt.block_on(async {
@@ -120,10 +98,103 @@ fn main() {
     let _ = server.kill();
     let _ = server.wait();
 
+    // Hooks: the round trip with a 10-hook chain (pre + post each), and start-up with the
+    // hooks compiled (cold cache) or mapped from the cache (warm).
+    let mut rows = rows;
+    let built = Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/build.sh"))
+        .output()
+        .expect("hooks/build.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let path_of = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("build.sh did not build {name}"))
+            .trim()
+            .to_string()
+    };
+    let chain = |hook: &str, cache: &std::path::Path| {
+        let mut cfg = format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display());
+        for i in 0..10 {
+            cfg.push_str(&format!("[[hooks]]\nname = \"h{i}\"\npath = \"{hook}\"\n"));
+        }
+        cfg
+    };
+    let n = if quick { 100 } else { 1000 };
+    let (mut bare, bare_url, _) = start_server(&dir, "bare", "");
+    let bare_rtt = rt.block_on(round_trips(&bare_url, n));
+    let _ = bare.kill();
+    let _ = bare.wait();
+    rows.push((
+        format!("`execute \"true\"` round trip, no hooks ({n} runs)"),
+        format!(
+            "p50 {} / p99 {}",
+            us(pct(&bare_rtt, 50)),
+            us(pct(&bare_rtt, 99))
+        ),
+    ));
+    let trivial = chain(&path_of("pre-only.wasm"), &dir.join("cache-trivial"));
+    let full = chain(&path_of("test-hook.wasm"), &dir.join("cache-full"));
+    for (what, cfg) in [
+        ("10 trivial Rust pre-hooks (`pre-only`)", &trivial),
+        (
+            "10 Rust hooks with pre and post (`test-hook`, 20 calls)",
+            &full,
+        ),
+    ] {
+        let (mut cold, _, cold_start) = start_server(&dir, "cold", cfg);
+        let _ = cold.kill();
+        let _ = cold.wait();
+        let (mut warm, warm_url, warm_start) = start_server(&dir, "warm", cfg);
+        let chained = rt.block_on(round_trips(&warm_url, n));
+        let _ = warm.kill();
+        let _ = warm.wait();
+        rows.push((
+            format!("same with {what}"),
+            format!(
+                "p50 {} / p99 {} (adds {} at p50)",
+                us(pct(&chained, 50)),
+                us(pct(&chained, 99)),
+                us(pct(&chained, 50).saturating_sub(pct(&bare_rtt, 50)))
+            ),
+        ));
+        rows.push((
+            format!("server start to listening with {what}: cold cache (compile) / warm cache"),
+            format!(
+                "{:.0} ms / {:.0} ms",
+                cold_start.as_secs_f64() * 1e3,
+                warm_start.as_secs_f64() * 1e3
+            ),
+        ));
+    }
+
     println!("| measurement | result |\n|---|---|");
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
+}
+
+/// Starts `ccx serve` with `config` on a free port; returns it, its URL and the time from
+/// spawn to its "listening" log line.
+fn start_server(
+    dir: &std::path::Path,
+    tag: &str,
+    config: &str,
+) -> (std::process::Child, String, Duration) {
+    let cfg = dir.join(format!("{tag}.toml"));
+    std::fs::write(&cfg, config).unwrap();
+    let (child, addr, took) = common::spawn_ccx_serve(
+        env!("CARGO_BIN_EXE_ccx"),
+        &cfg,
+        &[("RUST_LOG", "warn,ccx::server=info")],
+    );
+    (child, format!("ws://{addr}/ws"), took)
 }
 
 async fn connect(url: &str) -> Ws {

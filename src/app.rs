@@ -9,7 +9,7 @@
 use crate::config::{self, Config};
 use crate::executor::{Executor, HookChain};
 use crate::hooks::{HookHost, HookSet, HostOptions};
-use crate::server::HookStatusSource;
+use crate::server::{HookStatusSource, ServerState};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
@@ -154,6 +154,16 @@ impl App {
             }
             watcher.abort();
         });
+    }
+
+    /// The state the WebSocket server shares between connections, reporting these hooks.
+    pub fn server_state(self: &Arc<Self>) -> Arc<ServerState> {
+        ServerState::new(
+            self.exec.clone(),
+            self.config.server.clone(),
+            self.config.source.clone(),
+            Some(self.clone()),
+        )
     }
 
     /// The hooks' state for `hook_status`, `/hooks` and `/health`.

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use ccx::app::App;
 use ccx::client::{self, ExecOptions};
 use ccx::config::Config;
-use ccx::server::{self, ServerState};
+use ccx::server;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -63,6 +63,23 @@ enum HooksCommand {
     Disable(ToggleArgs),
     /// Run one hook once and print its answer, fuel used, time and guest output.
     Run(RunArgs),
+    /// Scaffold a new hook project whose build command works out of the box.
+    New(NewArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct NewArgs {
+    /// The hook's name (lowercase kebab-case); also the project directory's name.
+    name: String,
+    /// The language to write it in.
+    #[arg(long, value_enum)]
+    lang: ccx::scaffold::Lang,
+    /// Which stages it implements.
+    #[arg(long, value_enum, default_value_t = ccx::scaffold::StageChoice::Both)]
+    stage: ccx::scaffold::StageChoice,
+    /// Where to create the project directory.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -202,6 +219,15 @@ mod hooks_cmd {
             HooksCommand::Enable(a) => toggle(&a.config.config, &a.name, true),
             HooksCommand::Disable(a) => toggle(&a.config.config, &a.name, false),
             HooksCommand::Run(a) => run_one(a).await,
+            HooksCommand::New(a) => {
+                let dir = ccx::scaffold::scaffold(&a.name, a.lang, a.stage, &a.dir)?;
+                println!("created {}", dir.display());
+                println!(
+                    "see {} for how to build and try it",
+                    dir.join("README.md").display()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 
@@ -394,13 +420,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let app = App::start(config).await?;
     let stop = CancellationToken::new();
     app.spawn_watcher(stop.clone());
-    let state = ServerState::new(
-        app.exec.clone(),
-        app.config.server.clone(),
-        app.config.source.clone(),
-        Some(app.clone()),
-    );
-    let result = server::serve(listener, state, shutdown_signal()).await;
+    let result = server::serve(listener, app.server_state(), shutdown_signal()).await;
     stop.cancel();
     result?;
     Ok(ExitCode::SUCCESS)

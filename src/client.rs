@@ -208,6 +208,14 @@ pub async fn exec<O: Write, E: Write>(
 }
 
 fn completion_exit_code<E: Write>(c: &Value, err: &mut E) -> u8 {
+    // A post-hook's failing verdict does not change the command's exit code, but is worth
+    // a line on stderr.
+    for report in c["hooks"].as_array().into_iter().flatten() {
+        if let Some(reason) = report["verdict"]["fail"].as_str() {
+            let hook = report["hook"].as_str().unwrap_or("?");
+            let _ = writeln!(err, "ccx: hook `{hook}` failed the job: {reason}");
+        }
+    }
     match c["status"].as_str() {
         Some("timed_out") => {
             let _ = writeln!(err, "ccx: timed out after {} s", c["execution_time"]);

@@ -32,6 +32,7 @@ pub mod hooks;
 pub mod jobs;
 pub mod mcp;
 pub mod protocol;
+pub mod scaffold;
 pub mod server;
 
 pub use config::Config;

@@ -48,7 +48,7 @@ const EVENT_BUFFER: usize = 64;
 const REPLY_BUFFER: usize = 16;
 /// Frames above `max_frame_bytes` but below this many times it are read and answered with an
 /// error; larger ones close the connection (1009) without being buffered.
-const HARD_FRAME_FACTOR: usize = 16;
+const HARD_FRAME_FACTOR: usize = 4;
 
 /// Where `hook_status`, `GET /hooks` and `/health` get the hooks' state from. The server only
 /// passes the JSON along; it knows nothing of wasm.

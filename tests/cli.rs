@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,37 +11,12 @@ use std::time::{Duration, Instant};
 const CCX: &str = env!("CARGO_BIN_EXE_ccx");
 
 /// `ccx serve` on a free loopback port; returns the child and its address.
-fn spawn_server(extra: &[&str], config: Option<&str>) -> (Child, String) {
+fn spawn_server(config: Option<&str>) -> (Child, String) {
     let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("ccx.toml");
     std::fs::write(&cfg, config.unwrap_or("[execution]\nkill_grace = 0.3\n")).unwrap();
-    let mut child = Command::new(CCX)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&cfg)
-        .args(extra)
-        .env_remove("CCX_TOKEN")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines.next().expect("server log").unwrap();
-        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
     (child, addr)
 }
 
@@ -64,7 +39,7 @@ impl Drop for Server {
 
 #[test]
 fn exec_passes_output_through_and_exits_with_the_commands_code() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let _server = Server(child);
 
     let out = exec(&addr, &["--", "echo out; echo err >&2; exit 3"]);
@@ -106,7 +81,7 @@ fn exec_reports_an_unreachable_server() {
 
 #[test]
 fn ctrl_c_on_exec_cancels_the_remote_job() {
-    let (child, addr) = spawn_server(&[], None);
+    let (child, addr) = spawn_server(None);
     let _server = Server(child);
     let mut client = Command::new(CCX)
         .args([
@@ -133,7 +108,7 @@ fn ctrl_c_on_exec_cancels_the_remote_job() {
 
 #[test]
 fn sigterm_stops_the_server_after_terminal_events() {
-    let (mut child, addr) = spawn_server(&[], None);
+    let (mut child, addr) = spawn_server(None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
@@ -202,4 +177,147 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
+    let (child, addr) = spawn_server(None);
+    let pid = child.id();
+    let _server = Server(child);
+    let url = format!("ws://{addr}/ws");
+    let mut slow = Ws::connect(&url).await;
+    let mut other = Ws::connect(&url).await;
+    let before = rss_mib(pid);
+    let total: u64 = 300_000_000;
+    let reply = slow
+        .call(
+            "execute",
+            json!({"command": format!("head -c {total} /dev/zero | tr '\\0' a")}),
+        )
+        .await;
+    let job = reply["result"]["job_id"].as_str().unwrap().to_string();
+    // The slow client reads nothing for a while; the job must stall, not buffer 300 MB.
+    for _ in 0..3 {
+        let start = std::time::Instant::now();
+        let (_, events) = other.run(json!({"command": "echo quick"})).await;
+        assert_eq!(output(&events, "stdout"), "quick\n");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let grown = rss_mib(pid).saturating_sub(before);
+    assert!(
+        grown < 100,
+        "server memory grew by {grown} MiB behind a slow reader"
+    );
+    let status = slow.call("status", json!({})).await;
+    assert_eq!(
+        status["result"]["running"]["job_id"],
+        job.as_str(),
+        "still running: stalled"
+    );
+    // Now read it all: every byte arrives.
+    let mut received = 0u64;
+    loop {
+        let m = slow.next().await;
+        match m["method"].as_str() {
+            Some("process.output") => {
+                received += m["params"]["data"].as_str().unwrap().len() as u64
+            }
+            Some("process.completed") => {
+                assert_eq!(m["params"]["status"], "completed");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(received, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_leave_no_descriptors_or_zombies_behind() {
+    let (child, addr) = spawn_server(None);
+    let pid = child.id();
+    let _server = Server(child);
+    let open_fds = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    let zombie_children = || {
+        let me = pid.to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+            .filter(|stat| {
+                let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                f.len() > 2 && f[0] == "Z" && f[1] == me
+            })
+            .count()
+    };
+    let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+    // Warm up whatever the runtime allocates once.
+    ws.run(json!({"command": "true"})).await;
+    let before = open_fds();
+    for i in 0..30 {
+        let cmd = match i % 3 {
+            0 => "echo x; echo y >&2",
+            1 => "sleep 5 & exit 1",
+            _ => "sleep 10",
+        };
+        let timeout = if i % 3 == 2 { Some(0.1) } else { None };
+        let mut params = json!({"command": cmd});
+        if let Some(t) = timeout {
+            params["timeout"] = json!(t);
+        }
+        ws.run(params).await;
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || open_fds() <= before
+            && zombie_children() == 0)
+        .await,
+        "fds {} -> {}, zombies {}",
+        before,
+        open_fds(),
+        zombie_children()
+    );
+}
+
+#[test]
+fn hooks_new_scaffolds_a_project_and_refuses_to_overwrite() {
+    let dir = std::env::temp_dir().join(format!("ccx-new-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let new = |name: &str| {
+        Command::new(CCX)
+            .args([
+                "hooks", "new", name, "--lang", "python", "--stage", "post", "--dir",
+            ])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = new("my-check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(dir.join("my-check/wit/hooks.wit").exists());
+    assert!(dir.join("my-check/README.md").exists());
+    let again = new("my-check");
+    assert_eq!(again.status.code(), Some(2));
+    assert!(!String::from_utf8_lossy(&again.stderr).is_empty());
+    let bad = new("Not A Name");
+    assert_eq!(bad.status.code(), Some(2));
 }

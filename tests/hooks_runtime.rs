@@ -628,3 +628,22 @@ async fn the_compiled_artifact_is_cached_on_disk_and_reused() {
     assert_eq!(third.status()[0].source, Some(LoadSource::Compiled));
     allowed(&third.run_pre(request("ls")).await.outcome);
 }
+
+#[tokio::test]
+async fn every_call_gets_a_fresh_instance_even_when_pool_slots_are_reused() {
+    // A global in the guest's linear memory counts calls; a reused, reset pool slot must look
+    // exactly like a new instance, so every call sees 1. Memory-hungry calls in between dirty
+    // the slots that are reset with memset rather than unmapped.
+    let counting = load(&[test_hook("fresh-instance", &[("mode", "instance-count")])]);
+    let hungry = load(&[test_hook(
+        "fresh-hungry",
+        &[("mode", "alloc-some"), ("mb", "8")],
+    )]);
+    for _ in 0..20 {
+        let chain = counting.run_pre(request("ls")).await;
+        let (_, reason) = denied(&chain.outcome);
+        assert_eq!(reason, "calls seen by this instance: 1");
+        let chain = hungry.run_pre(request("ls")).await;
+        assert!(chain.warnings.is_empty(), "{:?}", chain.warnings);
+    }
+}

@@ -535,3 +535,61 @@ async fn wait_for_generation(ws: &mut Ws, generation: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[test]
+fn sighup_reloads_a_server_that_does_not_poll() {
+    use std::io::{BufRead, BufReader};
+    let dir = hooks_common::scratch_dir("hup");
+    let path = write_config(
+        &dir,
+        "[[hooks]]\nname = \"gate\"\npath = \"{hook}\"\nenabled = false\nconfig = { mode = \"deny\", reason = \"closed by SIGHUP\" }\n",
+    );
+    // No polling: only the signal can make it notice the change.
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("watch_interval = 0.05", "watch_interval = 0");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(CCX)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap_or_default();
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+        let out = Command::new(CCX)
+            .args(["hooks", "enable", "gate", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = ws.call("hook_status", json!({})).await;
+        assert_eq!(
+            status["result"]["generation"], 1,
+            "no polling, no reload yet"
+        );
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+        wait_for_generation(&mut ws, 2).await;
+        let err = ws.call("execute", json!({"command": "true"})).await;
+        assert_eq!(err["error"]["data"]["reason"], "closed by SIGHUP", "{err}");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+}

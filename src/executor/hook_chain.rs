@@ -25,6 +25,18 @@ impl HookChain {
     }
 }
 
+/// The request as the hooks see it.
+fn hook_request(ctx: &JobContext, request: &JobRequest) -> HookRequest {
+    HookRequest {
+        session_id: ctx.session_id.to_string(),
+        job_id: ctx.job_id.to_string(),
+        command: request.command.clone(),
+        cwd: request.cwd.clone(),
+        env: request.env.clone().into_iter().collect(),
+        timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
+    }
+}
+
 fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
     items
         .iter()
@@ -44,15 +56,7 @@ impl Hooks for HookChain {
                     warnings: Vec::new(),
                 };
             }
-            let hook_request = HookRequest {
-                session_id: ctx.session_id.to_string(),
-                job_id: ctx.job_id.to_string(),
-                command: request.command.clone(),
-                cwd: request.cwd.clone(),
-                env: request.env.clone().into_iter().collect(),
-                timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
-            };
-            let chain = self.set.run_pre(hook_request).await;
+            let chain = self.set.run_pre(hook_request(ctx, &request)).await;
             let warnings = to_values(&chain.warnings);
             let verdict = match chain.outcome {
                 PreOutcome::Deny { hook, reason } => PreVerdict::Deny { hook, reason },
@@ -105,14 +109,7 @@ impl Hooks for HookChain {
                 JobStatus::Canceled => hooks::JobStatus::Canceled,
             };
             let result = HookResult {
-                request: HookRequest {
-                    session_id: ctx.session_id.to_string(),
-                    job_id: ctx.job_id.to_string(),
-                    command: request.command.clone(),
-                    cwd: request.cwd.clone(),
-                    env: request.env.clone().into_iter().collect(),
-                    timeout_ms: request.timeout.map(|t| t.as_millis() as u64),
-                },
+                request: hook_request(ctx, request),
                 status,
                 exit_code: outcome.exit_code,
                 signal: outcome.signal,

@@ -538,6 +538,17 @@ impl SessionInner {
     async fn emit(&self, event: Event) {
         let _ = self.events.send(event).await;
     }
+
+    /// Sends each hook warning as its own event.
+    async fn emit_warnings(&self, job_id: &JobId, warnings: Vec<Value>) {
+        for warning in warnings {
+            self.emit(Event::HookWarning {
+                job_id: job_id.clone(),
+                warning,
+            })
+            .await;
+        }
+    }
 }
 
 /// Runs the pre-hooks and spawns the job's process. Boxed: a finished job starts the next
@@ -562,14 +573,7 @@ fn start<'a>(
         let pre = hooks.pre(&ctx, request).await;
         let (request, info) = match pre.verdict {
             PreVerdict::Deny { hook, reason } => {
-                for w in pre.warnings {
-                    inner
-                        .emit(Event::HookWarning {
-                            job_id: job_id.clone(),
-                            warning: w,
-                        })
-                        .await;
-                }
+                inner.emit_warnings(&job_id, pre.warnings).await;
                 info!(job = %job_id, %hook, %reason, "denied by hook");
                 return Start::Denied { hook, reason };
             }
@@ -596,14 +600,7 @@ fn start<'a>(
                     None => format!("cannot start `{}`: {e}", cfg.shell),
                 };
                 warn!(job = %job_id, %error, "spawn failed");
-                for w in pre.warnings {
-                    inner
-                        .emit(Event::HookWarning {
-                            job_id: job_id.clone(),
-                            warning: w,
-                        })
-                        .await;
-                }
+                inner.emit_warnings(&job_id, pre.warnings).await;
                 let mut c = Completion::without_process(job_id, JobStatus::Failed);
                 c.error = Some(error.clone());
                 inner.emit(Event::Completed(c)).await;
@@ -686,14 +683,7 @@ impl JobTask {
         let job_id = ctx.job_id.clone();
         // Wait until the caller has sent its reply (or dropped it).
         let _ = gate.await;
-        for w in warnings {
-            inner
-                .emit(Event::HookWarning {
-                    job_id: job_id.clone(),
-                    warning: w,
-                })
-                .await;
-        }
+        inner.emit_warnings(&job_id, warnings).await;
         let (pid, pgid) = (process.pid, process.pgid);
         inner
             .emit(Event::Started {
@@ -709,14 +699,7 @@ impl JobTask {
             .await;
         inner.exec.running.fetch_sub(1, Ordering::Relaxed);
         let post = hooks.post(&ctx, &request, &outcome).await;
-        for w in post.warnings {
-            inner
-                .emit(Event::HookWarning {
-                    job_id: job_id.clone(),
-                    warning: w,
-                })
-                .await;
-        }
+        inner.emit_warnings(&job_id, post.warnings).await;
         info!(status = ?outcome.status, exit_code = ?outcome.exit_code, signal = ?outcome.signal,
             secs = outcome.duration.as_secs_f64(), "ended");
         inner

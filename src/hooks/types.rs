@@ -49,9 +49,9 @@ pub struct HookRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
-    /// The command ran and exited, with any exit code.
+    /// The command exited with code 0.
     Completed,
-    /// The command could not be started or run.
+    /// The command exited non-zero, was ended by a signal ccx did not send, or could not start.
     Failed,
     /// The command was stopped at its timeout.
     #[serde(alias = "timed-out")]

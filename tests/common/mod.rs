@@ -96,12 +96,7 @@ impl AppServer {
         let app = ccx::app::App::start(cfg).await.expect("app starts");
         let stop = tokio_util::sync::CancellationToken::new();
         app.spawn_watcher(stop.clone());
-        let state = ServerState::new(
-            app.exec.clone(),
-            app.config.server.clone(),
-            app.config.source.clone(),
-            Some(app.clone()),
-        );
+        let state = app.server_state();
         let s = stop.clone();
         let task = tokio::spawn(server::serve(listener, state, async move {
             s.cancelled().await
@@ -143,6 +138,45 @@ impl Drop for AppServer {
     fn drop(&mut self) {
         self.stop.cancel();
     }
+}
+
+/// Starts the built `ccx serve` on a free loopback port with `config` and JSON logs. Returns
+/// the child, its address, and the time from spawn to its "listening" line. The log is
+/// drained on a thread so the server never blocks on it.
+pub fn spawn_ccx_serve(
+    ccx: &str,
+    config: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Duration) {
+    use std::io::{BufRead, BufReader};
+    let started = Instant::now();
+    let mut child = std::process::Command::new(ccx)
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(config)
+        .envs(env.iter().copied())
+        .env_remove("CCX_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ccx serve");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines.next().expect("server log").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["fields"]["message"] == "listening" {
+            break v["fields"]["addr"].as_str().unwrap().to_string();
+        }
+    };
+    let took = started.elapsed();
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr, took)
 }
 
 /// A WebSocket JSON-RPC client that keeps notifications that arrive while it waits for a reply.

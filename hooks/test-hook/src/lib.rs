@@ -4,7 +4,8 @@
 //! Config keys:
 //! - `mode` (pre-execute): `allow` (default), `deny` (`reason`), `modify` (`command`, `cwd`,
 //!   `set_env=K=V`, `unset_env`, `timeout_ms`), `deny-if-contains` (`needle`), `counter`, `log`,
-//!   `big` (`size` bytes of deny reason), `probe` (deny with a report of what the sandbox let
+//!   `big` (`size` bytes of deny reason), `instance-count` (deny with how many calls this
+//!   instance has seen), `probe` (deny with a report of what the sandbox let
 //!   through), or a misbehaviour below. With `when` set, the pre stage applies its mode only to
 //!   commands containing that text and allows the rest.
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
@@ -135,6 +136,12 @@ impl Guest for TestHook {
                 PreDecision::Allow
             }
             "big" => PreDecision::Deny("x".repeat(cfg_u64("size", 100_000) as usize)),
+            "instance-count" => {
+                // A global in linear memory: 1 on every call if each call gets a fresh instance.
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                PreDecision::Deny(format!("calls seen by this instance: {n}"))
+            }
             "probe" => {
                 // Reports what the sandbox let through; every probe should fail or be empty.
                 let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
