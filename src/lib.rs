@@ -20,6 +20,9 @@
 //! - [`client`]: the WebSocket client behind `ccx exec`.
 //! - [`app`]: wires one process (hook host, executor, reload loop) for `ccx serve` and
 //!   `ccx mcp` alike.
+//! - [`mcp`]: the Model Context Protocol tools (`execute`, `execute_task_list`,
+//!   `hook_status`) over stdio and Streamable HTTP, driving the executor (or a remote server).
+//! - [`scaffold`]: the project templates behind `ccx hooks new`.
 //!
 //! The core (`jobs`, `executor`) never depends on `server`, and `jobs` never on hooks.
 
