@@ -521,7 +521,7 @@ fn build_scaffold(dir: &Path, lang: ccx::scaffold::Lang) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaffolded_hooks_build_and_load_in_every_language() {
     use ccx::hooks::{HookResult, JobStatus, Verdict};
-    use ccx::scaffold::{Lang, StageChoice, scaffold};
+    use ccx::scaffold::{Lang, StageChoice};
     examples(); // the toolchains are installed and warm
     let dest = scratch_dir("scaffold");
     // A private cache, removed with `dest`: every build of an interpreted hook differs, so its
@@ -538,8 +538,21 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
         (Lang::Js, StageChoice::Post),
     ] {
         let name = format!("my-{lang:?}-hook").to_lowercase();
-        let dir = scaffold(&name, lang, stage, &dest).unwrap();
-        assert_eq!(dir, dest.join(&name));
+        // Through the CLI, as an author would.
+        let arg = |v: &dyn Fn() -> Option<clap::builder::PossibleValue>| {
+            v().expect("a CLI value").get_name().to_string()
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ccx"))
+            .args(["hooks", "new", &name, "--lang"])
+            .arg(arg(&|| clap::ValueEnum::to_possible_value(&lang)))
+            .arg("--stage")
+            .arg(arg(&|| clap::ValueEnum::to_possible_value(&stage)))
+            .arg("--dir")
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{lang:?}: {out:?}");
+        let dir = dest.join(&name);
         assert_eq!(
             std::fs::read_to_string(dir.join("wit/hooks.wit")).unwrap(),
             std::fs::read_to_string(root().join("wit/hooks.wit")).unwrap()
