@@ -538,7 +538,6 @@ async fn wait_for_generation(ws: &mut Ws, generation: u64) {
 
 #[test]
 fn sighup_reloads_a_server_that_does_not_poll() {
-    use std::io::{BufRead, BufReader};
     let dir = hooks_common::scratch_dir("hup");
     let path = write_config(
         &dir,
@@ -549,27 +548,7 @@ fn sighup_reloads_a_server_that_does_not_poll() {
         .unwrap()
         .replace("watch_interval = 0.05", "watch_interval = 0");
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(CCX)
-        .args([
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-        ])
-        .arg(&path)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap_or_default();
-        if v["fields"]["message"] == "listening" {
-            break v["fields"]["addr"].as_str().unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addr, _) = spawn_ccx_serve(CCX, &path, &[]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
