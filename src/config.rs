@@ -52,6 +52,8 @@ struct RawSandbox {
     tail_bytes: Option<usize>,
     pooling: Option<bool>,
     max_concurrent_calls: Option<u32>,
+    load_timeout: Option<f64>,
+    cache_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +136,9 @@ pub struct SandboxConfig {
     pub pooling: bool,
     /// Hook calls running at once across all sessions.
     pub max_concurrent_calls: u32,
+    /// Largest total size of the compiled-artifact cache; the least recently used entries
+    /// are evicted past it.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for SandboxConfig {
@@ -143,6 +148,7 @@ impl Default for SandboxConfig {
             tail_bytes: 4096,
             pooling: true,
             max_concurrent_calls: 32,
+            cache_max_bytes: 1 << 30,
         }
     }
 }
@@ -184,6 +190,9 @@ pub struct ExecConfig {
     pub pass_env: Vec<String>,
     /// Variables set for every child (a request's own `env` goes on top).
     pub env: BTreeMap<String, String>,
+    /// How long a job waits for its generation's hooks to finish loading (`[sandbox]
+    /// load_timeout`) before it is refused with `-32006`.
+    pub hooks_load_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -210,6 +219,7 @@ impl Default for ExecConfig {
             max_queue: 16,
             pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
+            hooks_load_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -328,6 +338,12 @@ impl Config {
             cfg.sandbox.max_concurrent_calls =
                 positive("sandbox.max_concurrent_calls", n as usize)? as u32;
         }
+        if let Some(t) = sb.load_timeout {
+            cfg.execution.hooks_load_timeout = seconds("sandbox.load_timeout", t)?;
+        }
+        if let Some(mb) = sb.cache_max_mb {
+            cfg.sandbox.cache_max_bytes = (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
+        }
 
         let m = raw.mcp;
         if let Some(n) = m.max_output_bytes {
@@ -355,7 +371,8 @@ impl Config {
             spec.path = std::path::absolute(&spec.path).unwrap_or(spec.path);
             spec.enabled = h.enabled.unwrap_or(true);
             if let Some(f) = h.fuel {
-                spec.fuel = positive(&format!("{at}.fuel"), f as usize)? as u64;
+                // 0 means unlimited: the deadline alone bounds the call (docs/hooks.md).
+                spec.fuel = f;
             }
             if let Some(t) = h.timeout_ms {
                 if !(1..=60_000).contains(&t) {
