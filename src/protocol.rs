@@ -36,6 +36,8 @@ pub enum RpcError {
     SessionLimit(usize),
     #[error("queue full: {0} jobs already queued on this connection")]
     QueueFull(usize),
+    #[error("hooks not ready: {0}")]
+    HooksNotReady(String),
     /// The server failed; the cause is logged, never sent.
     #[error("internal error")]
     Internal,
@@ -53,6 +55,7 @@ impl RpcError {
             RpcError::NoSuchJob(_) => -32002,
             RpcError::SessionLimit(_) => -32003,
             RpcError::QueueFull(_) => -32004,
+            RpcError::HooksNotReady(_) => -32006,
             RpcError::Internal => -32603,
         }
     }

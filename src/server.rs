@@ -559,6 +559,7 @@ fn exec_error(e: ExecError) -> RpcError {
         ExecError::QueueFull(n) => RpcError::QueueFull(n),
         ExecError::NoSuchJob(msg) => RpcError::NoSuchJob(msg),
         ExecError::Closed => RpcError::InvalidRequest("the session is closing".into()),
+        ExecError::HooksNotReady(msg) => RpcError::HooksNotReady(msg),
     }
 }
 

@@ -99,6 +99,10 @@ pub enum ExecError {
     NoSuchJob(String),
     #[error("the session is closing")]
     Closed,
+    /// The hooks of the configuration in force had not finished loading within
+    /// `[sandbox] load_timeout`.
+    #[error("hooks not ready: {0}")]
+    HooksNotReady(String),
 }
 
 /// The answer to an accepted `execute`.
