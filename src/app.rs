@@ -1,46 +1,64 @@
-//! One ccx process's moving parts, wired once for `ccx serve` and `ccx mcp` alike: the hook
-//! host, the executor, and the reload loop that keeps the executor's configuration and hook
-//! set in step with the config file and the hook files.
+//! The composition root: wires one process's parts — hook host, executor, reload loop, and
+//! the faces (WebSocket server, MCP over stdio) — for `ccx serve` and `ccx mcp` alike. Nothing
+//! imports this module but the CLI; the faces are handed what they need.
 //!
-//! A reload is all or nothing: a config that does not validate, or a hook set in which a hook
-//! fails to load, leaves the previous generation running; the error shows in the log, in
-//! `/health` and in `hook_status`.
+//! A configuration and its hook set form one *generation*, swapped into the executor in one
+//! step, so no job ever starts with a new config and old hooks. The first generation loads in
+//! the background: the server listens at once, `/health` says `starting` with each hook's load
+//! state, and a job that arrives meanwhile waits for its hooks (bounded by `[sandbox]
+//! load_timeout`). A reload is all or nothing: a config that does not validate, or a hook set
+//! in which a hook fails to load, leaves the previous generation running; the error shows in
+//! the log, in `/health` and in `hook_status`. Settings that cannot change in a running
+//! process are named in `restart_required`.
 
 use crate::config::{self, Config};
 use crate::executor::{Executor, HookChain};
 use crate::hooks::{HookHost, HookSet, HostOptions};
-use crate::server::{HookStatusSource, ServerState};
+use crate::mcp::{self, HookStatusFn, Local};
+use crate::protocol::HookStatusReport;
+use crate::server::{self, ServerState};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-/// The running process: executor, hook host and the current generation.
+/// The running process: executor, hook host and the generation in force.
 pub struct App {
     pub exec: Arc<Executor>,
     pub host: Arc<HookHost>,
-    /// The config as first loaded (server settings that need a restart come from here).
+    /// The config as first loaded (settings that need a restart come from here).
     pub config: Config,
     current: Mutex<Generation>,
+    /// Held while a hook set loads and is swapped in, so generations apply in order.
+    loading: tokio::sync::Mutex<()>,
+    /// The config file as read when watching began, before command-line overrides: a
+    /// reloaded file is compared with it to name the settings that need a restart.
+    baseline: Mutex<Option<Config>>,
 }
 
-/// The hook set in force and how it got there.
+/// The generation in force and how it got there.
 struct Generation {
+    /// 0 while the first generation loads; +1 with every applied reload.
     number: u64,
-    set: Arc<HookSet>,
+    /// `None` while the first generation loads.
+    set: Option<Arc<HookSet>>,
     loaded_at: SystemTime,
     /// The last reload that was refused, if the newest attempt failed.
     reload_error: Option<String>,
-    tail_bytes: usize,
+    /// Config keys whose change in the file needs a restart.
+    restart_required: Vec<String>,
 }
 
 impl App {
-    /// Builds the hook host, loads the first hook set and the executor. Hooks that fail to
-    /// load at start are kept in their failed state (each then fails per its `on_failure`).
-    pub async fn start(config: Config) -> Result<Arc<App>> {
+    /// Builds the hook host and the executor, and starts loading the first hook set in the
+    /// background. Hooks that fail to load at start are kept in their failed state (each
+    /// then fails per its `on_failure`). Returns before the hooks are loaded.
+    pub fn start(config: Config) -> Result<Arc<App>> {
         let sandbox = config.sandbox.clone();
         let host = HookHost::new(HostOptions {
             cache_dir: sandbox.cache_dir.clone(),
@@ -48,34 +66,48 @@ impl App {
             max_concurrent_calls: sandbox.max_concurrent_calls,
         })
         .context("cannot start the hook runtime")?;
-        let set = load_set(&host, &config).await?;
-        for (hook, err) in set.load_errors() {
-            error!(%hook, cause = %err, "hook failed to load");
-        }
-        let chain = Arc::new(HookChain::new(set.clone(), sandbox.tail_bytes));
-        let exec = Executor::new(config.execution.clone(), chain);
-        info!(
-            hooks = config.hooks.len(),
-            pooling = host.pooling(),
-            "hook runtime ready"
-        );
-        Ok(Arc::new(App {
+        let exec = Executor::loading(config.execution.clone());
+        let app = Arc::new(App {
             exec,
             host,
             current: Mutex::new(Generation {
-                number: 1,
-                set,
+                number: 0,
+                set: None,
                 loaded_at: SystemTime::now(),
                 reload_error: None,
-                tail_bytes: sandbox.tail_bytes,
+                restart_required: Vec::new(),
             }),
+            loading: tokio::sync::Mutex::new(()),
+            baseline: Mutex::new(None),
             config,
-        }))
+        });
+        let first = app.clone();
+        tokio::spawn(async move {
+            let _loading = first.loading.lock().await;
+            let set = match load_set(&first.host, &first.config).await {
+                Ok(set) => set,
+                Err(e) => {
+                    error!(cause = %format!("{e:#}"), "hook loading failed");
+                    Arc::new(HookSet::load(&first.host, &[]))
+                }
+            };
+            for (hook, err) in set.load_errors() {
+                error!(%hook, cause = %err, "hook failed to load");
+            }
+            first.install(first.config.clone(), set);
+            info!(
+                hooks = first.config.hooks.len(),
+                pooling = first.host.pooling(),
+                "hooks loaded; ready"
+            );
+        });
+        Ok(app)
     }
 
-    /// Applies a validated config: loads its hook set and swaps it in if every enabled hook
-    /// loaded; otherwise keeps the previous one and records why.
+    /// Applies a validated config: loads its hook set and swaps config and hooks in together
+    /// if every enabled hook loaded; otherwise keeps the previous generation and records why.
     pub async fn apply(&self, new: Config) -> Result<()> {
+        let _loading = self.loading.lock().await;
         let set = match load_set(&self.host, &new).await {
             Ok(set) => set,
             Err(e) => return Err(self.refuse(format!("{e:#}"))),
@@ -89,26 +121,36 @@ impl App {
                 .join("; ");
             return Err(self.refuse(msg));
         }
-        if new.server.listen != self.config.server.listen
-            || new.server.token != self.config.server.token
-            || new.server.max_sessions != self.config.server.max_sessions
-        {
-            warn!("[server] settings changed; they take effect after a restart");
+        let restart = {
+            let baseline = self.baseline.lock().expect("baseline lock");
+            restart_required(baseline.as_ref().unwrap_or(&self.config), &new)
+        };
+        if !restart.is_empty() {
+            warn!(
+                keys = %restart.join(", "),
+                "these settings changed in the config file; they take effect after a restart"
+            );
         }
+        self.current
+            .lock()
+            .expect("generation lock")
+            .restart_required = restart;
+        let hooks = new.hooks.len();
+        let number = self.install(new, set);
+        info!(generation = number, hooks, "configuration reloaded");
+        Ok(())
+    }
+
+    /// Makes `config` and `set` the generation in force, in one step; returns its number.
+    fn install(&self, config: Config, set: Arc<HookSet>) -> u64 {
         let mut cur = self.current.lock().expect("generation lock");
         cur.number += 1;
-        cur.set = set.clone();
+        cur.set = Some(set.clone());
         cur.loaded_at = SystemTime::now();
         cur.reload_error = None;
-        self.exec.set_config(new.execution.clone());
-        self.exec
-            .set_hooks(Arc::new(HookChain::new(set, cur.tail_bytes)));
-        info!(
-            generation = cur.number,
-            hooks = new.hooks.len(),
-            "configuration reloaded"
-        );
-        Ok(())
+        let chain = Arc::new(HookChain::new(set, config.sandbox.tail_bytes));
+        self.exec.set_generation(config.execution, Some(chain));
+        cur.number
     }
 
     fn refuse(&self, msg: String) -> anyhow::Error {
@@ -131,6 +173,11 @@ impl App {
         let Some(path) = self.config.source.clone() else {
             return;
         };
+        let baseline = Config::load(&path).map(|mut c| {
+            c.apply_token_env();
+            c
+        });
+        *self.baseline.lock().expect("baseline lock") = baseline.ok();
         let app = self.clone();
         let (tx, mut rx) = mpsc::channel(1);
         let watcher = tokio::spawn(config::watch_config(
@@ -156,43 +203,131 @@ impl App {
         });
     }
 
+    /// The hooks' state for `hook_status`, `/hooks` and `/health`.
+    pub fn status(&self) -> HookStatusReport {
+        let cur = self.current.lock().expect("generation lock");
+        let hooks: Vec<Value> = match &cur.set {
+            Some(set) => set
+                .status()
+                .iter()
+                .map(|h| serde_json::to_value(h).unwrap_or(Value::Null))
+                .collect(),
+            None => self
+                .config
+                .hooks
+                .iter()
+                .map(|h| {
+                    let state = if h.enabled { "loading" } else { "disabled" };
+                    json!({"name": h.name, "path": h.path, "state": state})
+                })
+                .collect(),
+        };
+        let loaded_at = cur
+            .loaded_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        HookStatusReport {
+            enabled: hooks.iter().any(|h| h["state"] == "loaded"),
+            state: if cur.set.is_some() {
+                "ready"
+            } else {
+                "starting"
+            }
+            .into(),
+            hooks_configured: hooks.len(),
+            generation: cur.number,
+            loaded_at,
+            reload_error: cur.reload_error.clone(),
+            restart_required: cur.restart_required.clone(),
+            config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
+            pooling: self.host.pooling(),
+            cache_dir: self.host.cache_dir().map(|p| p.display().to_string()),
+            hooks,
+        }
+    }
+
+    /// The status source handed to the faces.
+    fn status_fn(self: &Arc<Self>) -> HookStatusFn {
+        let app = self.clone();
+        Arc::new(move || app.status())
+    }
+
     /// The state the WebSocket server shares between connections, reporting these hooks.
     pub fn server_state(self: &Arc<Self>) -> Arc<ServerState> {
         ServerState::new(
             self.exec.clone(),
             self.config.server.clone(),
             self.config.source.clone(),
-            Some(self.clone()),
+            Some(self.status_fn()),
         )
     }
 
-    /// The hooks' state for `hook_status`, `/hooks` and `/health`.
-    pub fn status(&self) -> Value {
-        let cur = self.current.lock().expect("generation lock");
-        let hooks = cur.set.status();
-        let loaded_at = cur
-            .loaded_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0);
-        json!({
-            "enabled": hooks.iter().any(|h| matches!(h.state, crate::hooks::HookState::Loaded)),
-            "hooks_configured": hooks.len(),
-            "generation": cur.number,
-            "loaded_at": loaded_at,
-            "reload_error": cur.reload_error,
-            "config_file": self.config.source,
-            "pooling": self.host.pooling(),
-            "cache_dir": self.host.cache_dir(),
-            "hooks": hooks,
-        })
+    /// `ccx serve`: serves on `listener` (already bound) until `shutdown`, reloading the
+    /// config as it changes.
+    pub async fn serve(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let stop = CancellationToken::new();
+        self.spawn_watcher(stop.clone());
+        let result = server::serve(listener, self.server_state(), shutdown).await;
+        stop.cancel();
+        result
+    }
+
+    /// `ccx mcp --config …`: the MCP tools on stdin/stdout, jobs run by this process's
+    /// executor, reloading the config as it changes.
+    pub async fn serve_mcp_stdio(self: &Arc<Self>) -> Result<()> {
+        let stop = CancellationToken::new();
+        self.spawn_watcher(stop.clone());
+        let backend = Arc::new(Local::new(self.exec.clone(), Some(self.status_fn())));
+        let grace = self.exec.config().kill_grace;
+        let result = mcp::serve_stdio(backend, self.config.server.mcp.clone(), grace).await;
+        stop.cancel();
+        result
     }
 }
 
-impl HookStatusSource for App {
-    fn hook_status(&self) -> Value {
-        self.status()
-    }
+/// The keys of `new` that differ from `running` and cannot change without a restart: the
+/// listener and who may connect, the MCP face's settings, and the hook runtime's engine-wide
+/// options. (`[execution]`, `[[hooks]]` and the per-job `[sandbox]` keys apply at once.)
+fn restart_required(running: &Config, new: &Config) -> Vec<String> {
+    let (a, b) = (&running.server, &new.server);
+    let (s, t) = (&running.sandbox, &new.sandbox);
+    [
+        ("server.listen", a.listen != b.listen),
+        ("server.token", a.token != b.token),
+        ("server.max_sessions", a.max_sessions != b.max_sessions),
+        (
+            "server.max_frame_bytes",
+            a.max_frame_bytes != b.max_frame_bytes,
+        ),
+        (
+            "server.allowed_origins",
+            a.allowed_origins != b.allowed_origins,
+        ),
+        (
+            "server.watch_interval",
+            a.watch_interval != b.watch_interval,
+        ),
+        ("mcp", a.mcp != b.mcp),
+        ("sandbox.cache_dir", s.cache_dir != t.cache_dir),
+        ("sandbox.pooling", s.pooling != t.pooling),
+        (
+            "sandbox.max_concurrent_calls",
+            s.max_concurrent_calls != t.max_concurrent_calls,
+        ),
+        (
+            "sandbox.cache_max_mb",
+            s.cache_max_bytes != t.cache_max_bytes,
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, changed)| *changed)
+    .map(|(key, _)| key.to_string())
+    .collect()
 }
 
 /// Loads `config`'s hooks off the async threads (compiling is CPU work).

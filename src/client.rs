@@ -1,14 +1,26 @@
-//! The WebSocket client behind `ccx exec`: connect (with the token), send one `execute`, copy
-//! the job's output to the caller's writers as it arrives, and turn the terminal event into an
-//! exit code.
+//! The one WebSocket client: `ccx exec`, `ccx mcp --url` and the tests all use it.
+//!
+//! [`Client::connect`] opens a session (with the token) and waits for `connected`;
+//! [`Client::execute`] sends one `execute` and returns a [`JobStream`] of that job's typed
+//! events, ending with its `process.completed`, plus a [`Canceller`] that can be moved to
+//! another task. [`Client::call`] sends any other method and decodes its typed result.
+//! [`exec`] is `ccx exec`: one job, its output copied to the caller's writers, an exit code.
 
-use anyhow::{Context, Result, anyhow, bail};
+use crate::protocol::{
+    ControlParams, ControlType, ErrorObject, Execute, ExecuteParams, ExecuteResult, JobId,
+    JobStatus, Method, Notification, ServerFrame, Stream,
+};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use serde_json::json;
+use std::collections::VecDeque;
 use std::future::Future;
-use std::io::Write;
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::Message;
@@ -22,104 +34,268 @@ pub const EXIT_REFUSED: u8 = 125;
 pub const EXIT_NOT_STARTED: u8 = 126;
 /// Exit code when the job was canceled (Ctrl-C).
 pub const EXIT_CANCELED: u8 = 130;
+/// Exit code when our stdout was closed by its reader (`ccx exec … | head`): the remote job
+/// is canceled, and the code is the one a shell shows for a process killed by SIGPIPE.
+pub const EXIT_BROKEN_PIPE: u8 = 141;
 /// Exit code when the server could not be reached or the connection broke (EX_UNAVAILABLE).
 pub const EXIT_CONNECTION: u8 = 69;
 
 /// The default server URL.
 pub const DEFAULT_URL: &str = "ws://127.0.0.1:8003/ws";
 
-/// One command to run remotely.
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Frames waiting for the writer task.
+const WRITE_BUFFER: usize = 16;
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server could not be reached, or the connection broke.
+    #[error("{0}")]
+    Connection(String),
+    /// The server answered the request with an error.
+    #[error("server refused the request: {0}")]
+    Refused(ErrorObject),
+    /// The server sent something this client does not understand.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+/// A connected session.
+pub struct Client {
+    reader: SplitStream<Ws>,
+    writer: mpsc::Sender<Message>,
+    next_id: Arc<AtomicU64>,
+    /// The `connected` notification's params.
+    pub hello: crate::protocol::Connected,
+}
+
+impl Client {
+    /// Connects to `url` (presenting `token` as a Bearer token) and waits for `connected`.
+    pub async fn connect(url: &str, token: Option<&str>) -> Result<Client, ClientError> {
+        let mut request = url
+            .into_client_request()
+            .map_err(|e| ClientError::Connection(format!("`{url}` is not a WebSocket URL: {e}")))?;
+        if let Some(token) = token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Connection("the token is not a valid header".into()))?;
+            request.headers_mut().insert("Authorization", value);
+        }
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+            .await
+            .map_err(|e| ClientError::Connection(format!("cannot connect to {url}: {e}")))?;
+        let (sink, reader) = ws.split();
+        let (writer, rx) = mpsc::channel(WRITE_BUFFER);
+        tokio::spawn(write_loop(sink, rx));
+        let mut client = Client {
+            reader,
+            writer,
+            next_id: Arc::new(AtomicU64::new(1)),
+            hello: crate::protocol::Connected {
+                session_id: String::new(),
+                version: String::new(),
+                capabilities: Vec::new(),
+            },
+        };
+        match client.next_frame().await? {
+            ServerFrame::Notification(Notification::Connected(hello)) => {
+                client.hello = hello;
+                Ok(client)
+            }
+            ServerFrame::Reply { result: Err(e), .. } => Err(ClientError::Refused(e)),
+            other => Err(ClientError::Protocol(format!(
+                "expected `connected` first, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Sends a text frame as it is (tests use this for hostile frames).
+    pub async fn send_text(&self, text: impl Into<String>) -> Result<(), ClientError> {
+        self.writer
+            .send(Message::Text(text.into().into()))
+            .await
+            .map_err(|_| ClientError::Connection("connection lost while sending".into()))
+    }
+
+    /// Sends a request for method `M` and returns its id.
+    pub async fn send<M: Method>(&self, params: &M::Params) -> Result<u64, ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let frame = json!({"jsonrpc": "2.0", "id": id, "method": M::NAME, "params": params});
+        self.send_text(frame.to_string()).await?;
+        Ok(id)
+    }
+
+    /// The next text frame, as it came. `Ok(None)` when the server closed the connection;
+    /// the close frame's code and reason are in the error otherwise.
+    pub async fn next_text(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            match self.reader.next().await {
+                Some(Ok(Message::Text(t))) => return Ok(Some(t.to_string())),
+                Some(Ok(Message::Close(frame))) => {
+                    return match frame {
+                        Some(f) if u16::from(f.code) != 1000 => Err(ClientError::Connection(
+                            format!("server closed the connection ({}: {})", f.code, f.reason),
+                        )),
+                        _ => Ok(None),
+                    };
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => {
+                    return Err(ClientError::Connection(format!("connection lost: {e}")));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next frame, decoded.
+    pub async fn next_frame(&mut self) -> Result<ServerFrame, ClientError> {
+        match self.next_text().await? {
+            Some(text) => ServerFrame::parse(&text).map_err(ClientError::Protocol),
+            None => Err(ClientError::Connection("connection closed".into())),
+        }
+    }
+
+    /// Calls method `M` and waits for its result. Notifications that arrive meanwhile are
+    /// dropped: use [`Client::execute`] for a job's events.
+    pub async fn call<M: Method>(&mut self, params: &M::Params) -> Result<M::Result, ClientError> {
+        let id = self.send::<M>(params).await?;
+        loop {
+            if let ServerFrame::Reply { id: got, result } = self.next_frame().await?
+                && got == json!(id)
+            {
+                let value = result.map_err(ClientError::Refused)?;
+                return serde_json::from_value(value)
+                    .map_err(|e| ClientError::Protocol(format!("bad `{}` result: {e}", M::NAME)));
+            }
+        }
+    }
+
+    /// Sends `execute` and returns the job's event stream once the server has answered.
+    pub async fn execute(&mut self, params: &ExecuteParams) -> Result<JobStream<'_>, ClientError> {
+        let id = self.send::<Execute>(params).await?;
+        // Events of a job that failed to spawn (and hook warnings) can overtake the reply.
+        let mut early = VecDeque::new();
+        let accepted: ExecuteResult = loop {
+            match self.next_frame().await? {
+                ServerFrame::Reply { id: got, result } if got == json!(id) => {
+                    let value = result.map_err(ClientError::Refused)?;
+                    break serde_json::from_value(value).map_err(|e| {
+                        ClientError::Protocol(format!("bad `execute` result: {e}"))
+                    })?;
+                }
+                ServerFrame::Reply { .. } => {}
+                ServerFrame::Notification(n) => early.push_back(n),
+            }
+        };
+        let job_id = accepted.job_id().clone();
+        early.retain(|n| n.job_id() == Some(&job_id));
+        Ok(JobStream {
+            canceller: Canceller {
+                writer: self.writer.clone(),
+                next_id: self.next_id.clone(),
+                job_id: job_id.clone(),
+            },
+            client: self,
+            accepted,
+            job_id,
+            early,
+            done: false,
+        })
+    }
+}
+
+async fn write_loop(mut sink: SplitSink<Ws, Message>, mut rx: mpsc::Receiver<Message>) {
+    while let Some(msg) = rx.recv().await {
+        if sink.send(msg).await.is_err() {
+            return;
+        }
+    }
+    let _ = sink.close().await;
+}
+
+/// Cancels one job; cheap to clone and to move to another task.
+#[derive(Clone)]
+pub struct Canceller {
+    writer: mpsc::Sender<Message>,
+    next_id: Arc<AtomicU64>,
+    job_id: JobId,
+}
+
+impl Canceller {
+    /// Sends `control CANCEL` for the job (its reply is not awaited: the job's
+    /// `process.canceled` and `process.completed` say that it took effect).
+    pub async fn cancel(&self) -> Result<(), ClientError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = ControlParams {
+            kind: ControlType::Cancel,
+            job_id: Some(self.job_id.to_string()),
+        };
+        let frame = json!({"jsonrpc": "2.0", "id": id, "method": "control", "params": params});
+        self.writer
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .map_err(|_| ClientError::Connection("connection lost while sending".into()))
+    }
+}
+
+/// One job's events, in the order the server sent them, ending with `process.completed`.
+pub struct JobStream<'c> {
+    client: &'c mut Client,
+    canceller: Canceller,
+    /// The `execute` result.
+    pub accepted: ExecuteResult,
+    job_id: JobId,
+    early: VecDeque<Notification>,
+    done: bool,
+}
+
+impl JobStream<'_> {
+    pub fn job_id(&self) -> &JobId {
+        &self.job_id
+    }
+
+    /// A handle that cancels this job.
+    pub fn canceller(&self) -> Canceller {
+        self.canceller.clone()
+    }
+
+    /// The job's next event; `Ok(None)` after its `process.completed`. Cancel-safe: a call
+    /// dropped mid-way loses no event.
+    pub async fn next(&mut self) -> Result<Option<Notification>, ClientError> {
+        if self.done {
+            return Ok(None);
+        }
+        let event = match self.early.pop_front() {
+            Some(e) => e,
+            None => loop {
+                match self.client.next_frame().await? {
+                    ServerFrame::Notification(n) if n.job_id() == Some(&self.job_id) => break n,
+                    _ => {}
+                }
+            },
+        };
+        self.done = matches!(event, Notification::Completed(_));
+        Ok(Some(event))
+    }
+}
+
+/// One command for [`exec`].
 #[derive(Debug, Clone)]
 pub struct ExecOptions {
     pub url: String,
     pub token: Option<String>,
-    pub command: String,
-    pub timeout: Option<f64>,
-    pub cwd: Option<String>,
-    pub env: BTreeMap<String, String>,
-}
-
-/// A connected JSON-RPC client.
-pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u64,
-    /// The `connected` notification's params.
-    pub hello: Value,
-}
-
-impl Client {
-    /// Connects and waits for the `connected` notification.
-    pub async fn connect(url: &str, token: Option<&str>) -> Result<Client> {
-        let mut request = url
-            .into_client_request()
-            .with_context(|| format!("`{url}` is not a WebSocket URL"))?;
-        if let Some(token) = token {
-            request.headers_mut().insert(
-                "Authorization",
-                HeaderValue::from_str(&format!("Bearer {token}"))
-                    .context("token is not a valid header")?,
-            );
-        }
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-            .await
-            .with_context(|| format!("cannot connect to {url}"))?;
-        let mut client = Client {
-            ws,
-            next_id: 1,
-            hello: Value::Null,
-        };
-        let first = client.next_message().await?;
-        if first["method"] == "connected" {
-            client.hello = first["params"].clone();
-            Ok(client)
-        } else if let Some(err) = first.get("error") {
-            bail!(
-                "server refused the session: {}",
-                err["message"].as_str().unwrap_or("?")
-            )
-        } else {
-            bail!("unexpected first message from server: {first}")
-        }
-    }
-
-    /// Sends a request and returns its id.
-    pub async fn send(&mut self, method: &str, params: Value) -> Result<u64> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.ws
-            .send(Message::Text(msg.to_string().into()))
-            .await
-            .context("connection lost while sending")?;
-        Ok(id)
-    }
-
-    /// The next JSON message from the server.
-    pub async fn next_message(&mut self) -> Result<Value> {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => {
-                    return serde_json::from_str(&t).context("server sent invalid JSON");
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
-                    bail!("server closed the connection {why}")
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(anyhow!(e).context("connection lost")),
-                None => bail!("connection closed"),
-            }
-        }
-    }
+    pub params: ExecuteParams,
 }
 
 /// Why `exec` could not report a command's own exit.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecFailure {
-    #[error("{0:#}")]
-    Connection(anyhow::Error),
+    #[error("{0}")]
+    Connection(ClientError),
     #[error("server refused the command: {0}")]
-    Refused(String),
+    Refused(ErrorObject),
 }
 
 impl ExecFailure {
@@ -131,113 +307,115 @@ impl ExecFailure {
     }
 }
 
+impl From<ClientError> for ExecFailure {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Refused(obj) => ExecFailure::Refused(obj),
+            other => ExecFailure::Connection(other),
+        }
+    }
+}
+
 /// Runs one command through a server, writing its output to `out`/`err` as it arrives.
-/// When `interrupt` resolves (Ctrl-C) the remote job is canceled. Returns the exit code to
-/// use: the command's own, `128 + signal`, or one of the `EXIT_*` codes.
+/// When `interrupt` resolves (Ctrl-C) the remote job is canceled; when `out` is closed by its
+/// reader (a broken pipe) the job is canceled too and the code is [`EXIT_BROKEN_PIPE`].
+/// Returns the exit code to use: the command's own, `128 + signal`, or one of the `EXIT_*`
+/// codes.
 pub async fn exec<O: Write, E: Write>(
     opts: &ExecOptions,
     out: &mut O,
     err: &mut E,
     interrupt: impl Future<Output = ()>,
 ) -> Result<u8, ExecFailure> {
-    let mut client = Client::connect(&opts.url, opts.token.as_deref())
-        .await
-        .map_err(ExecFailure::Connection)?;
-    let mut params = json!({"command": opts.command});
-    if let Some(t) = opts.timeout {
-        params["timeout"] = json!(t);
-    }
-    if let Some(cwd) = &opts.cwd {
-        params["cwd"] = json!(cwd);
-    }
-    if !opts.env.is_empty() {
-        params["env"] = json!(opts.env);
-    }
-    let id = client
-        .send("execute", params)
-        .await
-        .map_err(ExecFailure::Connection)?;
-    let mut job_id: Option<String> = None;
+    let mut client = Client::connect(&opts.url, opts.token.as_deref()).await?;
+    let mut job = client.execute(&opts.params).await?;
+    let canceller = job.canceller();
     let mut cancel_sent = false;
     tokio::pin!(interrupt);
     loop {
-        let msg = tokio::select! {
-            m = client.next_message() => m.map_err(ExecFailure::Connection)?,
+        let event = tokio::select! {
+            e = job.next() => e?,
             _ = &mut interrupt, if !cancel_sent => {
                 cancel_sent = true;
-                let mut p = json!({"type": "CANCEL"});
-                if let Some(j) = &job_id {
-                    p["job_id"] = json!(j);
-                }
-                client.send("control", p).await.map_err(ExecFailure::Connection)?;
+                canceller.cancel().await?;
                 continue;
             }
         };
-        if msg.get("id").and_then(Value::as_u64) == Some(id) {
-            if let Some(e) = msg.get("error") {
-                let mut text = e["message"].as_str().unwrap_or("error").to_string();
-                if let Some(data) = e.get("data") {
-                    text.push_str(&format!(" ({data})"));
+        let Some(event) = event else {
+            return Err(
+                ClientError::Protocol("the job ended without process.completed".into()).into(),
+            );
+        };
+        match event {
+            Notification::Output(o) => {
+                let w: &mut dyn Write = match o.stream {
+                    Stream::Stderr => err,
+                    Stream::Stdout => out,
+                };
+                let written = w.write_all(o.data.as_bytes()).and_then(|_| w.flush());
+                if let Err(e) = written
+                    && e.kind() == io::ErrorKind::BrokenPipe
+                    && o.stream == Stream::Stdout
+                {
+                    // Nobody reads our output any more: stop the remote job, then leave as
+                    // soon as it has ended (bounded, in case the server is slow to answer).
+                    if !cancel_sent {
+                        canceller.cancel().await?;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                        while let Ok(Some(e)) = job.next().await {
+                            if matches!(e, Notification::Completed(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                    return Ok(EXIT_BROKEN_PIPE);
                 }
-                return Err(ExecFailure::Refused(text));
             }
-            job_id = msg["result"]["job_id"].as_str().map(str::to_owned);
-            continue;
-        }
-        let params = &msg["params"];
-        match msg["method"].as_str() {
-            Some("process.output") => {
-                let data = params["data"].as_str().unwrap_or_default().as_bytes();
-                let w: &mut dyn Write = if params["type"] == "stderr" { err } else { out };
-                // A closed pipe on our side (e.g. `| head`) is not the remote command's failure.
-                let _ = w.write_all(data).and_then(|_| w.flush());
-            }
-            Some("hook.warning") => {
+            Notification::HookWarning(w) => {
                 let _ = writeln!(
                     err,
                     "ccx: hook `{}` failed ({}): {}",
-                    params["hook"].as_str().unwrap_or("?"),
-                    params["kind"].as_str().unwrap_or("?"),
-                    params["message"].as_str().unwrap_or("")
+                    w.hook, w.kind, w.message
                 );
             }
-            Some("process.completed") => return Ok(completion_exit_code(params, err)),
+            Notification::Completed(c) => return Ok(completion_exit_code(&c, err)),
             _ => {}
         }
     }
 }
 
-fn completion_exit_code<E: Write>(c: &Value, err: &mut E) -> u8 {
+fn completion_exit_code<E: Write>(c: &crate::protocol::Completion, err: &mut E) -> u8 {
     // A post-hook's failing verdict does not change the command's exit code, but is worth
     // a line on stderr.
-    for report in c["hooks"].as_array().into_iter().flatten() {
-        if let Some(reason) = report["verdict"]["fail"].as_str() {
-            let hook = report["hook"].as_str().unwrap_or("?");
-            let _ = writeln!(err, "ccx: hook `{hook}` failed the job: {reason}");
+    for report in &c.hooks {
+        if let Some(crate::protocol::Verdict::Fail(reason)) = &report.verdict {
+            let _ = writeln!(err, "ccx: hook `{}` failed the job: {reason}", report.hook);
         }
     }
-    match c["status"].as_str() {
-        Some("timed_out") => {
-            let _ = writeln!(err, "ccx: timed out after {} s", c["execution_time"]);
+    match c.status {
+        JobStatus::TimedOut => {
+            let _ = writeln!(err, "ccx: timed out after {} s", c.execution_time);
             EXIT_TIMED_OUT
         }
-        Some("canceled") => EXIT_CANCELED,
-        Some("denied") => {
+        JobStatus::Canceled => EXIT_CANCELED,
+        JobStatus::Denied => {
             let _ = writeln!(
                 err,
                 "ccx: denied by hook `{}`: {}",
-                c["hook"].as_str().unwrap_or("?"),
-                c["reason"].as_str().unwrap_or("")
+                c.hook.as_deref().unwrap_or("?"),
+                c.reason.as_deref().unwrap_or("")
             );
             EXIT_REFUSED
         }
-        _ => {
-            if let Some(code) = c["exit_code"].as_i64() {
+        JobStatus::Completed | JobStatus::Failed => {
+            if let Some(code) = c.exit_code {
                 code as u8
-            } else if let Some(sig) = c["signal"].as_i64() {
+            } else if let Some(sig) = c.signal {
                 128u8.wrapping_add(sig as u8)
             } else {
-                if let Some(e) = c["error"].as_str() {
+                if let Some(e) = &c.error {
                     let _ = writeln!(err, "ccx: {e}");
                 }
                 EXIT_NOT_STARTED

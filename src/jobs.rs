@@ -7,7 +7,7 @@
 //! slow reader fills the pipe and the child waits in `write(2)`; memory stays bounded at one
 //! chunk per job. The loop keeps serving timeouts and control messages while it waits.
 
-use crate::events::{Event, JobId, JobStatus, Stream};
+use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Output, Stream};
 use crate::protocol::ControlType;
 use std::collections::VecDeque;
 use std::io;
@@ -180,36 +180,29 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
     }
 }
 
-/// Decodes as much of `bytes` as forms complete characters; invalid bytes become U+FFFD.
-/// Returns the text and how many bytes it used: an incomplete character at the end is left
-/// for the next read unless `at_eof`.
+/// Decodes as much of `bytes` as forms complete characters; invalid bytes become U+FFFD (one
+/// per maximal invalid sequence, as `String::from_utf8_lossy`). Returns the text and how many
+/// bytes it used: an incomplete character at the end is left for the next read unless
+/// `at_eof`.
 pub fn decode_utf8(bytes: &[u8], at_eof: bool) -> (String, usize) {
     let mut out = String::with_capacity(bytes.len());
-    let mut rest = bytes;
-    loop {
-        match std::str::from_utf8(rest) {
-            Ok(s) => {
-                out.push_str(s);
-                return (out, bytes.len());
-            }
-            Err(e) => {
-                let (valid, after) = rest.split_at(e.valid_up_to());
-                // SAFETY: from_utf8 vouched for the first valid_up_to bytes.
-                out.push_str(unsafe { std::str::from_utf8_unchecked(valid) });
-                match e.error_len() {
-                    Some(bad) => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        rest = &after[bad..];
-                    }
-                    None if at_eof => {
-                        out.push(char::REPLACEMENT_CHARACTER);
-                        return (out, bytes.len());
-                    }
-                    None => return (out, bytes.len() - after.len()),
-                }
-            }
+    let mut used = 0;
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        used += chunk.valid().len();
+        let bad = chunk.invalid();
+        if bad.is_empty() {
+            continue;
         }
+        let incomplete = used + bad.len() == bytes.len()
+            && std::str::from_utf8(bad).is_err_and(|e| e.error_len().is_none());
+        if incomplete && !at_eof {
+            break;
+        }
+        out.push(char::REPLACEMENT_CHARACTER);
+        used += bad.len();
     }
+    (out, used)
 }
 
 /// Why the job is being ended by ccx, if it is.
@@ -304,17 +297,17 @@ impl Process {
                             match kind {
                                 ControlType::Pause => {
                                     signal_group(pgid, libc::SIGSTOP);
-                                    pending.push_back(Event::Paused { job_id: job_id.clone() });
+                                    pending.push_back(Event::Paused(JobNote { job_id: job_id.clone(), status: NoteStatus::Paused }));
                                 }
                                 ControlType::Resume => {
                                     signal_group(pgid, libc::SIGCONT);
-                                    pending.push_back(Event::Resumed { job_id: job_id.clone() });
+                                    pending.push_back(Event::Resumed(JobNote { job_id: job_id.clone(), status: NoteStatus::Resumed }));
                                 }
                                 ControlType::Cancel => {
                                     ending = Some(Ending::Canceled);
                                     terminate(pgid);
                                     kill_at = Some(Instant::now() + self.kill_grace);
-                                    pending.push_back(Event::Canceled { job_id: job_id.clone() });
+                                    pending.push_back(Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
                                 }
                             }
                             Ok(())
@@ -377,12 +370,12 @@ fn push_output(
 ) {
     *seq += 1;
     if sink_open {
-        pending.push_back(Event::Output {
+        pending.push_back(Event::Output(Output {
             job_id: job_id.clone(),
             stream,
             data,
             seq: *seq,
-        });
+        }));
     }
 }
 

@@ -5,26 +5,32 @@
 //! one terminal event.
 //!
 //! # Layout
-//! Data flows one way: `server → executor → (hooks, jobs) → events → server`.
-//! - [`protocol`]: JSON-RPC messages, method params and the error enum with its wire codes.
-//!   Pure data, no I/O.
+//! Data flows one way: `faces → executor → (hooks, jobs) → events → faces`.
+//! - [`protocol`]: every wire message as a type, both directions (requests, replies,
+//!   notifications), the error enum with its code table, and the JSON Schema generated from
+//!   them (`docs/protocol.schema.json`). Pure data and parsing, no I/O.
 //! - [`config`]: the TOML file, parsed strictly and validated into [`Config`].
-//! - [`events`]: what a job reports ([`Event`]); the executor's output, anyone's input.
-//! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap.
-//! - [`executor`]: the one place a job's lifecycle lives: per-session queue, hook points,
-//!   spawn, terminal event. The WebSocket server, `ccx mcp` and tests all drive it.
-//! - [`server`]: the axum router and one session (receive task + send task) per connection.
-//!   It never touches processes.
+//! - [`events`]: what a job reports ([`Event`]: the notification types themselves); the
+//!   executor's output, anyone's input.
+//! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap. Never touches a socket
+//!   or hooks.
 //! - [`hooks`]: the wasmtime host — engine, hook set generations, per-call sandbox with fuel,
-//!   deadline and memory limits, counters, kv store, compiled-artifact cache.
-//! - [`client`]: the WebSocket client behind `ccx exec`.
-//! - [`app`]: wires one process (hook host, executor, reload loop) for `ccx serve` and
-//!   `ccx mcp` alike.
-//! - [`mcp`]: the Model Context Protocol tools (`execute`, `execute_task_list`,
-//!   `hook_status`) over stdio and Streamable HTTP, driving the executor (or a remote server).
+//!   deadline and memory limits, counters, kv store, compiled-artifact cache. Never touches
+//!   processes.
+//! - [`executor`]: the one place a job's lifecycle lives: per-session queue, one generation
+//!   (config + hooks) per job, hook points, spawn, exactly one terminal event. Every face
+//!   drives it; none re-implements it.
+//! - faces: [`server`] (axum router, auth, one session per WebSocket) and [`mcp`] (the MCP
+//!   tools over stdio and Streamable HTTP). They turn requests into executor calls and events
+//!   into messages; they know nothing of processes or wasm.
+//! - [`client`]: the one WebSocket client (typed job stream + cancel handle) behind
+//!   `ccx exec`, `ccx mcp --url` and the tests.
+//! - [`app`]: the composition root — builds the hook host, the executor, the reload loop and
+//!   the faces for `ccx serve` and `ccx mcp`. Only the CLI imports it.
 //! - [`scaffold`]: the project templates behind `ccx hooks new`.
 //!
-//! The core (`jobs`, `executor`) never depends on `server`, and `jobs` never on hooks.
+//! No module imports one that imports it back, and none of the arrows
+//! `shared/ARCHITECTURE.md` forbids exists: `src/layout.rs` checks both over the source.
 
 pub mod app;
 pub mod client;
@@ -33,6 +39,8 @@ pub mod events;
 pub mod executor;
 pub mod hooks;
 pub mod jobs;
+#[cfg(test)]
+mod layout;
 pub mod mcp;
 pub mod protocol;
 pub mod scaffold;

@@ -47,7 +47,7 @@ fn exec_passes_output_through_and_exits_with_the_commands_code() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
 
-    let out = exec(&addr, &["-e", "WHO=world", "--", "echo", "hello", "$WHO"]);
+    let out = exec(&addr, &["-e", "WHO=world", "--", "echo hello $WHO"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello world\n");
 

@@ -2,11 +2,12 @@
 //! the hooks' plain types and back. This is the only place where jobs and hooks meet.
 
 use super::{Hooks, JobContext, JobRequest, PostResult, PreResult, PreVerdict};
-use crate::events::JobStatus;
+use crate::events::{HookReport, HookWarning, JobId, JobStatus, PreHooks};
 use crate::hooks::{self, HookRequest, HookResult, HookSet, PreOutcome, Stage};
 use crate::jobs::ProcessOutcome;
+use crate::protocol::Verdict;
 use futures_util::future::BoxFuture;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// One hook set generation as the executor's hook points.
@@ -37,10 +38,62 @@ fn hook_request(ctx: &JobContext, request: &JobRequest) -> HookRequest {
     }
 }
 
-fn to_values<T: serde::Serialize>(items: &[T]) -> Vec<Value> {
-    items
+fn stage_name(stage: Stage) -> String {
+    match stage {
+        Stage::Pre => "pre",
+        Stage::Post => "post",
+    }
+    .to_string()
+}
+
+/// A hook's report as `process.started` and `process.completed` carry it.
+fn wire_reports(reports: &[hooks::HookReport]) -> Vec<HookReport> {
+    reports
         .iter()
-        .map(|i| serde_json::to_value(i).unwrap_or(Value::Null))
+        .map(|r| HookReport {
+            hook: r.hook.clone(),
+            stage: stage_name(r.stage),
+            decision: r.decision.clone(),
+            annotations: Value::Object(
+                r.annotations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+            verdict: r.verdict.as_ref().map(|v| match v {
+                hooks::Verdict::Pass => Verdict::Pass,
+                hooks::Verdict::Fail(reason) => Verdict::Fail(reason.clone()),
+            }),
+            error: r.error.clone(),
+            duration_us: r.duration_us,
+            fuel_used: r.fuel_used,
+        })
+        .collect()
+}
+
+fn kind_name(kind: hooks::FailureKind) -> &'static str {
+    use hooks::FailureKind as K;
+    match kind {
+        K::Fuel => "fuel",
+        K::Timeout => "timeout",
+        K::Memory => "memory",
+        K::Trap => "trap",
+        K::Invalid => "invalid",
+        K::Load => "load",
+    }
+}
+
+/// A hook failure as the `hook.warning` notification for `job_id`.
+fn wire_warnings(job_id: &JobId, warnings: &[hooks::HookWarning]) -> Vec<HookWarning> {
+    warnings
+        .iter()
+        .map(|w| HookWarning {
+            job_id: job_id.clone(),
+            hook: w.hook.clone(),
+            stage: stage_name(w.stage),
+            kind: kind_name(w.kind).to_string(),
+            message: w.message.clone(),
+        })
         .collect()
 }
 
@@ -51,22 +104,22 @@ impl Hooks for HookChain {
                 return PreResult {
                     verdict: PreVerdict::Allow {
                         request,
-                        info: Value::Null,
+                        info: None,
                     },
                     warnings: Vec::new(),
                 };
             }
             let chain = self.set.run_pre(hook_request(ctx, &request)).await;
-            let warnings = to_values(&chain.warnings);
+            let warnings = wire_warnings(&ctx.job_id, &chain.warnings);
             let verdict = match chain.outcome {
                 PreOutcome::Deny { hook, reason } => PreVerdict::Deny { hook, reason },
                 PreOutcome::Allow {
                     request: changed,
                     modified_by,
                 } => {
-                    let info = json!({
-                        "modified_by": modified_by,
-                        "reports": to_values(&chain.reports),
+                    let info = Some(PreHooks {
+                        modified_by: modified_by.clone(),
+                        reports: wire_reports(&chain.reports),
                     });
                     if modified_by.is_empty() {
                         PreVerdict::Allow { request, info }
@@ -121,8 +174,8 @@ impl Hooks for HookChain {
             };
             let chain = self.set.run_post(&result).await;
             PostResult {
-                reports: to_values(&chain.reports),
-                warnings: to_values(&chain.warnings),
+                reports: wire_reports(&chain.reports),
+                warnings: wire_warnings(&ctx.job_id, &chain.warnings),
             }
         })
     }

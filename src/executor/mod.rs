@@ -10,12 +10,13 @@ mod hook_chain;
 pub use hook_chain::HookChain;
 
 use crate::config::ExecConfig;
-use crate::events::{Completion, Event, JobId, JobStatus};
+use crate::events::{
+    Completion, Event, HookReport, HookWarning, JobId, JobNote, JobStatus, NoteStatus, PreHooks,
+    Started,
+};
 use crate::jobs::{self, Control, Process, ProcessOutcome, ProcessSpec};
-use crate::protocol::ControlType;
+use crate::protocol::{ControlType, ExecuteResult, QueuedStatus, RunningStatus, SessionStatus};
 use futures_util::future::BoxFuture;
-use serde::Serialize;
-use serde_json::{Value, json};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -132,17 +133,23 @@ impl Accepted {
     }
 
     /// The `execute` result as the wire shows it.
-    pub fn to_json(&self) -> Value {
+    pub fn to_result(&self) -> ExecuteResult {
         match self {
             Accepted::Started {
                 job_id, pid, pgid, ..
-            } => json!({"status": "started", "job_id": job_id, "pid": pid, "pgid": pgid}),
-            Accepted::Queued { job_id, position } => {
-                json!({"status": "queued", "job_id": job_id, "position": position})
-            }
-            Accepted::Failed { job_id, error } => {
-                json!({"status": "failed", "job_id": job_id, "error": error})
-            }
+            } => ExecuteResult::Started {
+                job_id: job_id.clone(),
+                pid: *pid,
+                pgid: *pgid,
+            },
+            Accepted::Queued { job_id, position } => ExecuteResult::Queued {
+                job_id: job_id.clone(),
+                position: *position,
+            },
+            Accepted::Failed { job_id, error } => ExecuteResult::Failed {
+                job_id: job_id.clone(),
+                error: error.clone(),
+            },
         }
     }
 }
@@ -156,10 +163,11 @@ pub struct JobContext {
 
 /// What the pre-hooks decided.
 pub enum PreVerdict {
-    /// Run `request` (possibly changed); `info` goes into `process.started`.
+    /// Run `request` (possibly changed); `info` goes into `process.started` (`None`: no
+    /// pre-hook ran).
     Allow {
         request: JobRequest,
-        info: Value,
+        info: Option<PreHooks>,
     },
     Deny {
         hook: String,
@@ -170,14 +178,14 @@ pub enum PreVerdict {
 /// The pre-hook chain's answer, with warnings about hooks that failed.
 pub struct PreResult {
     pub verdict: PreVerdict,
-    pub warnings: Vec<Value>,
+    pub warnings: Vec<HookWarning>,
 }
 
 /// The post-hook chain's reports (for `process.completed.hooks`) and warnings.
 #[derive(Default)]
 pub struct PostResult {
-    pub reports: Vec<Value>,
-    pub warnings: Vec<Value>,
+    pub reports: Vec<HookReport>,
+    pub warnings: Vec<HookWarning>,
 }
 
 /// The hook points: before a job starts and after it ends. The executor takes one snapshot
@@ -205,7 +213,7 @@ impl Hooks for NoHooks {
             PreResult {
                 verdict: PreVerdict::Allow {
                     request,
-                    info: Value::Null,
+                    info: None,
                 },
                 warnings: Vec::new(),
             }
@@ -238,6 +246,20 @@ impl Executor {
             next_job: AtomicU64::new(1),
             running: AtomicUsize::new(0),
         })
+    }
+
+    /// An executor whose hooks are still loading (interim: runs without hooks until
+    /// [`Executor::set_generation`]).
+    pub fn loading(config: ExecConfig) -> Arc<Executor> {
+        Executor::new(config, Arc::new(NoHooks))
+    }
+
+    /// Makes `config` and `hooks` the generation jobs starting from now use.
+    pub fn set_generation(&self, config: ExecConfig, hooks: Option<Arc<dyn Hooks>>) {
+        self.set_config(config);
+        if let Some(h) = hooks {
+            self.set_hooks(h);
+        }
     }
 
     /// The configuration jobs starting now will use.
@@ -336,31 +358,6 @@ enum Start {
     },
 }
 
-/// The `status` answer.
-#[derive(Debug, Serialize)]
-pub struct SessionStatus {
-    pub session_id: Arc<str>,
-    pub running: Option<RunningStatus>,
-    pub queued: Vec<QueuedStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct RunningStatus {
-    pub job_id: JobId,
-    pub command: String,
-    pub pid: u32,
-    pub pgid: i32,
-    pub state: &'static str,
-    pub elapsed: f64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct QueuedStatus {
-    pub job_id: JobId,
-    pub command: String,
-    pub position: usize,
-}
-
 impl Session {
     pub fn id(&self) -> &Arc<str> {
         &self.inner.id
@@ -441,9 +438,10 @@ impl Session {
             let q = st.queue.remove(pos).expect("position is in range");
             drop(st);
             self.inner
-                .emit(Event::Canceled {
+                .emit(Event::Canceled(JobNote {
                     job_id: q.job_id.clone(),
-                })
+                    status: NoteStatus::Canceled,
+                }))
                 .await;
             self.inner
                 .emit(Event::Completed(Completion::without_process(
@@ -483,13 +481,13 @@ impl Session {
     pub async fn status(&self) -> SessionStatus {
         let st = self.inner.state.lock().await;
         SessionStatus {
-            session_id: self.inner.id.clone(),
+            session_id: self.inner.id.to_string(),
             running: st.running.as_ref().map(|r| RunningStatus {
                 job_id: r.job_id.clone(),
                 command: r.command.clone(),
                 pid: r.pid,
                 pgid: r.pgid,
-                state: if r.paused { "paused" } else { "running" },
+                state: if r.paused { "paused" } else { "running" }.to_string(),
                 elapsed: r.started.elapsed().as_secs_f64(),
             }),
             queued: st
@@ -544,13 +542,9 @@ impl SessionInner {
     }
 
     /// Sends each hook warning as its own event.
-    async fn emit_warnings(&self, job_id: &JobId, warnings: Vec<Value>) {
+    async fn emit_warnings(&self, warnings: Vec<HookWarning>) {
         for warning in warnings {
-            self.emit(Event::HookWarning {
-                job_id: job_id.clone(),
-                warning,
-            })
-            .await;
+            self.emit(Event::HookWarning(warning)).await;
         }
     }
 }
@@ -577,7 +571,7 @@ fn start<'a>(
         let pre = hooks.pre(&ctx, request).await;
         let (request, info) = match pre.verdict {
             PreVerdict::Deny { hook, reason } => {
-                inner.emit_warnings(&job_id, pre.warnings).await;
+                inner.emit_warnings(pre.warnings).await;
                 info!(job = %job_id, %hook, %reason, "denied by hook");
                 return Start::Denied { hook, reason };
             }
@@ -604,7 +598,7 @@ fn start<'a>(
                     None => format!("cannot start `{}`: {e}", cfg.shell),
                 };
                 warn!(job = %job_id, %error, "spawn failed");
-                inner.emit_warnings(&job_id, pre.warnings).await;
+                inner.emit_warnings(pre.warnings).await;
                 let mut c = Completion::without_process(job_id, JobStatus::Failed);
                 c.error = Some(error.clone());
                 inner.emit(Event::Completed(c)).await;
@@ -626,18 +620,16 @@ fn start<'a>(
             ctrl: ctrl_tx,
             done: done_rx,
         });
-        let mut started_info = json!({
-            "job_id": job_id,
-            "status": "started",
-            "pid": pid,
-            "pgid": pgid,
-            "command": request.command,
-            "cwd": request.cwd,
-            "timeout": timeout.as_secs_f64(),
-        });
-        if !info.is_null() {
-            started_info["hooks"] = info;
-        }
+        let started_info = Started {
+            job_id: job_id.clone(),
+            status: Default::default(),
+            pid,
+            pgid,
+            command: request.command.clone(),
+            cwd: request.cwd.clone(),
+            timeout: timeout.as_secs_f64(),
+            hooks: info,
+        };
         let span = info_span!("job", job = %job_id, session = %inner.id, pid);
         let job = JobTask {
             inner: inner.clone(),
@@ -664,8 +656,8 @@ struct JobTask {
     request: JobRequest,
     process: Process,
     hooks: Arc<dyn Hooks>,
-    warnings: Vec<Value>,
-    started_info: Value,
+    warnings: Vec<HookWarning>,
+    started_info: Started,
 }
 
 impl JobTask {
@@ -687,23 +679,16 @@ impl JobTask {
         let job_id = ctx.job_id.clone();
         // Wait until the caller has sent its reply (or dropped it).
         let _ = gate.await;
-        inner.emit_warnings(&job_id, warnings).await;
+        inner.emit_warnings(warnings).await;
         let (pid, pgid) = (process.pid, process.pgid);
-        inner
-            .emit(Event::Started {
-                job_id: job_id.clone(),
-                pid,
-                pgid,
-                info: started_info,
-            })
-            .await;
+        inner.emit(Event::Started(started_info)).await;
         info!(command = %request.command, "started");
         let outcome = process
             .run(job_id.clone(), inner.events.clone(), ctrl)
             .await;
         inner.exec.running.fetch_sub(1, Ordering::Relaxed);
         let post = hooks.post(&ctx, &request, &outcome).await;
-        inner.emit_warnings(&job_id, post.warnings).await;
+        inner.emit_warnings(post.warnings).await;
         info!(status = ?outcome.status, exit_code = ?outcome.exit_code, signal = ?outcome.signal,
             secs = outcome.duration.as_secs_f64(), "ended");
         inner

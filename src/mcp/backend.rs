@@ -6,19 +6,18 @@
 //! which keeps each stream's head and tail only, so memory stays bounded.
 
 use super::output::HeadTail;
-use crate::client::Client;
-use crate::events::{Event, Stream};
+use crate::client::{Client, ClientError};
+use crate::events::{Completion, Event, HookReport, HookWarning, PreHooks, Started, Stream};
 use crate::executor::{ExecError, Executor, JobRequest, Session};
-use crate::protocol::ControlType;
+use crate::protocol::{ControlType, ExecuteParams, HookStatus, HookStatusReport, NoParams};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
 use serde::Serialize;
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 /// One command an agent asked for.
 #[derive(Debug, Clone)]
@@ -81,10 +80,10 @@ pub struct JobReport {
 #[derive(Debug, Clone, Default, Serialize, JsonSchema)]
 pub struct HookNotes {
     /// `process.started`'s `hooks`: `{modified_by, reports}` from the pre-hooks.
-    pub pre: Option<Value>,
+    pub pre: Option<PreHooks>,
     /// One report per post-hook that ran.
-    pub post: Vec<Value>,
-    pub warnings: Vec<Value>,
+    pub post: Vec<HookReport>,
+    pub warnings: Vec<HookWarning>,
 }
 
 /// Why a job did not run to a report.
@@ -113,7 +112,7 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<JobReport, JobError>>;
 
     /// The hooks' state and counters.
-    fn hook_status(&self) -> BoxFuture<'_, Result<Value, JobError>>;
+    fn hook_status(&self) -> BoxFuture<'_, Result<HookStatusReport, JobError>>;
 }
 
 /// Turns one job's events, wherever they come from, into a [`JobReport`].
@@ -137,15 +136,13 @@ impl Collector {
         }
     }
 
-    pub fn started(&mut self, job_id: &str, pid: Option<u32>, pgid: Option<i32>, info: &Value) {
-        if let Some(h) = info.get("hooks").filter(|h| !h.is_null()) {
-            self.hooks.pre = Some(h.clone());
-        }
+    pub fn started(&mut self, started: Started) {
         self.progress.send_modify(|p| {
-            p.job_id = Some(job_id.to_string());
-            p.pid = pid;
-            p.pgid = pgid;
+            p.job_id = Some(started.job_id.to_string());
+            p.pid = Some(started.pid);
+            p.pgid = Some(started.pgid);
         });
+        self.hooks.pre = started.hooks;
     }
 
     pub fn output(&mut self, stream: Stream, data: &str) {
@@ -169,41 +166,42 @@ impl Collector {
         });
     }
 
-    pub fn warning(&mut self, warning: Value) {
+    pub fn warning(&mut self, warning: HookWarning) {
         self.hooks.warnings.push(warning);
     }
 
-    /// The report, from the terminal `process.completed` params.
-    pub fn finish(self, c: &Value) -> JobReport {
-        let int = |k: &str| c.get(k).and_then(Value::as_i64);
-        let text = |k: &str| c.get(k).and_then(Value::as_str).map(str::to_owned);
-        let mut hooks = self.hooks;
-        if let Some(post) = c.get("hooks").and_then(Value::as_array) {
-            hooks.post = post.clone();
+    /// Takes in one of the job's events; returns its completion when this was the last.
+    pub fn event(&mut self, event: Event) -> Option<Completion> {
+        match event {
+            Event::Started(s) => self.started(s),
+            Event::Output(o) => self.output(o.stream, &o.data),
+            Event::HookWarning(w) => self.warning(w),
+            Event::Completed(c) => return Some(c),
+            Event::Connected(_) | Event::Paused(_) | Event::Resumed(_) | Event::Canceled(_) => {}
         }
-        let p = self.progress.borrow().clone();
+        None
+    }
+
+    /// The report, from the terminal `process.completed`.
+    pub fn finish(self, c: Completion) -> JobReport {
+        let mut hooks = self.hooks;
+        hooks.post = c.hooks;
         JobReport {
-            job_id: text("job_id").or(p.job_id).unwrap_or_default(),
-            status: text("status").unwrap_or_else(|| "failed".into()),
-            exit_code: int("exit_code").map(|n| n as i32),
-            signal: int("signal").map(|n| n as i32),
-            execution_time: c
-                .get("execution_time")
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0),
-            stdout_bytes: c
-                .get("stdout_bytes")
-                .and_then(Value::as_u64)
-                .unwrap_or(self.stdout.total()),
-            stderr_bytes: c
-                .get("stderr_bytes")
-                .and_then(Value::as_u64)
-                .unwrap_or(self.stderr.total()),
-            pid: int("pid").map(|n| n as u32).or(p.pid),
-            pgid: int("pgid").map(|n| n as i32).or(p.pgid),
-            error: text("error"),
-            hook: text("hook"),
-            reason: text("reason"),
+            job_id: c.job_id.to_string(),
+            status: serde_json::to_value(c.status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            exit_code: c.exit_code,
+            signal: c.signal,
+            execution_time: c.execution_time,
+            stdout_bytes: c.stdout_bytes,
+            stderr_bytes: c.stderr_bytes,
+            pid: c.pid.or(self.progress.borrow().pid),
+            pgid: c.pgid.or(self.progress.borrow().pgid),
+            error: c.error,
+            hook: c.hook,
+            reason: c.reason,
             stdout: self.stdout.render(),
             stdout_omitted_bytes: self.stdout.omitted(),
             stderr: self.stderr.render(),
@@ -213,8 +211,9 @@ impl Collector {
     }
 }
 
-/// Source of the hook status JSON (the app's, when hooks are configured).
-pub type HookStatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+/// Where the hooks' state comes from (the app's, when hooks are configured). The faces call it
+/// for `hook_status`, `/hooks` and `/health`; they know nothing of wasm.
+pub type HookStatusFn = Arc<dyn Fn() -> HookStatusReport + Send + Sync>;
 
 /// Jobs run by this process's executor: one executor [`Session`] per tool call, closed when
 /// the call ends (or its future is dropped), so a call's jobs never outlive it.
@@ -304,31 +303,26 @@ impl Backend for Local {
                         "the executor dropped the session".into(),
                     ));
                 };
-                if event.job_id() != &job_id {
+                if event.job_id() != Some(&job_id) {
                     continue;
                 }
-                match event {
-                    Event::Started {
-                        pid, pgid, info, ..
-                    } => collector.started(&job_id, Some(pid), Some(pgid), &info),
-                    Event::Output { stream, data, .. } => collector.output(stream, &data),
-                    Event::HookWarning { warning, .. } => collector.warning(warning),
-                    Event::Completed(c) => {
-                        break serde_json::to_value(&c).unwrap_or(Value::Null);
-                    }
-                    Event::Paused { .. } | Event::Resumed { .. } | Event::Canceled { .. } => {}
+                if let Some(c) = collector.event(event) {
+                    break c;
                 }
             };
             guard.close().await;
-            Ok(collector.finish(&completion))
+            Ok(collector.finish(completion))
         })
     }
 
-    fn hook_status(&self) -> BoxFuture<'_, Result<Value, JobError>> {
+    fn hook_status(&self) -> BoxFuture<'_, Result<HookStatusReport, JobError>> {
         Box::pin(async move {
             Ok(match &self.hook_status {
                 Some(f) => f(),
-                None => json!({"enabled": false, "hooks_configured": 0, "hooks": []}),
+                None => HookStatusReport {
+                    state: "ready".into(),
+                    ..HookStatusReport::default()
+                },
             })
         })
     }
@@ -349,12 +343,26 @@ impl Remote {
     async fn connect(&self) -> Result<Client, JobError> {
         Client::connect(&self.url, self.token.as_deref())
             .await
-            .map_err(|e| JobError::Unavailable(format!("{e:#}")))
+            .map_err(remote_error)
     }
 }
 
-fn lost(e: anyhow::Error) -> JobError {
-    JobError::Unavailable(format!("{e:#}"))
+/// A client failure as the tools report it: a refusal names the hook when a hook denied.
+fn remote_error(e: ClientError) -> JobError {
+    match e {
+        ClientError::Refused(obj) => {
+            let data = obj.data.as_ref();
+            let field = |k: &str| data.and_then(|d| d.get(k)).and_then(|v| v.as_str());
+            match (field("hook"), field("reason")) {
+                (Some(hook), Some(reason)) => JobError::Denied {
+                    hook: hook.into(),
+                    reason: reason.into(),
+                },
+                _ => JobError::Refused(obj.message),
+            }
+        }
+        other => JobError::Unavailable(other.to_string()),
+    }
 }
 
 impl Backend for Remote {
@@ -366,94 +374,44 @@ impl Backend for Remote {
     ) -> BoxFuture<'_, Result<JobReport, JobError>> {
         Box::pin(async move {
             let mut client = self.connect().await?;
-            let mut params = json!({"command": spec.command});
-            if let Some(t) = spec.timeout {
-                params["timeout"] = json!(t);
-            }
-            if let Some(cwd) = &spec.cwd {
-                params["cwd"] = json!(cwd);
-            }
-            if !spec.env.is_empty() {
-                params["env"] = json!(spec.env);
-            }
-            let id = client.send("execute", params).await.map_err(lost)?;
+            let params = ExecuteParams {
+                command: spec.command,
+                timeout: spec.timeout,
+                cwd: spec.cwd,
+                env: (!spec.env.is_empty()).then_some(spec.env),
+            };
+            let mut job = client.execute(&params).await.map_err(remote_error)?;
+            let canceller = job.canceller();
             let mut collector = Collector::new(spec.output_limit, progress);
-            let mut job_id: Option<String> = None;
             let mut cancel_sent = false;
             loop {
-                let msg = tokio::select! {
-                    m = client.next_message() => m.map_err(lost)?,
+                let event = tokio::select! {
+                    e = job.next() => e.map_err(remote_error)?,
                     _ = cancel.cancelled(), if !cancel_sent => {
                         cancel_sent = true;
-                        let mut p = json!({"type": "CANCEL"});
-                        if let Some(j) = &job_id {
-                            p["job_id"] = json!(j);
-                        }
-                        client.send("control", p).await.map_err(lost)?;
+                        canceller.cancel().await.map_err(remote_error)?;
                         continue;
                     }
                 };
-                if msg.get("id").and_then(Value::as_u64) == Some(id) {
-                    if let Some(e) = msg.get("error") {
-                        let data = &e["data"];
-                        return Err(match (data["hook"].as_str(), data["reason"].as_str()) {
-                            (Some(hook), Some(reason)) => JobError::Denied {
-                                hook: hook.into(),
-                                reason: reason.into(),
-                            },
-                            _ => JobError::Refused(
-                                e["message"].as_str().unwrap_or("refused").to_string(),
-                            ),
-                        });
-                    }
-                    job_id = msg["result"]["job_id"].as_str().map(str::to_owned);
-                    continue;
-                }
-                let params = &msg["params"];
-                if let Some(j) = &job_id
-                    && params.get("job_id").and_then(Value::as_str) != Some(j)
-                {
-                    continue;
-                }
-                match msg["method"].as_str() {
-                    Some("process.started") => collector.started(
-                        params["job_id"].as_str().unwrap_or_default(),
-                        params["pid"].as_u64().map(|n| n as u32),
-                        params["pgid"].as_i64().map(|n| n as i32),
-                        params,
-                    ),
-                    Some("process.output") => {
-                        let stream = if params["type"] == "stderr" {
-                            Stream::Stderr
-                        } else {
-                            Stream::Stdout
-                        };
-                        collector.output(stream, params["data"].as_str().unwrap_or_default());
-                    }
-                    Some("hook.warning") => collector.warning(params.clone()),
-                    Some("process.completed") => return Ok(collector.finish(params)),
-                    Some(other) => debug!(method = other, "ignored notification"),
-                    None => warn!(%msg, "unexpected message from the server"),
+                let Some(event) = event else {
+                    return Err(JobError::Unavailable(
+                        "the job ended without process.completed".into(),
+                    ));
+                };
+                if let Some(c) = collector.event(event) {
+                    return Ok(collector.finish(c));
                 }
             }
         })
     }
 
-    fn hook_status(&self) -> BoxFuture<'_, Result<Value, JobError>> {
+    fn hook_status(&self) -> BoxFuture<'_, Result<HookStatusReport, JobError>> {
         Box::pin(async move {
             let mut client = self.connect().await?;
-            let id = client.send("hook_status", json!({})).await.map_err(lost)?;
-            loop {
-                let msg = client.next_message().await.map_err(lost)?;
-                if msg.get("id").and_then(Value::as_u64) == Some(id) {
-                    return match msg.get("error") {
-                        Some(e) => Err(JobError::Refused(
-                            e["message"].as_str().unwrap_or("refused").to_string(),
-                        )),
-                        None => Ok(msg["result"].clone()),
-                    };
-                }
-            }
+            client
+                .call::<HookStatus>(&NoParams {})
+                .await
+                .map_err(remote_error)
         })
     }
 }

@@ -6,8 +6,12 @@
 //! - [`tools`]: the MCP server ([`CcxTools`]) — tool schemas, descriptions, result text and
 //!   structured content, progress notifications, cancellation.
 //! - [`backend`]: where jobs run. [`Local`] drives this process's [`Executor`] (the same
-//!   job lifecycle as `ccx serve`, hooks and limits included); [`Remote`] speaks the
-//!   WebSocket protocol to a running server (`ccx mcp --url`). The tools see one trait.
+//!   job lifecycle as `ccx serve`, hooks and limits included); [`Remote`] runs them on a
+//!   server through the one WebSocket [`crate::client::Client`] (`ccx mcp --url`). The tools
+//!   see one trait.
+//!
+//! This face is handed what it needs (an executor, a hook-status source); the composition
+//! root (`crate::app`) wires it, so nothing here imports the app.
 //! - `output`: head-and-tail capture of a job's output, bounded by `[mcp] max_output_bytes`.
 //!
 //! Output is kept per stream (stdout and stderr separately), each cut to its first and last
@@ -20,8 +24,7 @@ pub mod tools;
 pub use backend::{Backend, HookStatusFn, JobError, JobReport, JobSpec, Local, Remote};
 pub use tools::{CcxTools, PROGRESS_META_KEY};
 
-use crate::app::App;
-use crate::config::{Config, McpConfig};
+use crate::config::McpConfig;
 use crate::executor::Executor;
 use anyhow::{Context, Result};
 use rmcp::ServiceExt;
@@ -29,11 +32,14 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// The Streamable HTTP service mounted at `/mcp`: one [`CcxTools`] per MCP session, jobs run
-/// by `exec`. `shutdown` ends every MCP session (and so cancels their jobs).
+/// by `exec`. Each MCP session holds one of the server's `sessions` permits for as long as it
+/// lives, so `max_sessions` bounds WebSocket and MCP sessions together; a session that finds
+/// none left is refused. `shutdown` ends every MCP session (and so cancels their jobs).
 ///
 /// rmcp's own `Host` check (against DNS rebinding) stays on for a token-less server, which
 /// only ever listens on loopback; with a token the server's auth guard is the protection and
@@ -43,6 +49,7 @@ pub fn http_service(
     hook_status: Option<HookStatusFn>,
     config: McpConfig,
     has_token: bool,
+    sessions: Arc<Semaphore>,
     shutdown: CancellationToken,
 ) -> StreamableHttpService<CcxTools, LocalSessionManager> {
     let mut http = StreamableHttpServerConfig::default().with_cancellation_token(shutdown);
@@ -51,25 +58,15 @@ pub fn http_service(
     }
     let backend: Arc<dyn Backend> = Arc::new(Local::new(exec, hook_status));
     StreamableHttpService::new(
-        move || Ok(CcxTools::new(backend.clone(), config.clone())),
+        move || {
+            let permit = sessions.clone().try_acquire_owned().map_err(|_| {
+                std::io::Error::other("session limit reached: max_sessions sessions are open")
+            })?;
+            Ok(CcxTools::new(backend.clone(), config.clone()).holding(permit))
+        },
         LocalSessionManager::default().into(),
         http,
     )
-}
-
-/// `ccx mcp --config …`: an MCP server on stdin/stdout whose jobs run in this process, wired
-/// exactly as `ccx serve` (hook runtime, executor, reload watcher).
-pub async fn serve_stdio_local(config: Config) -> Result<()> {
-    let app = App::start(config).await?;
-    let stop = CancellationToken::new();
-    app.spawn_watcher(stop.clone());
-    let status_app = app.clone();
-    let hook_status: HookStatusFn = Arc::new(move || status_app.status());
-    let backend = Arc::new(Local::new(app.exec.clone(), Some(hook_status)));
-    let grace = app.exec.config().kill_grace;
-    let result = serve_stdio(backend, app.config.server.mcp.clone(), grace).await;
-    stop.cancel();
-    result
 }
 
 /// `ccx mcp --url …`: an MCP server on stdin/stdout that runs every job on the ccx server at
@@ -79,11 +76,15 @@ pub async fn serve_stdio_remote(url: String, token: Option<String>) -> Result<()
     serve_stdio(backend, McpConfig::default(), Duration::from_secs(2)).await
 }
 
-/// Serves until the client closes stdin (or SIGTERM/SIGINT arrives, the next step of MCP's
-/// stdio shutdown); then cancels the calls still running and waits (up to the kill grace and a
-/// little slack) for their jobs' process groups to be gone. Logs go to stderr: stdout carries
-/// the protocol.
-async fn serve_stdio(backend: Arc<dyn Backend>, config: McpConfig, grace: Duration) -> Result<()> {
+/// Serves the tools on stdin/stdout until the client closes stdin (or SIGTERM/SIGINT arrives,
+/// the next step of MCP's stdio shutdown); then cancels the calls still running and waits (up
+/// to `grace` and a little slack) for their jobs' process groups to be gone. Logs go to
+/// stderr: stdout carries the protocol.
+pub async fn serve_stdio(
+    backend: Arc<dyn Backend>,
+    config: McpConfig,
+    grace: Duration,
+) -> Result<()> {
     let tools = CcxTools::new(backend, config);
     let calls = tools.calls().clone();
     let running = tools

@@ -76,13 +76,15 @@ impl HeadTail {
     }
 }
 
-/// `bytes` without a UTF-8 sequence cut off at its end.
+/// `bytes` without a UTF-8 sequence cut off at its end (the last chunk's invalid part, when
+/// it is the start of a character rather than garbage).
 fn trim_utf8_end(bytes: &[u8]) -> &[u8] {
-    match std::str::from_utf8(bytes) {
-        Ok(_) => bytes,
-        Err(e) if e.error_len().is_none() => &bytes[..e.valid_up_to()],
-        Err(_) => bytes,
-    }
+    let cut = bytes.utf8_chunks().last().map_or(0, |chunk| {
+        let bad = chunk.invalid();
+        let incomplete = std::str::from_utf8(bad).is_err_and(|e| e.error_len().is_none());
+        if incomplete { bad.len() } else { 0 }
+    });
+    &bytes[..bytes.len() - cut]
 }
 
 /// `bytes` without the continuation bytes of a sequence whose start was cut off.

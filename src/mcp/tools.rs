@@ -59,6 +59,8 @@ pub struct CcxTools {
     /// Tool calls in flight, so a stdio server can let their jobs end before it exits.
     calls: TaskTracker,
     tool_router: ToolRouter<CcxTools>,
+    /// The server's session permit an HTTP MCP session holds while it lives (`max_sessions`).
+    _permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Key of the job facts carried in each progress notification's `_meta`.
@@ -72,7 +74,15 @@ impl CcxTools {
             config,
             calls: TaskTracker::new(),
             tool_router: Self::tool_router(),
+            _permit: None,
         }
+    }
+
+    /// The same tools, holding `permit` until the last clone is dropped (the MCP session
+    /// ends).
+    pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> CcxTools {
+        self._permit = Some(Arc::new(permit));
+        self
     }
 
     /// Tool calls still running.
@@ -213,6 +223,7 @@ impl CcxTools {
     async fn hook_status(&self) -> Result<CallToolResult, McpError> {
         Ok(match self.backend.hook_status().await {
             Ok(status) => {
+                let status = serde_json::to_value(&status).unwrap_or_default();
                 let text = serde_json::to_string_pretty(&status).unwrap_or_default();
                 let mut r = CallToolResult::success(vec![ContentBlock::text(text)]);
                 r.structured_content = Some(status);
@@ -386,20 +397,19 @@ fn report_text(command: &str, r: &JobReport) -> String {
     let pre = hooks
         .pre
         .as_ref()
-        .and_then(|p| p.get("reports"))
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
+        .map(|p| p.reports.as_slice())
         .unwrap_or_default();
     if !pre.is_empty() || !hooks.post.is_empty() || !hooks.warnings.is_empty() {
         t.push_str("--- hooks ---\n");
-        for (stage, list) in [
-            ("pre", pre),
-            ("post", hooks.post.as_slice()),
-            ("warning", hooks.warnings.as_slice()),
-        ] {
-            for item in list {
-                let _ = writeln!(t, "{stage}: {item}");
-            }
+        let line = |v: Result<String, serde_json::Error>| v.unwrap_or_default();
+        for item in pre {
+            let _ = writeln!(t, "pre: {}", line(serde_json::to_string(item)));
+        }
+        for item in &hooks.post {
+            let _ = writeln!(t, "post: {}", line(serde_json::to_string(item)));
+        }
+        for item in &hooks.warnings {
+            let _ = writeln!(t, "warning: {}", line(serde_json::to_string(item)));
         }
     }
     t

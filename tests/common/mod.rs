@@ -93,7 +93,7 @@ impl AppServer {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = ccx::app::App::start(cfg).await.expect("app starts");
+        let app = ccx::app::App::start(cfg).expect("app starts");
         let stop = tokio_util::sync::CancellationToken::new();
         app.spawn_watcher(stop.clone());
         let state = app.server_state();

@@ -12,6 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod watch;
+pub use watch::watch_config;
+
 /// Environment variable that supplies the auth token; it overrides the file's token.
 pub const TOKEN_ENV: &str = "CCX_TOKEN";
 
@@ -342,7 +345,8 @@ impl Config {
             cfg.execution.hooks_load_timeout = seconds("sandbox.load_timeout", t)?;
         }
         if let Some(mb) = sb.cache_max_mb {
-            cfg.sandbox.cache_max_bytes = (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
+            cfg.sandbox.cache_max_bytes =
+                (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
         }
 
         let m = raw.mcp;
@@ -421,67 +425,6 @@ impl Config {
     }
 }
 
-/// What a file looked like when last checked: modification time, size and inode, or
-/// nothing when it was missing.
-type Stamp = Option<(std::time::SystemTime, u64, u64)>;
-
-fn stamps(config: &Path, hooks: &[PathBuf]) -> Vec<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    std::iter::once(config)
-        .chain(hooks.iter().map(PathBuf::as_path))
-        .map(|p| {
-            let m = std::fs::metadata(p).ok()?;
-            Some((m.modified().ok()?, m.len(), m.ino()))
-        })
-        .collect()
-}
-
-/// Watches the config file and the hook files it names: every `interval` (if any) it checks
-/// whether one of them changed, and on SIGHUP it reloads regardless. Each reload sends the
-/// freshly validated config, or the reason it did not validate, to `tx`. Returns when the
-/// receiver is gone.
-pub async fn watch_config(
-    path: PathBuf,
-    mut hooks: Vec<PathBuf>,
-    interval: Option<Duration>,
-    tx: tokio::sync::mpsc::Sender<Result<Config>>,
-) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let mut tick = interval.map(|i| {
-        let mut t = tokio::time::interval(i);
-        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        t
-    });
-    let mut last = stamps(&path, &hooks);
-    loop {
-        let forced = tokio::select! {
-            _ = async { tick.as_mut().expect("guarded").tick().await }, if tick.is_some() => false,
-            _ = async { hup.as_mut().expect("guarded").recv().await }, if hup.is_some() => true,
-            _ = tx.closed() => return,
-        };
-        let now = stamps(&path, &hooks);
-        if !forced && now == last {
-            continue;
-        }
-        last = now;
-        let result = Config::load(&path).map(|mut c| {
-            c.apply_token_env();
-            c
-        });
-        if let Ok(c) = &result {
-            let paths: Vec<PathBuf> = c.hooks.iter().map(|h| h.path.clone()).collect();
-            if paths != hooks {
-                hooks = paths;
-                last = stamps(&path, &hooks);
-            }
-        }
-        if tx.send(result).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// A valid environment variable name for a child: non-empty, no `=`, no NUL.
 pub fn valid_env_name(name: &str) -> bool {
     !name.is_empty() && !name.contains('=') && !name.contains('\0')
@@ -502,100 +445,4 @@ fn seconds(key: &str, s: f64) -> Result<Duration> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn empty_file_is_the_default() {
-        let c = Config::parse("", None).unwrap();
-        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8003");
-        assert_eq!(c.execution.max_queue, 16);
-    }
-
-    #[test]
-    fn unknown_keys_are_named() {
-        let err = Config::parse("[server]\nlisen = \"x\"\n", None).unwrap_err();
-        let msg = format!("{err:#}");
-        assert!(msg.contains("lisen"), "{msg}");
-        let err = Config::parse("[executon]\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("executon"));
-    }
-
-    #[test]
-    fn hooks_are_read_in_order_with_paths_relative_to_the_file() {
-        let text = r#"
-            [[hooks]]
-            name = "a"
-            path = "hooks/a.wasm"
-            config = { patterns = "rm -rf /", max = 3, strict = true }
-            [[hooks]]
-            name = "b"
-            path = "/abs/b.wasm"
-            enabled = false
-            on_failure = "deny"
-            fuel = 10
-            timeout_ms = 50
-            memory_mb = 8
-        "#;
-        let c = Config::parse(text, Some(Path::new("/etc/ccx/ccx.toml"))).unwrap();
-        assert_eq!(c.hooks.len(), 2);
-        assert_eq!(c.hooks[0].path, Path::new("/etc/ccx/hooks/a.wasm"));
-        assert_eq!(
-            c.hooks[0].config,
-            vec![
-                ("max".to_string(), "3".to_string()),
-                ("patterns".into(), "rm -rf /".into()),
-                ("strict".into(), "true".into())
-            ]
-        );
-        assert!(c.hooks[0].enabled);
-        assert!(!c.hooks[1].enabled);
-        assert_eq!(c.hooks[1].on_failure, OnFailure::Deny);
-        assert_eq!(
-            (c.hooks[1].fuel, c.hooks[1].timeout_ms, c.hooks[1].memory_mb),
-            (10, 50, 8)
-        );
-    }
-
-    #[test]
-    fn bad_hooks_are_named() {
-        let dup = "[[hooks]]\nname = \"a\"\npath = \"x\"\n[[hooks]]\nname = \"a\"\npath = \"y\"\n";
-        assert!(format!("{:#}", Config::parse(dup, None).unwrap_err()).contains("used twice"));
-        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\ntimeout_ms = 0\n";
-        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("timeout_ms"));
-        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\non_failure = \"maybe\"\n";
-        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("maybe"));
-        let bad = "[[hooks]]\nname = \"a\"\npath = \"x\"\nfule = 3\n";
-        assert!(format!("{:#}", Config::parse(bad, None).unwrap_err()).contains("fule"));
-    }
-
-    #[test]
-    fn mcp_section_is_strict_and_validated() {
-        let c = Config::parse("", None).unwrap();
-        assert_eq!(c.server.mcp.max_output_bytes, 32 * 1024);
-        assert_eq!(c.server.mcp.progress_interval, Duration::from_secs(1));
-        let c = Config::parse(
-            "[mcp]\nmax_output_bytes = 4096\nprogress_interval = 0.25\n",
-            None,
-        )
-        .unwrap();
-        assert_eq!(c.server.mcp.max_output_bytes, 4096);
-        assert_eq!(c.server.mcp.progress_interval, Duration::from_millis(250));
-        let err = Config::parse("[mcp]\nmax_output_bytes = 10\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("mcp.max_output_bytes"));
-        let err = Config::parse("[mcp]\nprogress_interval = 0\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("mcp.progress_interval"));
-        let err = Config::parse("[mcp]\nmax_output = 1\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("max_output"));
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        let err = Config::parse("[execution]\nkill_grace = -1\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("execution.kill_grace"));
-        let err = Config::parse("[server]\nlisten = \"nowhere\"\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("server.listen"));
-        let err = Config::parse("[server]\nmax_sessions = \"ten\"\n", None).unwrap_err();
-        assert!(format!("{err:#}").contains("max_sessions"));
-    }
-}
+mod tests;

@@ -4,14 +4,15 @@ use anyhow::{Context, Result};
 use ccx::app::App;
 use ccx::client::{self, ExecOptions};
 use ccx::config::Config;
+use ccx::protocol::ExecuteParams;
 use ccx::server;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use tokio_util::sync::CancellationToken;
 
 /// ccx: run commands over a WebSocket, with sandboxed WebAssembly hooks.
 #[derive(Debug, Parser)]
@@ -165,7 +166,9 @@ struct ExecArgs {
     /// Environment variable for the command, as KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// The command; several words are joined with spaces and run by the server's shell.
+    /// The command line, run by the server's shell. One argument is passed through as it is
+    /// (`ccx exec -- 'ls | wc -l'`); several are joined with shell quoting, so each stays one
+    /// word (`ccx exec -- printf '%s\n' 'a b'`).
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
 }
@@ -208,196 +211,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     })
 }
 
-mod hooks_cmd {
-    use super::*;
-    use ccx::hooks::{HookHost, HookSet, HookSpec, HostOptions, RunInput};
-
-    pub async fn run(cmd: HooksCommand) -> Result<ExitCode> {
-        match cmd {
-            HooksCommand::List(a) => list(&a.config).await,
-            HooksCommand::Check(a) => check(&a.config).await,
-            HooksCommand::Enable(a) => toggle(&a.config.config, &a.name, true),
-            HooksCommand::Disable(a) => toggle(&a.config.config, &a.name, false),
-            HooksCommand::Run(a) => run_one(a).await,
-            HooksCommand::New(a) => {
-                let dir = ccx::scaffold::scaffold(&a.name, a.lang, a.stage, &a.dir)?;
-                println!("created {}", dir.display());
-                println!(
-                    "see {} for how to build and try it",
-                    dir.join("README.md").display()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-        }
-    }
-
-    fn host(config: &Config) -> Result<Arc<HookHost>> {
-        HookHost::new(HostOptions {
-            cache_dir: config.sandbox.cache_dir.clone(),
-            pooling: false,
-            max_concurrent_calls: 4,
-        })
-    }
-
-    async fn load(host: &Arc<HookHost>, specs: Vec<HookSpec>) -> Result<HookSet> {
-        let host = host.clone();
-        Ok(tokio::task::spawn_blocking(move || HookSet::load(&host, &specs)).await?)
-    }
-
-    async fn list(path: &Path) -> Result<ExitCode> {
-        let config = Config::load(path)?;
-        if config.hooks.is_empty() {
-            println!("no hooks configured in {}", path.display());
-            return Ok(ExitCode::SUCCESS);
-        }
-        let set = load(&host(&config)?, config.hooks.clone()).await?;
-        println!(
-            "{:<20} {:<8} {:<9} {:<9} {:>12} {:>8} {:>7} {:<10} PATH",
-            "NAME", "ENABLED", "STATE", "STAGES", "FUEL", "TIMEOUT", "MEMORY", "ON_FAILURE"
-        );
-        for h in set.status() {
-            let stages: Vec<String> = h
-                .stages
-                .iter()
-                .map(|s| format!("{s:?}").to_lowercase())
-                .collect();
-            let state = match &h.state {
-                ccx::hooks::HookState::Loaded => "loaded",
-                ccx::hooks::HookState::Disabled => "disabled",
-                ccx::hooks::HookState::Failed(_) => "FAILED",
-            };
-            println!(
-                "{:<20} {:<8} {:<9} {:<9} {:>12} {:>6}ms {:>5}MiB {:<10} {}",
-                h.name,
-                !matches!(h.state, ccx::hooks::HookState::Disabled),
-                state,
-                if stages.is_empty() {
-                    "-".to_string()
-                } else {
-                    stages.join("+")
-                },
-                h.fuel,
-                h.timeout_ms,
-                h.memory_mb,
-                format!("{:?}", h.on_failure).to_lowercase(),
-                h.path.display()
-            );
-            if let ccx::hooks::HookState::Failed(e) = &h.state {
-                println!("    error: {e}");
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    }
-
-    async fn check(path: &Path) -> Result<ExitCode> {
-        let config = match Config::load(path) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("ccx: {e:#}");
-                return Ok(ExitCode::from(1));
-            }
-        };
-        // Disabled hooks are checked too: enabling one later must not be a surprise.
-        let specs: Vec<HookSpec> = config
-            .hooks
-            .iter()
-            .cloned()
-            .map(|mut s| {
-                s.enabled = true;
-                s
-            })
-            .collect();
-        let set = load(&host(&config)?, specs).await?;
-        let errors = set.load_errors();
-        for (hook, err) in &errors {
-            eprintln!("ccx: hook `{hook}`: {err}");
-        }
-        if errors.is_empty() {
-            println!("ok: {} hooks compiled and validated", config.hooks.len());
-            Ok(ExitCode::SUCCESS)
-        } else {
-            eprintln!(
-                "ccx: {} of {} hooks have problems",
-                errors.len(),
-                config.hooks.len()
-            );
-            Ok(ExitCode::from(1))
-        }
-    }
-
-    /// Flips `enabled` of the named `[[hooks]]` entry, keeping the file's comments and layout,
-    /// and refuses to write a result that would not validate.
-    fn toggle(path: &Path, name: &str, enabled: bool) -> Result<ExitCode> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut doc: toml_edit::DocumentMut = text
-            .parse()
-            .with_context(|| format!("{} is not valid TOML", path.display()))?;
-        let hooks = doc
-            .get_mut("hooks")
-            .and_then(|h| h.as_array_of_tables_mut())
-            .with_context(|| format!("{} has no [[hooks]]", path.display()))?;
-        let entry = hooks
-            .iter_mut()
-            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(name))
-            .with_context(|| format!("no hook named `{name}` in {}", path.display()))?;
-        entry["enabled"] = toml_edit::value(enabled);
-        let out = doc.to_string();
-        Config::parse(&out, Some(path)).context("the edited config would not validate")?;
-        // Write beside and rename, so a watching server never reads half a file.
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, &out).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("cannot replace {}", path.display()))?;
-        println!(
-            "{} `{name}` in {}",
-            if enabled { "enabled" } else { "disabled" },
-            path.display()
-        );
-        Ok(ExitCode::SUCCESS)
-    }
-
-    fn read_json_arg(arg: &str) -> Result<String> {
-        match arg.strip_prefix('@') {
-            Some(file) => {
-                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
-            }
-            None => Ok(arg.to_string()),
-        }
-    }
-
-    async fn run_one(a: RunArgs) -> Result<ExitCode> {
-        let input = match (&a.pre, &a.post) {
-            (Some(pre), _) => RunInput::Pre(
-                serde_json::from_str(&read_json_arg(pre)?)
-                    .context("--pre is not a valid request")?,
-            ),
-            (_, Some(post)) => RunInput::Post(
-                serde_json::from_str(&read_json_arg(post)?)
-                    .context("--post is not a valid result")?,
-            ),
-            _ => unreachable!("clap requires one of --pre and --post"),
-        };
-        let name = a
-            .file
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "hook".into());
-        let mut spec = HookSpec::new(name, std::path::absolute(&a.file)?);
-        spec.fuel = a.fuel;
-        spec.timeout_ms = a.timeout_ms;
-        spec.memory_mb = a.memory_mb;
-        spec.config = a.config;
-        let host = host(&Config::default())?;
-        let report = ccx::hooks::run_once(&host, &spec, input).await?;
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        Ok(if report.failure.is_some() {
-            ExitCode::from(1)
-        } else {
-            ExitCode::SUCCESS
-        })
-    }
-}
+mod hooks_cmd;
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let path = args.config.or_else(|| {
@@ -417,12 +231,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let app = App::start(config).await?;
-    let stop = CancellationToken::new();
-    app.spawn_watcher(stop.clone());
-    let result = server::serve(listener, app.server_state(), shutdown_signal()).await;
-    stop.cancel();
-    result?;
+    // Listens at once; the hooks load in the background (`/health` says `starting`).
+    let app = App::start(config)?;
+    app.serve(listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -438,7 +249,7 @@ async fn mcp(args: McpArgs) -> Result<ExitCode> {
                 Some(p) => Config::load(p)?,
                 None => Config::default(),
             };
-            ccx::mcp::serve_stdio_local(config).await?;
+            App::start(config)?.serve_mcp_stdio().await?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -456,13 +267,21 @@ async fn shutdown_signal() {
 }
 
 async fn exec(args: ExecArgs) -> Result<ExitCode> {
+    let command = match args.command.as_slice() {
+        [one] => one.clone(),
+        words => shlex::try_join(words.iter().map(String::as_str))
+            .context("the command has a NUL byte")?,
+    };
+    let env = args.env.into_iter().collect::<BTreeMap<_, _>>();
     let opts = ExecOptions {
         url: args.url,
         token: args.token,
-        command: args.command.join(" "),
-        timeout: args.timeout,
-        cwd: args.cwd,
-        env: args.env.into_iter().collect::<BTreeMap<_, _>>(),
+        params: ExecuteParams {
+            command,
+            timeout: args.timeout,
+            cwd: args.cwd,
+            env: (!env.is_empty()).then_some(env),
+        },
     };
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;

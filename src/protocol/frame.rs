@@ -1,81 +1,40 @@
-//! JSON-RPC 2.0 messages as ccx speaks them: requests in, responses and notifications out, and
-//! the error enum whose variants map to wire codes. Pure data and parsing; no I/O.
+//! The JSON-RPC 2.0 envelope: parsing a request frame strictly (every fault named, the `id`
+//! echoed whenever it could be read), encoding replies and notifications on the server, and
+//! decoding a server frame on the client.
 //!
-//! Method and notification names and the error codes are those of the Python server ccx
-//! replaces, so its clients can switch by changing the URL only.
+//! Source: the JSON-RPC 2.0 specification, <https://www.jsonrpc.org/specification>.
 
+use super::notify::Notification;
+use super::{JSONRPC, RpcError};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use serde_json::{Map, Value};
 
-/// The JSON-RPC version string every message carries.
-pub const JSONRPC: &str = "2.0";
-
-/// Capabilities announced in the `connected` notification.
-pub const CAPABILITIES: &[&str] = &["execute", "control", "stream", "status", "hooks"];
-
-/// An error that goes back to the client as a JSON-RPC error object.
-///
-/// Messages are written for the person reading the client's log; internal causes never reach
-/// the wire (see [`RpcError::Internal`]).
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum RpcError {
-    #[error("parse error: {0}")]
-    Parse(String),
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    #[error("method not found: {0}")]
-    MethodNotFound(String),
-    #[error("invalid params: {0}")]
-    InvalidParams(String),
-    #[error("command not allowed: {reason}")]
-    CommandNotAllowed { hook: String, reason: String },
-    #[error("{0}")]
-    NoSuchJob(String),
-    #[error("session limit reached ({0} sessions)")]
-    SessionLimit(usize),
-    #[error("queue full: {0} jobs already queued on this connection")]
-    QueueFull(usize),
-    #[error("hooks not ready: {0}")]
-    HooksNotReady(String),
-    /// The server failed; the cause is logged, never sent.
-    #[error("internal error")]
-    Internal,
+/// The `"jsonrpc": "2.0"` member; deserializing anything else is an error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum JsonRpcVersion {
+    #[default]
+    #[serde(rename = "2.0")]
+    V2,
 }
 
-impl RpcError {
-    /// The wire code: the standard JSON-RPC ones, and the predecessor's `-3200x` codes.
-    pub fn code(&self) -> i64 {
-        match self {
-            RpcError::Parse(_) => -32700,
-            RpcError::InvalidRequest(_) => -32600,
-            RpcError::MethodNotFound(_) => -32601,
-            RpcError::InvalidParams(_) => -32602,
-            RpcError::CommandNotAllowed { .. } => -32001,
-            RpcError::NoSuchJob(_) => -32002,
-            RpcError::SessionLimit(_) => -32003,
-            RpcError::QueueFull(_) => -32004,
-            RpcError::HooksNotReady(_) => -32006,
-            RpcError::Internal => -32603,
-        }
-    }
+/// A JSON-RPC error object: `code` from the table in [`super`], a message for a person, and
+/// for some codes structured `data` (e.g. `{hook, reason}` with -32001).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ErrorObject {
+    pub code: i64,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+}
 
-    fn data(&self) -> Option<Value> {
-        match self {
-            RpcError::CommandNotAllowed { hook, reason } => {
-                Some(json!({ "hook": hook, "reason": reason }))
-            }
-            _ => None,
+impl std::fmt::Display for ErrorObject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.code)?;
+        if let Some(data) = &self.data {
+            write!(f, " {data}")?;
         }
-    }
-
-    /// The JSON-RPC error object.
-    pub fn to_value(&self) -> Value {
-        let mut err = json!({ "code": self.code(), "message": self.to_string() });
-        if let Some(data) = self.data() {
-            err["data"] = data;
-        }
-        err
+        Ok(())
     }
 }
 
@@ -196,62 +155,113 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-/// A successful response.
-pub fn response(id: Value, result: Value) -> Value {
-    json!({ "jsonrpc": JSONRPC, "id": id, "result": result })
+/// A successful reply frame: `{"jsonrpc":"2.0","id":…,"result":…}`.
+#[derive(Serialize)]
+struct Reply<'a, R: Serialize> {
+    jsonrpc: JsonRpcVersion,
+    id: &'a Value,
+    result: &'a R,
 }
 
-/// An error response.
-pub fn error_response(id: Value, err: &RpcError) -> Value {
-    json!({ "jsonrpc": JSONRPC, "id": id, "error": err.to_value() })
+/// An error reply frame: `{"jsonrpc":"2.0","id":…,"error":{code,message,data?}}`.
+#[derive(Serialize)]
+struct ErrorReply<'a> {
+    jsonrpc: JsonRpcVersion,
+    id: &'a Value,
+    error: ErrorObject,
 }
 
-/// A notification (no id, no reply expected).
-pub fn notification(method: &str, params: Value) -> Value {
-    json!({ "jsonrpc": JSONRPC, "method": method, "params": params })
+/// Encodes the reply to request `id`.
+pub fn encode_reply<R: Serialize>(id: &Value, result: &R) -> String {
+    serde_json::to_string(&Reply {
+        jsonrpc: JsonRpcVersion::V2,
+        id,
+        result,
+    })
+    .expect("replies serialize")
 }
 
-/// `execute` params.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecuteParams {
-    pub command: String,
-    /// Seconds, integer or fraction.
-    #[serde(default)]
-    pub timeout: Option<f64>,
-    #[serde(default)]
-    pub cwd: Option<String>,
-    #[serde(default)]
-    pub env: Option<BTreeMap<String, String>>,
+/// Encodes an error reply to request `id` (`null` when the id could not be read).
+pub fn encode_error(id: &Value, err: &RpcError) -> String {
+    serde_json::to_string(&ErrorReply {
+        jsonrpc: JsonRpcVersion::V2,
+        id,
+        error: err.to_object(),
+    })
+    .expect("errors serialize")
 }
 
-/// What `control` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum ControlType {
-    Pause,
-    Resume,
-    Cancel,
+/// Encodes a notification: `{"jsonrpc":"2.0","method":…,"params":…}`.
+pub fn encode_notification(note: &Notification) -> String {
+    #[derive(Serialize)]
+    struct Frame<'a> {
+        jsonrpc: JsonRpcVersion,
+        #[serde(flatten)]
+        note: &'a Notification,
+    }
+    serde_json::to_string(&Frame {
+        jsonrpc: JsonRpcVersion::V2,
+        note,
+    })
+    .expect("notifications serialize")
 }
 
-/// `control` params.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ControlParams {
-    #[serde(rename = "type")]
-    pub kind: ControlType,
-    #[serde(default)]
-    pub job_id: Option<String>,
+/// A frame from the server, as a client reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ServerFrame {
+    /// The answer to the request with this `id` (`null` for errors about unreadable frames).
+    Reply {
+        id: Value,
+        result: Result<Value, ErrorObject>,
+    },
+    Notification(Notification),
 }
 
-/// Params of methods that take none: anything present is a mistake worth reporting.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoParams {}
+impl ServerFrame {
+    /// Decodes one text frame. A notification whose method this client does not know is an
+    /// error naming it, as is a frame that is neither a reply nor a notification.
+    pub fn parse(text: &str) -> Result<ServerFrame, String> {
+        #[derive(Deserialize)]
+        struct Raw {
+            #[allow(dead_code)]
+            jsonrpc: JsonRpcVersion,
+            #[serde(default)]
+            id: Option<Value>,
+            #[serde(default)]
+            result: Option<Value>,
+            #[serde(default)]
+            error: Option<ErrorObject>,
+            #[serde(default)]
+            method: Option<String>,
+            #[serde(default)]
+            params: Option<Value>,
+        }
+        let raw: Raw = serde_json::from_str(text).map_err(|e| format!("invalid frame: {e}"))?;
+        match (raw.method, raw.result, raw.error) {
+            (Some(method), None, None) => {
+                let note = serde_json::json!({"method": method, "params": raw.params});
+                serde_json::from_value(note)
+                    .map(ServerFrame::Notification)
+                    .map_err(|e| format!("invalid `{method}` notification: {e}"))
+            }
+            (None, Some(result), None) => Ok(ServerFrame::Reply {
+                id: raw.id.unwrap_or(Value::Null),
+                result: Ok(result),
+            }),
+            (None, None, Some(error)) => Ok(ServerFrame::Reply {
+                id: raw.id.unwrap_or(Value::Null),
+                result: Err(error),
+            }),
+            _ => Err("a frame must carry exactly one of `method`, `result`, `error`".into()),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::ExecuteParams;
+    use serde_json::json;
 
     #[test]
     fn parse_errors_have_the_right_codes() {

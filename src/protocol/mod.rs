@@ -1,0 +1,126 @@
+//! The wire protocol: JSON-RPC 2.0 over WebSocket text frames, as ccx speaks it. Every message
+//! in either direction is a Rust type here, used by the server to encode and by the client to
+//! decode; `docs/protocol.schema.json` is generated from these types (see [`schema`]). Pure
+//! data and parsing; no I/O.
+//!
+//! # Layout
+//! - [`frame`]: the JSON-RPC envelope — parsing a request frame (strictly, naming what is
+//!   wrong), encoding replies and notifications, decoding a server frame on the client side.
+//! - [`methods`]: each method's params and result, tied together by [`Method`].
+//! - [`notify`]: every notification and its params ([`Notification`]); a job's events are
+//!   these same types (`crate::events::Event`).
+//! - [`schema`]: the JSON Schema of all of the above.
+//!
+//! Method and notification names and the error codes are those of the Python server ccx
+//! replaces, so its clients can switch by changing the URL only.
+//!
+//! # Error codes
+//! One table, mirrored in the README; later features extend it here.
+//!
+//! | code | variant | meaning |
+//! |---|---|---|
+//! | -32700 | [`RpcError::Parse`] | the frame is not JSON |
+//! | -32600 | [`RpcError::InvalidRequest`] | not a JSON-RPC 2.0 request (batch, bad `id`, oversize frame …) |
+//! | -32601 | [`RpcError::MethodNotFound`] | unknown method |
+//! | -32602 | [`RpcError::InvalidParams`] | params missing, unknown or out of range (the message names the field) |
+//! | -32603 | [`RpcError::Internal`] | the server failed; the cause is logged, never sent |
+//! | -32001 | [`RpcError::CommandNotAllowed`] | a pre-hook denied the command; `data: {hook, reason}` |
+//! | -32002 | [`RpcError::NoSuchJob`] | no such job (or it has ended) |
+//! | -32003 | [`RpcError::SessionLimit`] | `max_sessions` connections are open |
+//! | -32004 | [`RpcError::QueueFull`] | `max_queue` jobs already wait on this connection |
+//! | -32006 | [`RpcError::HooksNotReady`] | the hooks of the configuration did not finish loading within `[sandbox] load_timeout` |
+
+pub mod frame;
+pub mod methods;
+pub mod notify;
+pub mod schema;
+
+pub use frame::{
+    ErrorObject, JsonRpcVersion, Request, ServerFrame, encode_error, encode_notification,
+    encode_reply, parse_request,
+};
+pub use methods::{
+    Control, ControlParams, ControlResult, ControlType, Execute, ExecuteParams, ExecuteResult,
+    HookStatus, HookStatusReport, Method, NoParams, Pong, QueuedStatus, RunningStatus,
+    SessionStatus, Status,
+};
+pub use notify::{
+    Completion, Connected, HookReport, HookWarning, JobId, JobNote, JobStatus, NoteStatus,
+    Notification, Output, PreHooks, Started, Stream, Verdict,
+};
+
+use serde_json::{Value, json};
+
+/// The JSON-RPC version string every message carries.
+pub const JSONRPC: &str = "2.0";
+
+/// Capabilities announced in the `connected` notification.
+pub const CAPABILITIES: &[&str] = &["execute", "control", "stream", "status", "hooks"];
+
+/// An error that goes back to the client as a JSON-RPC error object (codes: see the table in
+/// the module docs).
+///
+/// Messages are written for the person reading the client's log; internal causes never reach
+/// the wire (see [`RpcError::Internal`]).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RpcError {
+    #[error("parse error: {0}")]
+    Parse(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("method not found: {0}")]
+    MethodNotFound(String),
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    #[error("command not allowed: {reason}")]
+    CommandNotAllowed { hook: String, reason: String },
+    #[error("{0}")]
+    NoSuchJob(String),
+    #[error("session limit reached ({0} sessions)")]
+    SessionLimit(usize),
+    #[error("queue full: {0} jobs already queued on this connection")]
+    QueueFull(usize),
+    #[error("hooks not ready: {0}")]
+    HooksNotReady(String),
+    /// The server failed; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal,
+}
+
+impl RpcError {
+    /// The wire code: the standard JSON-RPC ones, and the predecessor's `-3200x` codes.
+    pub fn code(&self) -> i64 {
+        match self {
+            RpcError::Parse(_) => -32700,
+            RpcError::InvalidRequest(_) => -32600,
+            RpcError::MethodNotFound(_) => -32601,
+            RpcError::InvalidParams(_) => -32602,
+            RpcError::CommandNotAllowed { .. } => -32001,
+            RpcError::NoSuchJob(_) => -32002,
+            RpcError::SessionLimit(_) => -32003,
+            RpcError::QueueFull(_) => -32004,
+            RpcError::HooksNotReady(_) => -32006,
+            RpcError::Internal => -32603,
+        }
+    }
+
+    /// The JSON-RPC error object.
+    pub fn to_object(&self) -> ErrorObject {
+        let data = match self {
+            RpcError::CommandNotAllowed { hook, reason } => {
+                Some(json!({ "hook": hook, "reason": reason }))
+            }
+            _ => None,
+        };
+        ErrorObject {
+            code: self.code(),
+            message: self.to_string(),
+            data,
+        }
+    }
+
+    /// The JSON-RPC error object as JSON.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self.to_object()).expect("error objects serialize")
+    }
+}

@@ -1,0 +1,242 @@
+//! Notifications: what the server tells a client without being asked — the `connected`
+//! greeting and the events of each job, in this order per job: `process.started`, any number
+//! of `process.output`, `process.paused`/`process.resumed`/`process.canceled`, `hook.warning`,
+//! and exactly one `process.completed`, always last.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// A job's id, unique on this server.
+pub type JobId = Arc<str>;
+
+/// Every notification, tagged by its JSON-RPC `method`, its fields in `params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "method", content = "params")]
+pub enum Notification {
+    /// The first frame of every session.
+    #[serde(rename = "connected")]
+    Connected(Connected),
+    #[serde(rename = "process.started")]
+    Started(Started),
+    #[serde(rename = "process.output")]
+    Output(Output),
+    #[serde(rename = "process.paused")]
+    Paused(JobNote),
+    #[serde(rename = "process.resumed")]
+    Resumed(JobNote),
+    /// A cancel was accepted; `process.completed` follows.
+    #[serde(rename = "process.canceled")]
+    Canceled(JobNote),
+    /// A hook failed and execution went on (or was refused, per its `on_failure`).
+    #[serde(rename = "hook.warning")]
+    HookWarning(HookWarning),
+    /// Exactly one per job, always its last event.
+    #[serde(rename = "process.completed")]
+    Completed(Completion),
+}
+
+impl Notification {
+    /// The job this notification is about (`None` for `connected`).
+    pub fn job_id(&self) -> Option<&JobId> {
+        match self {
+            Notification::Connected(_) => None,
+            Notification::Started(s) => Some(&s.job_id),
+            Notification::Output(o) => Some(&o.job_id),
+            Notification::Paused(n) | Notification::Resumed(n) | Notification::Canceled(n) => {
+                Some(&n.job_id)
+            }
+            Notification::HookWarning(w) => Some(&w.job_id),
+            Notification::Completed(c) => Some(&c.job_id),
+        }
+    }
+}
+
+/// `connected`: the session's id, the server's version and what it can do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Connected {
+    pub session_id: String,
+    pub version: String,
+    pub capabilities: Vec<String>,
+}
+
+/// Which pipe a chunk of output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Exit code 0.
+    Completed,
+    /// Non-zero exit, killed by a signal it was not sent by ccx, or could not be spawned.
+    Failed,
+    /// Killed by ccx at its wall-clock timeout.
+    TimedOut,
+    /// Canceled by the client, a disconnect or server shutdown.
+    Canceled,
+    /// A pre-hook refused it; it never started.
+    Denied,
+}
+
+/// Always `"started"` in `process.started`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartedStatus {
+    #[default]
+    Started,
+}
+
+/// `process.started`: the process runs; what ran (after pre-hooks) and what they decided.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Started {
+    pub job_id: JobId,
+    #[serde(default)]
+    pub status: StartedStatus,
+    pub pid: u32,
+    /// The job's process group (equal to `pid`).
+    pub pgid: i32,
+    /// The command line as run, after pre-hook changes.
+    pub command: String,
+    /// The working directory asked for (`null`: the server's).
+    pub cwd: Option<String>,
+    /// The timeout in force, in seconds.
+    pub timeout: f64,
+    /// What the pre-hooks did; absent when no pre-hook ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<PreHooks>,
+}
+
+/// The pre-hook chain's account in `process.started`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PreHooks {
+    /// Hooks whose changes were applied, in order.
+    pub modified_by: Vec<String>,
+    pub reports: Vec<HookReport>,
+}
+
+/// What one hook did for one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HookReport {
+    pub hook: String,
+    /// `pre` or `post`.
+    pub stage: String,
+    /// Pre only: `allow`, `deny` or `modify`; `null` when the call failed.
+    pub decision: Option<String>,
+    /// Post only: the hook's notes, an object of strings (open: each hook names its own).
+    #[serde(default)]
+    pub annotations: Value,
+    /// Post only: the verdict, or a failing one when a fail-closed hook failed.
+    pub verdict: Option<Verdict>,
+    /// The failure message when the call failed.
+    pub error: Option<String>,
+    /// Wall-clock time of the call, microseconds.
+    pub duration_us: u64,
+    /// WebAssembly fuel the call consumed.
+    pub fuel_used: u64,
+}
+
+/// A post-hook's judgement: `"pass"` or `{"fail": "reason"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail(String),
+}
+
+/// `process.output`: one chunk of up to 64 KiB, never splitting a UTF-8 character.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Output {
+    pub job_id: JobId,
+    #[serde(rename = "type")]
+    pub stream: Stream,
+    /// The bytes as UTF-8, invalid sequences replaced by U+FFFD.
+    pub data: String,
+    /// Increases per job across both streams: sort by it to restore read order.
+    pub seq: u64,
+}
+
+/// A job's state after `control`: the `process.paused`/`resumed`/`canceled` params and the
+/// `control` result alike.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobNote {
+    pub job_id: JobId,
+    pub status: NoteStatus,
+}
+
+/// The state a `control` request put a job in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NoteStatus {
+    Paused,
+    Resumed,
+    Canceled,
+}
+
+/// `hook.warning`: a hook failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HookWarning {
+    pub job_id: JobId,
+    pub hook: String,
+    /// `pre` or `post`.
+    pub stage: String,
+    /// `fuel`, `timeout`, `memory`, `trap`, `invalid` or `load`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// `process.completed`: the one terminal event of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Completion {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Seconds from spawn to the end of the output.
+    pub execution_time: f64,
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pgid: Option<i32>,
+    /// Why the job could not run (spawn failure, hooks not ready, an internal failure).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// For `denied`: the hook that refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook: Option<String>,
+    /// For `denied`: its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Post-hook reports, one per hook that ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookReport>,
+}
+
+impl Completion {
+    /// A completion for a job that never ran a process.
+    pub fn without_process(job_id: JobId, status: JobStatus) -> Completion {
+        Completion {
+            job_id,
+            status,
+            exit_code: None,
+            signal: None,
+            execution_time: 0.0,
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            pid: None,
+            pgid: None,
+            error: None,
+            hook: None,
+            reason: None,
+            hooks: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The WebSocket face: the axum router (`/ws`, `/ws/mcp`, `/health`, `/healthz`, `/hooks`, and
+//! MCP's Streamable HTTP at `/mcp`, see [`crate::mcp`]), auth and Origin checks, and one
+//! session per WebSocket connection.
+//!
+//! # Layout
+//! - this file: what the server shares between connections ([`ServerState`]), the router,
+//!   [`serve`] with its shutdown order, and the HTTP status pages.
+//! - [`auth`]: token and Origin checks.
+//! - `session`: one connection — its receive task (parse, dispatch to the executor, reply)
+//!   and its send task (replies first, then the executor's events, encoded as notifications).
+//!
+//! The server knows nothing of processes or wasm: it turns requests into executor calls and
+//! events into notifications.
+
+mod auth;
+mod session;
+
+pub use auth::check_exposure;
+
+use crate::config::ServerConfig;
+use crate::executor::Executor;
+use crate::mcp::HookStatusFn;
+use crate::protocol::HookStatusReport;
+use anyhow::Result;
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::{Json, Router, middleware};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// What a running server shares between its connections.
+pub struct ServerState {
+    pub exec: Arc<Executor>,
+    hooks: Option<HookStatusFn>,
+    pub config: ServerConfig,
+    /// The config file the server was started with, reported by `/health`.
+    pub config_file: Option<PathBuf>,
+    /// One permit per connected session, WebSocket or MCP: `max_sessions` bounds them, and a
+    /// client over the limit is told so (-32003) rather than left waiting.
+    sessions: Arc<Semaphore>,
+    /// WebSocket sessions open now (MCP sessions hold permits but are not counted here).
+    active: AtomicUsize,
+    started: Instant,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl ServerState {
+    /// `hooks` reports the hooks' state for `hook_status`, `/hooks` and `/health`; `None`
+    /// when the server runs without hooks.
+    pub fn new(
+        exec: Arc<Executor>,
+        config: ServerConfig,
+        config_file: Option<PathBuf>,
+        hooks: Option<HookStatusFn>,
+    ) -> Arc<Self> {
+        Arc::new(ServerState {
+            exec,
+            hooks,
+            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            config,
+            config_file,
+            active: AtomicUsize::new(0),
+            started: Instant::now(),
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    fn hook_status(&self) -> HookStatusReport {
+        match &self.hooks {
+            Some(f) => f(),
+            None => HookStatusReport {
+                state: "ready".into(),
+                ..HookStatusReport::default()
+            },
+        }
+    }
+}
+
+/// The router, with auth and Origin checks on every route but `/healthz`.
+pub fn router(state: Arc<ServerState>) -> Router {
+    let mcp = crate::mcp::http_service(
+        state.exec.clone(),
+        state.hooks.clone(),
+        state.config.mcp.clone(),
+        state.config.token.is_some(),
+        state.sessions.clone(),
+        state.shutdown.child_token(),
+    );
+    let guarded = Router::new()
+        .route("/ws", get(session::ws_handler))
+        .route("/ws/mcp", get(session::ws_handler))
+        .route("/health", get(health))
+        .route("/hooks", get(hooks_page))
+        .route_service("/mcp", mcp)
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(guarded)
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, cancels every job
+/// (each still sends its terminal event) and returns once the sessions have closed, or after
+/// the kill grace period and a little slack.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener.local_addr()?;
+    check_exposure(addr, state.config.token.is_some())?;
+    info!(%addr, "listening");
+    let token = state.shutdown.clone();
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = token.clone();
+    // Small JSON frames must not wait for Nagle's algorithm (a 40 ms stall per reply).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        tokio::select! {
+            _ = shutdown => {}
+            _ = stop.cancelled() => {}
+        }
+        stop.cancel();
+    });
+    server.await?;
+    // Upgraded connections are ours to wait for, not axum's.
+    state.tracker.close();
+    let grace = state.exec.config().kill_grace + Duration::from_secs(1);
+    if tokio::time::timeout(grace, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("sessions still open after the shutdown grace period");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+async fn hooks_page(
+    axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
+) -> Json<HookStatusReport> {
+    Json(state.hook_status())
+}
+
+/// `GET /health`.
+#[derive(Serialize)]
+struct Health {
+    /// `starting` until every hook of the first configuration has loaded, then `healthy`.
+    status: &'static str,
+    service: &'static str,
+    version: &'static str,
+    uptime_seconds: f64,
+    active_sessions: usize,
+    max_sessions: usize,
+    running_jobs: usize,
+    limits: Value,
+    config_file: Option<PathBuf>,
+    hooks: HealthHooks,
+}
+
+#[derive(Serialize)]
+struct HealthHooks {
+    configured: usize,
+    loading: usize,
+    loaded: usize,
+    failed: usize,
+    disabled: usize,
+    generation: u64,
+    reload_error: Option<String>,
+    /// Config sections changed in the file that apply only after a restart.
+    restart_required: Vec<String>,
+    /// Each hook's name and load state (`loading`, `loaded`, `failed`, `disabled`).
+    each: Vec<Value>,
+}
+
+async fn health(
+    axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
+) -> Json<Health> {
+    let exec = state.exec.config();
+    let hooks = state.hook_status();
+    let count = |s: &str| hooks.hooks.iter().filter(|h| h["state"] == s).count();
+    let each = hooks
+        .hooks
+        .iter()
+        .map(|h| {
+            let mut entry = json!({"name": h["name"], "state": h["state"]});
+            if let Some(e) = h.get("error").filter(|e| !e.is_null()) {
+                entry["error"] = e.clone();
+            }
+            entry
+        })
+        .collect();
+    Json(Health {
+        status: if hooks.state == "starting" {
+            "starting"
+        } else {
+            "healthy"
+        },
+        service: "ccx",
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        active_sessions: state.active.load(Ordering::Relaxed),
+        max_sessions: state.config.max_sessions,
+        running_jobs: state.exec.running_jobs(),
+        limits: json!({
+            "max_frame_bytes": state.config.max_frame_bytes,
+            "max_queue": exec.max_queue,
+            "default_timeout": exec.default_timeout.as_secs_f64(),
+            "max_timeout": exec.max_timeout.as_secs_f64(),
+            "kill_grace": exec.kill_grace.as_secs_f64(),
+        }),
+        config_file: state.config_file.clone(),
+        hooks: HealthHooks {
+            configured: hooks.hooks_configured,
+            loading: count("loading"),
+            loaded: count("loaded"),
+            failed: count("failed"),
+            disabled: count("disabled"),
+            generation: hooks.generation,
+            reload_error: hooks.reload_error,
+            restart_required: hooks.restart_required,
+            each,
+        },
+    })
+}

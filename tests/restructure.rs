@@ -1,0 +1,369 @@
+//! Behaviour added with the core's restructuring (issue 9): `ccx exec` on a closed pipe and
+//! with several words, concurrent config edits, a server that listens before its hooks are
+//! loaded, `/mcp` sharing `max_sessions` and the Origin check, and restart-only settings
+//! named on reload.
+
+mod common;
+#[path = "common/examples.rs"]
+mod examples_common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CCX: &str = env!("CARGO_BIN_EXE_ccx");
+
+struct Server(std::process::Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(config: &str) -> (tempfile::TempDir, Server, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ccx.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
+    (dir, Server(child), addr)
+}
+
+/// Processes whose command line contains `needle`.
+fn processes_named(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) && !cmd.contains("ccx") {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn exec_cancels_the_remote_job_when_its_stdout_is_closed() {
+    let (_dir, _server, addr) = serve("[execution]\nkill_grace = 0.3\n");
+    let marker = format!("yes ccx-broken-pipe-{}", std::process::id());
+    let mut child = Command::new(CCX)
+        .args(["exec", "--url", &format!("ws://{addr}/ws"), "--", &marker])
+        .env_remove("CCX_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Read two lines, then close the pipe, as `| head -2` does.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .starts_with("ccx-broken-pipe")
+    );
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .unwrap()
+            .starts_with("ccx-broken-pipe")
+    );
+    drop(lines);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "ccx exec kept running after its stdout closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(141), "exit code on a broken pipe");
+    let needle = marker.trim_start_matches("yes ").to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_named(&needle).is_empty() {
+        assert!(Instant::now() < deadline, "the remote `yes` kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn exec_keeps_each_argument_one_word_and_passes_one_argument_through() {
+    let (_dir, _server, addr) = serve("[execution]\nkill_grace = 0.3\n");
+    let run = |args: &[&str]| {
+        Command::new(CCX)
+            .args(["exec", "--url", &format!("ws://{addr}/ws"), "--"])
+            .args(args)
+            .env_remove("CCX_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["printf", "[%s]\\n", "a b", "it's", "$HOME"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[a b]\n[it's]\n[$HOME]\n"
+    );
+    let out = run(&["echo one | tr a-z A-Z"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ONE\n");
+}
+
+#[test]
+fn concurrent_hook_toggles_all_land_and_never_corrupt_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ccx.toml");
+    let mut text = String::from("# a comment that must survive\n");
+    for i in 0..8 {
+        text.push_str(&format!(
+            "[[hooks]]\nname = \"h{i}\"\npath = \"h{i}.wasm\"\nenabled = true\n\n"
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            Command::new(CCX)
+                .args(["hooks", "disable", &format!("h{i}"), "--config"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let after = std::fs::read_to_string(&cfg).unwrap();
+    assert!(
+        after.starts_with("# a comment that must survive"),
+        "{after}"
+    );
+    let cfg = ccx::config::Config::parse(&after, Some(&cfg)).expect("still a valid config");
+    assert!(
+        cfg.hooks.iter().all(|h| !h.enabled),
+        "every disable landed: {after}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n != "ccx.toml")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+/// GET over plain HTTP/1.1, returning (status, body).
+fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let buf = String::from_utf8_lossy(&buf).into_owned();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+const MCP_INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+const MCP_HEADERS: &[(&str, &str)] = &[
+    ("Content-Type", "application/json"),
+    ("Accept", "application/json, text/event-stream"),
+];
+
+#[tokio::test]
+async fn mcp_sessions_count_against_max_sessions_and_share_the_origin_check() {
+    let mut cfg = test_config();
+    cfg.server.max_sessions = 1;
+    cfg.server.allowed_origins = vec!["http://ok.example".into()];
+    let server = TestServer::start(cfg).await;
+    let addr = server.addr.to_string();
+
+    // A page from another origin is refused on /mcp as on /ws.
+    let mut h = MCP_HEADERS.to_vec();
+    h.push(("Origin", "http://evil.example"));
+    let (a, m) = (addr.clone(), h.clone());
+    let (status, _) = tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", &m, MCP_INIT))
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // The one session slot taken by a WebSocket: an MCP session is refused.
+    let ws = server.connect().await;
+    let a = addr.clone();
+    let (status, body) =
+        tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", MCP_HEADERS, MCP_INIT))
+            .await
+            .unwrap();
+    assert!(
+        status >= 400,
+        "MCP session accepted over max_sessions: {status} {body}"
+    );
+    drop(ws);
+
+    // Once it is free, an MCP session takes it, and a WebSocket is refused with -32003.
+    let mut status = 0;
+    for _ in 0..100 {
+        let a = addr.clone();
+        status =
+            tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", MCP_HEADERS, MCP_INIT).0)
+                .await
+                .unwrap();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 200, "MCP initialize once the slot is free");
+    let mut client = ccx::client::Client::connect(&server.url(), None).await;
+    // The refusal arrives as the first frame, an error, instead of `connected`.
+    match &mut client {
+        Err(ccx::client::ClientError::Refused(e)) => assert_eq!(e.code, -32003, "{e}"),
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(c) => panic!(
+            "a WebSocket session got in beside the MCP one: {:?}",
+            c.hello
+        ),
+    }
+    server.shutdown().await;
+}
+
+#[test]
+fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
+    // A cold cache: the Python and JavaScript examples take seconds to compile.
+    let hooks = examples_common::examples();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ccx.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwatch_interval = 0\n[execution]\nkill_grace = 0.3\n\
+             [sandbox]\ncache_dir = \"{}\"\n\n\
+             [[hooks]]\nname = \"agent-result-check\"\npath = \"{}\"\n\n\
+             [[hooks]]\nname = \"secret-scan\"\npath = \"{}\"\n\n\
+             [[hooks]]\nname = \"deny-dangerous\"\npath = \"{}\"\n",
+            dir.path().join("cache").display(),
+            hooks.agent_result_check.display(),
+            hooks.secret_scan.display(),
+            hooks.deny_dangerous.display(),
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let (child, addr, to_listen) = spawn_ccx_serve(CCX, &cfg, &[]);
+    let _server = Server(child);
+    let (status, body) = http(&addr, "GET", "/health", &[], "");
+    let answered = started.elapsed();
+    assert_eq!(status, 200);
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "starting", "{health}");
+    assert!(
+        answered < Duration::from_secs(2),
+        "/health answered after {answered:?} (listening after {to_listen:?})"
+    );
+    let states: Vec<&str> = health["hooks"]["each"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["state"].as_str().unwrap())
+        .collect();
+    assert!(states.contains(&"loading"), "{health}");
+
+    // A job sent now waits for the hooks: the deny comes from the Rust hook.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+        ws.call("execute", json!({"command": "rm -rf /"})).await
+    });
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    assert_eq!(reply["error"]["data"]["hook"], "deny-dangerous", "{reply}");
+    let (_, body) = http(&addr, "GET", "/health", &[], "");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["hooks"]["loaded"], 3, "{health}");
+}
+
+#[test]
+fn a_job_that_outwaits_load_timeout_is_refused_with_hooks_not_ready() {
+    let hooks = examples_common::examples();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ccx.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nwatch_interval = 0\n[execution]\nkill_grace = 0.3\n\
+             [sandbox]\ncache_dir = \"{}\"\nload_timeout = 0.2\n\n\
+             [[hooks]]\nname = \"secret-scan\"\npath = \"{}\"\n",
+            dir.path().join("cache").display(),
+            hooks.secret_scan.display(),
+        ),
+    )
+    .unwrap();
+    let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
+    let _server = Server(child);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+        let reply = ws.call("execute", json!({"command": "true"})).await;
+        assert_eq!(reply["error"]["code"], -32006, "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("hooks not ready"),
+            "{reply}"
+        );
+    });
+}
+
+#[tokio::test]
+async fn a_reload_names_the_settings_that_need_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ccx.toml");
+    std::fs::write(&cfg, "[server]\nwatch_interval = 0.05\nmax_sessions = 10\n").unwrap();
+    let server = AppServer::start(&cfg).await;
+    std::fs::write(
+        &cfg,
+        "[server]\nwatch_interval = 0.05\nmax_sessions = 20\n[execution]\nmax_queue = 3\n",
+    )
+    .unwrap();
+    let mut health = Value::Null;
+    for _ in 0..200 {
+        health = server.get("/health").await;
+        if health["hooks"]["restart_required"] != json!([]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        health["hooks"]["restart_required"],
+        json!(["server.max_sessions"]),
+        "{health}"
+    );
+    // What can apply did apply, in the same generation.
+    assert_eq!(health["limits"]["max_queue"], 3, "{health}");
+    server.stop().await;
+}
