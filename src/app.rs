@@ -100,9 +100,10 @@ impl App {
         cur.set = set.clone();
         cur.loaded_at = SystemTime::now();
         cur.reload_error = None;
-        self.exec.set_config(new.execution.clone());
-        self.exec
-            .set_hooks(Arc::new(HookChain::new(set, cur.tail_bytes)));
+        self.exec.set_generation(
+            new.execution.clone(),
+            Some(Arc::new(HookChain::new(set, cur.tail_bytes))),
+        );
         info!(
             generation = cur.number,
             hooks = new.hooks.len(),
