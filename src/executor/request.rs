@@ -1,0 +1,138 @@
+//! What a client asks for and what it is answered: [`JobRequest`] (validated on the way in),
+//! [`Accepted`] for an `execute` that was taken, and [`ExecError`] for one that was not.
+
+use crate::events::JobId;
+use crate::protocol::ExecuteResult;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// A command as a client asked for it (and as pre-hooks may have changed it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    pub command: String,
+    /// `None`: the configured default applies.
+    pub timeout: Option<Duration>,
+    pub cwd: Option<String>,
+    /// Variables the request sets, on top of the server's child environment.
+    pub env: BTreeMap<String, String>,
+}
+
+impl JobRequest {
+    /// Validates a request's fields; errors are meant for the client.
+    pub fn new(
+        command: String,
+        timeout_secs: Option<f64>,
+        cwd: Option<String>,
+        env: BTreeMap<String, String>,
+    ) -> Result<JobRequest, ExecError> {
+        if command.trim().is_empty() {
+            return Err(ExecError::Invalid("`command` is empty".into()));
+        }
+        if command.contains('\0') {
+            return Err(ExecError::Invalid("`command` contains a NUL byte".into()));
+        }
+        let timeout = match timeout_secs {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 && t < 1e9 => Some(Duration::from_secs_f64(t)),
+            Some(t) => {
+                return Err(ExecError::Invalid(format!(
+                    "`timeout` must be a positive number of seconds, got {t}"
+                )));
+            }
+        };
+        if let Some(cwd) = &cwd
+            && (cwd.is_empty() || cwd.contains('\0'))
+        {
+            return Err(ExecError::Invalid(
+                "`cwd` is empty or has a NUL byte".into(),
+            ));
+        }
+        if let Some((k, _)) = env
+            .iter()
+            .find(|(k, v)| !crate::config::valid_env_name(k) || v.contains('\0'))
+        {
+            return Err(ExecError::Invalid(format!(
+                "`env`: `{k}` is not a valid variable name or its value has a NUL byte"
+            )));
+        }
+        Ok(JobRequest {
+            command,
+            timeout,
+            cwd,
+            env,
+        })
+    }
+}
+
+/// Why an `execute` or `control` was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("denied by hook `{hook}`: {reason}")]
+    Denied {
+        job_id: JobId,
+        hook: String,
+        reason: String,
+    },
+    #[error("queue full: {0} jobs already queued")]
+    QueueFull(usize),
+    #[error("{0}")]
+    NoSuchJob(String),
+    #[error("the session is closing")]
+    Closed,
+    /// The hooks of the configuration in force had not finished loading within
+    /// `[sandbox] load_timeout`.
+    #[error("hooks not ready: {0}")]
+    HooksNotReady(String),
+}
+
+/// The answer to an accepted `execute`.
+#[derive(Debug)]
+pub enum Accepted {
+    /// Running now. Events for the job are held back until this value is dropped, so a
+    /// caller can send its reply first and the client sees reply → started → output.
+    Started {
+        job_id: JobId,
+        pid: u32,
+        pgid: i32,
+        _gate: oneshot::Sender<()>,
+    },
+    /// Waiting behind `position - 1` other jobs.
+    Queued { job_id: JobId, position: usize },
+    /// Could not be started (spawn failure, or its task failed internally); its terminal
+    /// `failed` event has been sent.
+    Failed { job_id: JobId, error: String },
+}
+
+impl Accepted {
+    pub fn job_id(&self) -> &JobId {
+        match self {
+            Accepted::Started { job_id, .. }
+            | Accepted::Queued { job_id, .. }
+            | Accepted::Failed { job_id, .. } => job_id,
+        }
+    }
+
+    /// The `execute` result as the wire shows it.
+    pub fn to_result(&self) -> ExecuteResult {
+        match self {
+            Accepted::Started {
+                job_id, pid, pgid, ..
+            } => ExecuteResult::Started {
+                job_id: job_id.clone(),
+                pid: *pid,
+                pgid: *pgid,
+            },
+            Accepted::Queued { job_id, position } => ExecuteResult::Queued {
+                job_id: job_id.clone(),
+                position: *position,
+            },
+            Accepted::Failed { job_id, error } => ExecuteResult::Failed {
+                job_id: job_id.clone(),
+                error: error.clone(),
+            },
+        }
+    }
+}

@@ -1,0 +1,360 @@
+//! A connection's jobs: the [`Session`] handle, its queue, and `execute`, `control`, `status`
+//! and `close`. Lives as long as the connection (and its last job's task).
+//!
+//! The session has one *head*: the job that owns it, from the moment it is next in line
+//! (waiting for hooks, running pre-hooks) until its terminal event. Jobs behind it wait in the
+//! queue. The state mutex is held only for short, non-blocking steps, never while a job waits
+//! for hooks or runs hooks, so `status`, `control` and `close` always answer promptly; order is
+//! kept because only the head's task, when it ends, promotes the next queued job.
+
+use super::job::{self, JobStart};
+use super::terminal::End;
+use super::{Accepted, ExecError, Executor, JobRequest};
+use crate::events::{Event, HookWarning, JobId};
+use crate::jobs::Control;
+use crate::protocol::{ControlType, QueuedStatus, RunningStatus, SessionStatus};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{Mutex, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+/// A connection's jobs. Cheap to clone; [`Session::close`] ends them.
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+pub(super) struct SessionInner {
+    pub(super) exec: Arc<Executor>,
+    pub(super) id: Arc<str>,
+    pub(super) events: mpsc::Sender<Event>,
+    /// An async mutex so a job's task can wait for it; never held across a hook call, a wait
+    /// for hooks, or a send into `events` (a slow client must not stall `status`).
+    pub(super) state: Mutex<State>,
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    /// The job that owns the session, if any. `None` implies an empty queue.
+    pub(super) head: Option<Head>,
+    pub(super) queue: VecDeque<Queued>,
+    pub(super) closed: bool,
+}
+
+/// The session's current job.
+pub(super) struct Head {
+    pub(super) job_id: JobId,
+    pub(super) command: String,
+    /// Canceled by `control CANCEL` or `close` before the process exists; the job's task checks
+    /// it under the state lock right before spawning, so no process starts after it.
+    pub(super) cancel: CancellationToken,
+    pub(super) phase: Phase,
+    /// Closes when the job's task has sent its terminal event and let go of the session.
+    pub(super) done: watch::Receiver<()>,
+}
+
+pub(super) enum Phase {
+    /// Waiting for hooks or running pre-hooks. `answered`: the client has the job's id (it was
+    /// answered `queued`); an `execute` still waiting for its answer is not the client's yet,
+    /// so `status` and `control` do not see it (only `close` ends it).
+    Starting {
+        answered: bool,
+    },
+    Running(Running),
+}
+
+pub(super) struct Running {
+    pub(super) pid: u32,
+    pub(super) pgid: i32,
+    pub(super) started: Instant,
+    pub(super) paused: bool,
+    pub(super) ctrl: mpsc::Sender<Control>,
+}
+
+pub(super) struct Queued {
+    pub(super) job_id: JobId,
+    pub(super) request: JobRequest,
+}
+
+impl Head {
+    fn visible_starting(&self) -> bool {
+        matches!(self.phase, Phase::Starting { answered: true })
+    }
+}
+
+impl Session {
+    pub(super) fn new(exec: Arc<Executor>, id: Arc<str>, events: mpsc::Sender<Event>) -> Session {
+        Session {
+            inner: Arc::new(SessionInner {
+                exec,
+                id,
+                events,
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.inner.id
+    }
+
+    /// Starts `request` now if the session is idle, else queues it behind the others.
+    ///
+    /// Starting now includes waiting for the current generation's hooks (at most its
+    /// `hooks_load_timeout`, then [`ExecError::HooksNotReady`]) and running the pre-hooks.
+    /// Dropping this future does not stop the job; [`Session::close`] does.
+    pub async fn execute(&self, request: JobRequest) -> Result<Accepted, ExecError> {
+        let cfg = self.inner.exec.config();
+        if let Some(t) = request.timeout
+            && t > cfg.max_timeout
+        {
+            return Err(ExecError::Invalid(format!(
+                "`timeout` of {} s is above the server's maximum of {} s",
+                t.as_secs_f64(),
+                cfg.max_timeout.as_secs_f64()
+            )));
+        }
+        let job_id = self.inner.exec.new_job_id();
+        let answer = {
+            let mut st = self.inner.state.lock().await;
+            if st.closed {
+                return Err(ExecError::Closed);
+            }
+            match &st.head {
+                None => {
+                    let (tx, rx) = oneshot::channel();
+                    self.inner
+                        .take_head(&mut st, job_id, request, Some(tx), false);
+                    rx
+                }
+                Some(_) if st.queue.len() >= cfg.max_queue => {
+                    return Err(ExecError::QueueFull(st.queue.len()));
+                }
+                Some(head) => {
+                    let ahead = usize::from(head.visible_starting());
+                    st.queue.push_back(Queued {
+                        job_id: job_id.clone(),
+                        request,
+                    });
+                    return Ok(Accepted::Queued {
+                        job_id,
+                        position: ahead + st.queue.len(),
+                    });
+                }
+            }
+        };
+        // The job's task always answers (its supervisor does if the task panicked); no answer
+        // means the runtime is going away.
+        answer.await.unwrap_or(Err(ExecError::Closed))
+    }
+
+    /// Pauses, resumes or cancels the running job (`job_id: None`) or the named one; a job
+    /// not started yet (queued, or waiting for its hooks) can only be canceled.
+    pub async fn control(
+        &self,
+        kind: ControlType,
+        job_id: Option<&str>,
+    ) -> Result<JobId, ExecError> {
+        let mut guard = self.inner.state.lock().await;
+        // Through a plain `&mut State`, so the head and the queue borrow separately.
+        let st = &mut *guard;
+        let head = st
+            .head
+            .as_mut()
+            .filter(|h| !matches!(h.phase, Phase::Starting { answered: false }));
+        let head = match (job_id, head) {
+            (None, None) => return Err(ExecError::NoSuchJob("no job is running".into())),
+            (None, Some(h)) => Some(h),
+            (Some(id), Some(h)) if &*h.job_id == id => Some(h),
+            (Some(_), _) => None,
+        };
+        let Some(head) = head else {
+            let id = job_id.expect("a named job");
+            let Some(pos) = st.queue.iter().position(|q| &*q.job_id == id) else {
+                return Err(ExecError::NoSuchJob(format!(
+                    "no job {id} on this connection"
+                )));
+            };
+            if kind != ControlType::Cancel {
+                return Err(not_started(id));
+            }
+            let q = st.queue.remove(pos).expect("position is in range");
+            drop(guard);
+            self.inner.finish_unstarted(&q.job_id, End::Canceled).await;
+            return Ok(q.job_id);
+        };
+        let running = match &mut head.phase {
+            Phase::Starting { .. } if kind == ControlType::Cancel => {
+                // Its task sees this while waiting, or under this lock before spawning.
+                head.cancel.cancel();
+                return Ok(head.job_id.clone());
+            }
+            Phase::Starting { .. } => return Err(not_started(&head.job_id)),
+            Phase::Running(r) => r,
+        };
+        let (tx, rx) = oneshot::channel();
+        let id = head.job_id.clone();
+        let ended = move || ExecError::NoSuchJob(format!("job {id} has already ended"));
+        if running
+            .ctrl
+            .send(Control { kind, reply: tx })
+            .await
+            .is_err()
+        {
+            return Err(ended());
+        }
+        match rx.await {
+            Ok(Ok(())) => {
+                match kind {
+                    ControlType::Pause => running.paused = true,
+                    ControlType::Resume => running.paused = false,
+                    ControlType::Cancel => {}
+                }
+                Ok(head.job_id.clone())
+            }
+            Ok(Err(msg)) => Err(ExecError::NoSuchJob(msg)),
+            Err(_) => Err(ended()),
+        }
+    }
+
+    /// The running job and the jobs not started yet.
+    pub async fn status(&self) -> SessionStatus {
+        let st = self.inner.state.lock().await;
+        let head = st.head.as_ref();
+        let running = head.and_then(|h| match &h.phase {
+            Phase::Running(r) => Some(RunningStatus {
+                job_id: h.job_id.clone(),
+                command: h.command.clone(),
+                pid: r.pid,
+                pgid: r.pgid,
+                state: if r.paused { "paused" } else { "running" }.to_string(),
+                elapsed: r.started.elapsed().as_secs_f64(),
+            }),
+            Phase::Starting { .. } => None,
+        });
+        let starting = head
+            .filter(|h| h.visible_starting())
+            .map(|h| (h.job_id.clone(), h.command.clone()));
+        let queued = starting
+            .into_iter()
+            .chain(
+                st.queue
+                    .iter()
+                    .map(|q| (q.job_id.clone(), q.request.command.clone())),
+            )
+            .enumerate()
+            .map(|(i, (job_id, command))| QueuedStatus {
+                job_id,
+                command,
+                position: i + 1,
+            })
+            .collect();
+        SessionStatus {
+            session_id: self.inner.id.to_string(),
+            running,
+            queued,
+        }
+    }
+
+    /// Ends the session: queued jobs are dropped (each with its terminal event), then the
+    /// current one is canceled (waiting for hooks or running), and this returns once its
+    /// terminal event has been sent.
+    pub async fn close(&self) {
+        let dropped: Vec<Queued> = {
+            let mut st = self.inner.state.lock().await;
+            st.closed = true;
+            st.queue.drain(..).collect()
+        };
+        for q in dropped {
+            self.inner.finish_unstarted(&q.job_id, End::Dropped).await;
+        }
+        // Read afresh: the head may have started its process meanwhile (nothing new can
+        // become head once `closed` is set).
+        let head = {
+            let st = self.inner.state.lock().await;
+            st.head.as_ref().map(|h| {
+                h.cancel.cancel();
+                let ctrl = match &h.phase {
+                    Phase::Running(r) => Some(r.ctrl.clone()),
+                    Phase::Starting { .. } => None,
+                };
+                (ctrl, h.done.clone())
+            })
+        };
+        if let Some((ctrl, mut done)) = head {
+            if let Some(ctrl) = ctrl {
+                let (tx, _rx) = oneshot::channel();
+                let _ = ctrl
+                    .send(Control {
+                        kind: ControlType::Cancel,
+                        reply: tx,
+                    })
+                    .await;
+            }
+            while done.changed().await.is_ok() {}
+        }
+    }
+}
+
+fn not_started(id: &str) -> ExecError {
+    ExecError::NoSuchJob(format!(
+        "job {id} is queued, not running: only CANCEL applies"
+    ))
+}
+
+impl SessionInner {
+    /// Sends an event; a session whose receiver is gone simply stops hearing.
+    pub(super) async fn emit(&self, event: Event) {
+        let _ = self.events.send(event).await;
+    }
+
+    /// Sends each hook warning as its own event.
+    pub(super) async fn emit_warnings(&self, warnings: Vec<HookWarning>) {
+        for warning in warnings {
+            self.emit(Event::HookWarning(warning)).await;
+        }
+    }
+
+    /// Makes `job_id` the head and starts its task. `answer` is the waiting `execute`'s, for a
+    /// job that starts at once; `answered` says whether the client already has its id.
+    fn take_head(
+        self: &Arc<Self>,
+        st: &mut State,
+        job_id: JobId,
+        request: JobRequest,
+        answer: Option<oneshot::Sender<Result<Accepted, ExecError>>>,
+        answered: bool,
+    ) {
+        let cancel = CancellationToken::new();
+        let (done_tx, done_rx) = watch::channel(());
+        st.head = Some(Head {
+            job_id: job_id.clone(),
+            command: request.command.clone(),
+            cancel: cancel.clone(),
+            phase: Phase::Starting { answered },
+            done: done_rx,
+        });
+        job::spawn(JobStart {
+            inner: self.clone(),
+            job_id,
+            request,
+            cancel,
+            answer,
+            done: done_tx,
+        });
+    }
+
+    /// Lets go of the session after the head's terminal event and starts the next queued job.
+    /// Dropping `done` tells `close` the head has ended.
+    pub(super) async fn release(self: &Arc<Self>, done: watch::Sender<()>) {
+        let mut st = self.state.lock().await;
+        st.head = None;
+        drop(done);
+        if !st.closed
+            && let Some(next) = st.queue.pop_front()
+        {
+            self.take_head(&mut st, next.job_id, next.request, None, true);
+        }
+    }
+}
