@@ -7,8 +7,8 @@
 //! [`exec`] is `ccx exec`: one job, its output copied to the caller's writers, an exit code.
 
 use crate::protocol::{
-    ControlParams, ControlType, ErrorObject, Execute, ExecuteParams, ExecuteResult, JobId,
-    JobStatus, Method, Notification, ServerFrame, Stream,
+    Control, ControlParams, ControlType, ErrorObject, Execute, ExecuteParams, ExecuteResult, JobId,
+    JobStatus, Method, Notification, ServerFrame, Stream, encode_request,
 };
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -121,8 +121,7 @@ impl Client {
     /// Sends a request for method `M` and returns its id.
     pub async fn send<M: Method>(&self, params: &M::Params) -> Result<u64, ClientError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = json!({"jsonrpc": "2.0", "id": id, "method": M::NAME, "params": params});
-        self.send_text(frame.to_string()).await?;
+        self.send_text(encode_request(id, M::NAME, params)).await?;
         Ok(id)
     }
 
@@ -232,9 +231,9 @@ impl Canceller {
             kind: ControlType::Cancel,
             job_id: Some(self.job_id.to_string()),
         };
-        let frame = json!({"jsonrpc": "2.0", "id": id, "method": "control", "params": params});
+        let frame = encode_request(id, Control::NAME, &params);
         self.writer
-            .send(Message::Text(frame.to_string().into()))
+            .send(Message::Text(frame.into()))
             .await
             .map_err(|_| ClientError::Connection("connection lost while sending".into()))
     }

@@ -155,6 +155,26 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
+/// A request frame, as a client sends it: `{"jsonrpc":"2.0","id":…,"method":…,"params":…}`.
+#[derive(Serialize)]
+struct RequestFrame<'a, P: Serialize> {
+    jsonrpc: JsonRpcVersion,
+    id: u64,
+    method: &'a str,
+    params: &'a P,
+}
+
+/// Encodes a request with a numeric `id` (the client's ids count up from 1).
+pub fn encode_request<P: Serialize>(id: u64, method: &str, params: &P) -> String {
+    serde_json::to_string(&RequestFrame {
+        jsonrpc: JsonRpcVersion::V2,
+        id,
+        method,
+        params,
+    })
+    .expect("requests serialize")
+}
+
 /// A successful reply frame: `{"jsonrpc":"2.0","id":…,"result":…}`.
 #[derive(Serialize)]
 struct Reply<'a, R: Serialize> {

@@ -37,7 +37,7 @@ pub mod schema;
 
 pub use frame::{
     ErrorObject, JsonRpcVersion, Request, ServerFrame, encode_error, encode_notification,
-    encode_reply, parse_request,
+    encode_reply, encode_request, parse_request,
 };
 pub use methods::{
     Control, ControlParams, ControlResult, ControlType, Execute, ExecuteParams, ExecuteResult,
