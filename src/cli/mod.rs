@@ -50,6 +50,19 @@ enum Command {
     /// executor settings and hooks (as `ccx serve` would run them), or with --url on a running
     /// ccx server. Logs go to stderr; stdout carries the protocol.
     Mcp(McpArgs),
+    /// Probe a server's `/healthz` (a container's HEALTHCHECK): exit 0 on `200`, else 1.
+    Health {
+        /// Plain-HTTP URL to GET.
+        #[arg(
+            long,
+            env = "CCX_HEALTH_URL",
+            default_value = "http://127.0.0.1:8003/healthz"
+        )]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 3.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +220,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Command::Exec(args) => exec(args).await,
             Command::Hooks(cmd) => hooks_cmd::run(cmd).await,
             Command::Mcp(args) => mcp(args).await,
+            Command::Health { url, timeout } => Ok(health(&url, timeout).await),
         }
     })
 }
@@ -253,6 +267,49 @@ async fn mcp(args: McpArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ccx health`: one HTTP/1.1 GET, reading only the status line. Every failure exits 1
+/// (a HEALTHCHECK reserves 2), with the reason on stderr.
+async fn health(url: &str, timeout: f64) -> ExitCode {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let rest = url
+            .strip_prefix("http://")
+            .context("only http://HOST:PORT/PATH URLs are supported")?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("cannot connect to {authority}"))?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(stream.take(1024))
+            .read_line(&mut line)
+            .await?;
+        anyhow::Ok(line.trim_end().to_string())
+    };
+    let limit = std::time::Duration::try_from_secs_f64(timeout).unwrap_or_default();
+    match tokio::time::timeout(limit, probe).await {
+        Ok(Ok(status)) if status.split(' ').nth(1) == Some("200") => {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("ccx: {url}: unhealthy answer: {status:?}");
+            ExitCode::from(1)
+        }
+        Ok(Err(e)) => {
+            eprintln!("ccx: {url}: {e:#}");
+            ExitCode::from(1)
+        }
+        Err(_) => {
+            eprintln!("ccx: {url}: no answer within {timeout} s");
+            ExitCode::from(1)
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
