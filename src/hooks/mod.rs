@@ -14,7 +14,8 @@
 //! Layout:
 //! - `bindings`: `bindgen!` output for `wit/hooks.wit`.
 //! - `types`: plain, serde-friendly mirrors of the WIT types and the checks on guest answers.
-//! - `call`: one call — store, limits, captured output, host functions, failure classification.
+//! - `call`: one call — store, limits, host functions, failure classification; `capture`: the
+//!   call's bounded guest stdout/stderr.
 //! - `set`: loading a generation and running the pre and post chains.
 //! - `cache`, `kv`, `stats`: the artifact cache, the per-hook kv store, the per-hook counters.
 //!
@@ -23,6 +24,7 @@
 mod bindings;
 mod cache;
 mod call;
+mod capture;
 mod kv;
 mod set;
 mod stats;
@@ -38,9 +40,8 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::{LoadSource, default_cache_dir};
-pub use call::{
-    LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS, OUTPUT_CAP_BYTES,
-};
+pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS};
+pub use capture::OUTPUT_CAP_BYTES;
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
 pub use set::{
     HookSet, HookState, HookStatus, LoadError, RunFailure, RunInput, RunReport, run_once,
