@@ -11,13 +11,20 @@
 //!   deadline that yields every tick, and an outer deadline. Nothing survives a call except what
 //!   the hook puts in its kv store.
 //!
-//! Layout:
-//! - `bindings`: `bindgen!` output for `wit/hooks.wit`.
-//! - `types`: plain, serde-friendly mirrors of the WIT types and the checks on guest answers.
+//! Layout, by lifetime:
+//! - this file: the host (per process), its options, and the plain data the executor exchanges
+//!   with the hooks (specs, stages, failure kinds, chain reports).
+//! - `set`: the [`HookSet`] type, one generation's hooks and their states.
+//! - `load`: loading a set; [`LoadError`].
+//! - `chain`: running a set's hooks at a stage — one runner for the pre and the post chain.
+//! - `status`: a set's hooks as status pages show them ([`HookStatus`]).
+//! - `run_once`: `ccx hooks run`, one hook called once outside any set.
 //! - `call`: one call — store, limits, host functions, failure classification; `capture`: the
 //!   call's bounded guest stdout/stderr.
-//! - `set`: loading a generation and running the pre and post chains.
-//! - `cache`, `kv`, `stats`: the artifact cache, the per-hook kv store, the per-hook counters.
+//! - `bindings`: `bindgen!` output for `wit/hooks.wit`; `types`: plain, serde-friendly mirrors
+//!   of the WIT types and the checks on guest answers.
+//! - `cache` (the artifact cache), `kv` (the per-hook kv store), `stats` (the
+//!   per-hook counters): per-process services the host owns.
 //!
 //! This module depends on no other ccx module: the executor calls it with plain data.
 
@@ -25,9 +32,13 @@ mod bindings;
 mod cache;
 mod call;
 mod capture;
+mod chain;
 mod kv;
+mod load;
+mod run_once;
 mod set;
 mod stats;
+mod status;
 mod types;
 
 use std::path::PathBuf;
@@ -43,10 +54,11 @@ pub use cache::{LoadSource, default_cache_dir};
 pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS};
 pub use capture::OUTPUT_CAP_BYTES;
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
-pub use set::{
-    HookSet, HookState, HookStatus, LoadError, RunFailure, RunInput, RunReport, run_once,
-};
+pub use load::LoadError;
+pub use run_once::{RunFailure, RunInput, RunReport, run_once};
+pub use set::HookSet;
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
+pub use status::{HookState, HookStatus};
 pub use types::{
     HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES, MAX_ANNOTATION_VALUE_BYTES,
     MAX_ANNOTATIONS, MAX_ANSWER_BYTES, MAX_PATCH_ENV, MAX_REASON_BYTES, PostOutcome, PreDecision,
