@@ -1,10 +1,11 @@
 //! Loading a generation's hooks: each enabled hook is read, compiled or mapped from the artifact
-//! cache, linked and checked for its stages. Runs once per config generation (and once per
-//! `ccx hooks run`), on a blocking thread.
+//! cache, linked and checked for its stages, in parallel, with progress reported per hook.
+//! Runs once per config generation (and once per `ccx hooks run`), on blocking threads.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use super::bindings::{post, pre};
@@ -132,32 +133,125 @@ pub(super) fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadEr
     })
 }
 
+/// Loads one hook and tells the observer how it went, as soon as it is known.
+fn load_and_report(
+    host: &HookHost,
+    spec: &HookSpec,
+    observer: &(dyn Fn(&str, Result<(), &str>) + Sync),
+) -> Slot {
+    match load_one(host, spec) {
+        Ok(ready) => {
+            observer(&spec.name, Ok(()));
+            Slot::Ready(Box::new(ready))
+        }
+        Err(err) => {
+            tracing::warn!(hook = %spec.name, cause = %err, "hook failed to load");
+            observer(&spec.name, Err(&err.to_string()));
+            Slot::Failed(err)
+        }
+    }
+}
+
+/// A hook's slot while the set loads.
+enum Pending<'scope> {
+    Known(Slot),
+    Loading(ScopedJoinHandle<'scope, Slot>),
+}
+
 impl HookSet {
-    /// Compiles (or maps from the disk cache) every enabled hook. Blocking; call from
-    /// `spawn_blocking`.
+    /// Compiles (or maps from the disk cache) every enabled hook, in parallel. Blocking; call
+    /// from `spawn_blocking`. The same as [`HookSet::load_observed`] without an observer.
     ///
     /// A hook that fails to load is kept with its load error — the set itself still loads; the
     /// caller decides whether a set with load errors replaces the previous one.
     pub fn load(host: &Arc<HookHost>, specs: &[HookSpec]) -> HookSet {
+        HookSet::load_observed(host, specs, &|_, _| {})
+    }
+
+    /// Compiles (or maps from the disk cache) every enabled hook, one thread per hook (each
+    /// compile also uses wasmtime's parallel compilation), and returns the set in config order.
+    /// Blocking: it returns when every hook is loaded or has failed (cold compiles of Python or
+    /// JavaScript hooks take seconds); call from `spawn_blocking`.
+    ///
+    /// `observer(name, state)` is called once for every hook that is loaded or fails to load —
+    /// every spec except disabled ones — from the loading thread, as soon as that hook is done,
+    /// so in completion order, not config order: `Ok(())` when it loaded, `Err(message)` with
+    /// the load error (the same text as in [`HookSet::load_errors`]) when it failed. A duplicate
+    /// name fails at once, before any hook is compiled. The call must not block for long: it
+    /// delays the hook's thread, not the others.
+    ///
+    /// A hook that fails to load is kept with its load error — the set itself still loads; the
+    /// caller decides whether a set with load errors replaces the previous one. A panic while
+    /// loading a hook is re-raised here once every other hook has finished.
+    pub fn load_observed(
+        host: &Arc<HookHost>,
+        specs: &[HookSpec],
+        observer: &(dyn Fn(&str, Result<(), &str>) + Sync),
+    ) -> HookSet {
+        // Settle what needs no loading first, so duplicates are reported at once.
         let mut seen = HashSet::new();
-        let hooks = specs
+        let settled: Vec<Option<Slot>> = specs
             .iter()
             .map(|spec| {
-                let slot = if !seen.insert(spec.name.clone()) {
-                    Slot::Failed(LoadError::Duplicate {
+                if !seen.insert(spec.name.as_str()) {
+                    let err = LoadError::Duplicate {
                         hook: spec.name.clone(),
-                    })
+                    };
+                    observer(&spec.name, Err(&err.to_string()));
+                    Some(Slot::Failed(err))
                 } else if !spec.enabled {
-                    Slot::Disabled
+                    Some(Slot::Disabled)
                 } else {
-                    match load_one(host, spec) {
-                        Ok(ready) => Slot::Ready(Box::new(ready)),
+                    None
+                }
+            })
+            .collect();
+        let to_load = settled.iter().filter(|s| s.is_none()).count();
+
+        let slots: Vec<Slot> = std::thread::scope(|scope| {
+            // Loading threads log in the caller's span (a reload, a CLI command).
+            let span = tracing::Span::current();
+            let pending: Vec<Pending<'_>> = specs
+                .iter()
+                .zip(settled)
+                .map(|(spec, settled)| {
+                    if let Some(slot) = settled {
+                        return Pending::Known(slot);
+                    }
+                    if to_load == 1 {
+                        return Pending::Known(load_and_report(host, spec, observer));
+                    }
+                    let span = span.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("ccx-hook-load".into())
+                        .spawn_scoped(scope, move || {
+                            let _entered = span.enter();
+                            load_and_report(host, spec, observer)
+                        });
+                    match spawned {
+                        Ok(handle) => Pending::Loading(handle),
                         Err(err) => {
-                            tracing::warn!(hook = %spec.name, cause = %err, "hook failed to load");
-                            Slot::Failed(err)
+                            tracing::warn!(hook = %spec.name, cause = %err, "no thread to load the hook on; loading it here");
+                            Pending::Known(load_and_report(host, spec, observer))
                         }
                     }
-                };
+                })
+                .collect();
+            pending
+                .into_iter()
+                .map(|p| match p {
+                    Pending::Known(slot) => slot,
+                    Pending::Loading(handle) => handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                })
+                .collect()
+        });
+
+        let hooks = specs
+            .iter()
+            .zip(slots)
+            .map(|(spec, slot)| {
                 let counters = host.counters_for(&spec.name);
                 if let Slot::Failed(err) = &slot {
                     // Counted once per load, not once per chain that skips it.

@@ -15,7 +15,7 @@
 //! - this file: the host (per process), its options, and the plain data the executor exchanges
 //!   with the hooks (specs, stages, failure kinds, chain reports).
 //! - `set`: the [`HookSet`] type, one generation's hooks and their states.
-//! - `load`: loading a set; [`LoadError`].
+//! - `load`: loading a set, its hooks in parallel with per-hook progress; [`LoadError`].
 //! - `chain`: running a set's hooks at a stage — one runner for the pre and the post chain.
 //! - `status`: a set's hooks as status pages show them ([`HookStatus`]).
 //! - `run_once`: `ccx hooks run`, one hook called once outside any set.
