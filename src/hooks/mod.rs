@@ -23,7 +23,7 @@
 //!   call's bounded guest stdout/stderr.
 //! - `bindings`: `bindgen!` output for `wit/hooks.wit`; `types`: plain, serde-friendly mirrors
 //!   of the WIT types and the checks on guest answers.
-//! - `cache` (the artifact cache), `kv` (the per-hook kv store), `stats` (the
+//! - `cache` (the size-capped artifact cache), `kv` (the per-hook kv store), `stats` (the
 //!   per-hook counters): per-process services the host owns.
 //!
 //! This module depends on no other ccx module: the executor calls it with plain data.
@@ -77,6 +77,9 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// Largest `memory_mb` a hook may ask for (the pooling allocator's 4 GiB slot size).
 pub const MAX_MEMORY_MB: u64 = 4096;
+/// Default size cap of the artifact cache: 1 GiB, room for about 25 compiled interpreted
+/// hooks (a componentize-py or componentize-js artifact is about 40 MB; a Rust one, under 1 MB).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
 /// The epoch tick: how often a running guest yields to the async runtime, and so the slack past
 /// a hook's deadline (plus the timer's own millisecond granularity).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -339,7 +342,7 @@ impl HookHost {
         let mut linker = Linker::new(&engine);
         call::add_to_linker(&mut linker).context("adding host functions to the linker")?;
         spawn_epoch_ticker(&engine)?;
-        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir);
+        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir, DEFAULT_CACHE_MAX_BYTES);
         tracing::debug!(pooling, cache_dir = ?cache.dir(), "hook host ready");
         Ok(Arc::new(HookHost {
             engine,
