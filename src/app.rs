@@ -46,6 +46,7 @@ impl App {
             cache_dir: sandbox.cache_dir.clone(),
             pooling: sandbox.pooling,
             max_concurrent_calls: sandbox.max_concurrent_calls,
+            cache_max_bytes: sandbox.cache_max_bytes,
         })
         .context("cannot start the hook runtime")?;
         let set = load_set(&host, &config).await?;

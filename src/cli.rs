@@ -236,6 +236,7 @@ mod hooks_cmd {
             cache_dir: config.sandbox.cache_dir.clone(),
             pooling: false,
             max_concurrent_calls: 4,
+            cache_max_bytes: config.sandbox.cache_max_bytes,
         })
     }
 

@@ -250,6 +250,11 @@ pub struct HostOptions {
     /// Most hook calls running at once; also the size of the instance pool. A call waits for a
     /// slot, and the wait counts against its deadline.
     pub max_concurrent_calls: u32,
+    /// Size cap of the artifact cache, in bytes (the config's `[sandbox] cache_max_mb`). After
+    /// writing a new artifact the cache deletes its least recently used entries until their
+    /// total is at most this; the new artifact itself is always kept, so a cap below one
+    /// artifact keeps only the newest. Defaults to [`DEFAULT_CACHE_MAX_BYTES`].
+    pub cache_max_bytes: u64,
 }
 
 impl Default for HostOptions {
@@ -258,6 +263,7 @@ impl Default for HostOptions {
             cache_dir: default_cache_dir(),
             pooling: true,
             max_concurrent_calls: 32,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -342,7 +348,7 @@ impl HookHost {
         let mut linker = Linker::new(&engine);
         call::add_to_linker(&mut linker).context("adding host functions to the linker")?;
         spawn_epoch_ticker(&engine)?;
-        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir, DEFAULT_CACHE_MAX_BYTES);
+        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir, opts.cache_max_bytes);
         tracing::debug!(pooling, cache_dir = ?cache.dir(), "hook host ready");
         Ok(Arc::new(HookHost {
             engine,
