@@ -1,5 +1,6 @@
 //! Loading hook sets with real components: hooks load in parallel and report, one by one, as
-//! they finish; the set keeps config order. The guests are built by `hooks/build.sh`.
+//! they finish; the set keeps config order; the compiled-artifact cache stays under its size
+//! cap by evicting the least recently used artifacts. The guests are built by `hooks/build.sh`.
 
 #[path = "common/hooks.rs"]
 mod hooks_common;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ccx::hooks::{HookHost, HookSet, HookSpec, HookState, HostOptions};
+use ccx::hooks::{HookHost, HookSet, HookSpec, HookState, HostOptions, LoadSource};
 use hooks_common::{guests, request, test_hook};
 
 /// A copy of `component` with a custom section appended, so it is a different component to
@@ -30,13 +31,35 @@ fn variant(component: &Path, dir: &Path, tag: &str) -> PathBuf {
     path
 }
 
-fn host_with_cache(dir: &Path) -> Arc<HookHost> {
+fn host_with_cache(dir: &Path, cache_max_bytes: u64) -> Arc<HookHost> {
     HookHost::new(HostOptions {
         cache_dir: Some(dir.to_path_buf()),
         pooling: false,
+        cache_max_bytes,
         ..HostOptions::default()
     })
     .unwrap()
+}
+
+/// The artifacts in the cache directory, as (name, bytes).
+fn artifacts(dir: &Path) -> Vec<(String, u64)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Loads one hook and says where it came from.
+fn source(host: &Arc<HookHost>, spec: &HookSpec) -> LoadSource {
+    let set = HookSet::load(host, std::slice::from_ref(spec));
+    assert!(set.load_errors().is_empty(), "{:?}", set.load_errors());
+    set.status()[0].source.unwrap()
 }
 
 /// What the observer was told: (hook, Ok or the error, whether it ran on a loading thread).
@@ -46,7 +69,7 @@ type Observed = (String, Result<(), String>, bool);
 async fn hooks_load_on_their_own_threads_report_as_they_finish_and_keep_config_order() {
     let scratch = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let host = host_with_cache(cache.path());
+    let host = host_with_cache(cache.path(), u64::MAX);
     let mut disabled = test_hook("disabled", &[]);
     disabled.enabled = false;
     let specs = vec![
@@ -121,7 +144,7 @@ fn a_slow_report_of_one_hook_does_not_hold_up_loading_the_others() {
     // report is pending, and the wait below would time out.
     let scratch = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
-    let host = host_with_cache(cache.path());
+    let host = host_with_cache(cache.path(), u64::MAX);
     let specs =
         ["x", "y"].map(|tag| HookSpec::new(tag, variant(&guests().test_hook, scratch.path(), tag)));
     let reported = AtomicUsize::new(0);
@@ -140,4 +163,52 @@ fn a_slow_report_of_one_hook_does_not_hold_up_loading_the_others() {
         overlapped.load(Ordering::SeqCst),
         "the second hook did not finish loading while the first one's report was pending"
     );
+}
+
+#[test]
+fn a_cache_capped_below_two_artifacts_keeps_only_the_newest() {
+    // The size of one artifact, measured in a cache of its own.
+    let measure = tempfile::tempdir().unwrap();
+    let spec_a = HookSpec::new("cap-a", &guests().test_hook);
+    source(&host_with_cache(measure.path(), u64::MAX), &spec_a);
+    let one = artifacts(measure.path());
+    assert_eq!(one.len(), 1, "{one:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_cache(dir.path(), one[0].1);
+    assert_eq!(source(&host, &spec_a), LoadSource::Compiled);
+    assert_eq!(artifacts(dir.path()), one, "same engine, same key");
+
+    let spec_b = HookSpec::new("cap-b", &guests().pre_only);
+    assert_eq!(source(&host, &spec_b), LoadSource::Compiled);
+    let left = artifacts(dir.path());
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_ne!(left[0].0, one[0].0, "the older artifact is the one evicted");
+    assert_eq!(source(&host, &spec_b), LoadSource::Cache);
+    assert_eq!(source(&host, &spec_a), LoadSource::Compiled);
+}
+
+#[test]
+fn eviction_spares_the_artifact_used_most_recently() {
+    let scratch = tempfile::tempdir().unwrap();
+    let [a, b, c] = ["a", "b", "c"].map(|tag| {
+        HookSpec::new(
+            format!("lru-{tag}"),
+            variant(&guests().test_hook, scratch.path(), tag),
+        )
+    });
+    let measure = tempfile::tempdir().unwrap();
+    source(&host_with_cache(measure.path(), u64::MAX), &a);
+    let size = artifacts(measure.path())[0].1;
+
+    // Room for two artifacts, not three.
+    let dir = tempfile::tempdir().unwrap();
+    let host = host_with_cache(dir.path(), size * 5 / 2);
+    assert_eq!(source(&host, &a), LoadSource::Compiled);
+    assert_eq!(source(&host, &b), LoadSource::Compiled);
+    assert_eq!(source(&host, &a), LoadSource::Cache); // a is now the more recently used
+    assert_eq!(source(&host, &c), LoadSource::Compiled); // evicts b
+    assert_eq!(artifacts(dir.path()).len(), 2);
+    assert_eq!(source(&host, &a), LoadSource::Cache);
+    assert_eq!(source(&host, &b), LoadSource::Compiled);
 }
