@@ -52,6 +52,9 @@ struct Generation {
     reload_error: Option<String>,
     /// Config keys whose change in the file needs a restart.
     restart_required: Vec<String>,
+    /// While the first generation loads: each hook that has finished, and its error if it
+    /// failed (`/health` shows the rest as `loading`).
+    first_load: std::collections::BTreeMap<String, Option<String>>,
 }
 
 impl App {
@@ -64,6 +67,7 @@ impl App {
             cache_dir: sandbox.cache_dir.clone(),
             pooling: sandbox.pooling,
             max_concurrent_calls: sandbox.max_concurrent_calls,
+            cache_max_bytes: sandbox.cache_max_bytes,
         })
         .context("cannot start the hook runtime")?;
         let exec = Executor::loading(config.execution.clone());
@@ -76,6 +80,7 @@ impl App {
                 loaded_at: SystemTime::now(),
                 reload_error: None,
                 restart_required: Vec::new(),
+                first_load: Default::default(),
             }),
             loading: tokio::sync::Mutex::new(()),
             baseline: Mutex::new(None),
@@ -84,7 +89,16 @@ impl App {
         let first = app.clone();
         tokio::spawn(async move {
             let _loading = first.loading.lock().await;
-            let set = match load_set(&first.host, &first.config).await {
+            let progress = first.clone();
+            let observer = move |hook: &str, result: Result<(), &str>| {
+                progress
+                    .current
+                    .lock()
+                    .expect("generation lock")
+                    .first_load
+                    .insert(hook.to_string(), result.err().map(str::to_owned));
+            };
+            let set = match load_set(&first.host, &first.config, observer).await {
                 Ok(set) => set,
                 Err(e) => {
                     error!(cause = %format!("{e:#}"), "hook loading failed");
@@ -108,7 +122,7 @@ impl App {
     /// if every enabled hook loaded; otherwise keeps the previous generation and records why.
     pub async fn apply(&self, new: Config) -> Result<()> {
         let _loading = self.loading.lock().await;
-        let set = match load_set(&self.host, &new).await {
+        let set = match load_set(&self.host, &new, |_: &str, _: Result<(), &str>| {}).await {
             Ok(set) => set,
             Err(e) => return Err(self.refuse(format!("{e:#}"))),
         };
@@ -216,9 +230,13 @@ impl App {
                 .config
                 .hooks
                 .iter()
-                .map(|h| {
-                    let state = if h.enabled { "loading" } else { "disabled" };
-                    json!({"name": h.name, "path": h.path, "state": state})
+                .map(|h| match cur.first_load.get(&h.name) {
+                    _ if !h.enabled => json!({"name": h.name, "path": h.path, "state": "disabled"}),
+                    None => json!({"name": h.name, "path": h.path, "state": "loading"}),
+                    Some(None) => json!({"name": h.name, "path": h.path, "state": "loaded"}),
+                    Some(Some(e)) => {
+                        json!({"name": h.name, "path": h.path, "state": "failed", "error": e})
+                    }
                 })
                 .collect(),
         };
@@ -330,11 +348,16 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
     .collect()
 }
 
-/// Loads `config`'s hooks off the async threads (compiling is CPU work).
-async fn load_set(host: &Arc<HookHost>, config: &Config) -> Result<Arc<HookSet>> {
+/// Loads `config`'s hooks in parallel, off the async threads (compiling is CPU work);
+/// `observer` hears of each hook as it finishes.
+async fn load_set(
+    host: &Arc<HookHost>,
+    config: &Config,
+    observer: impl Fn(&str, Result<(), &str>) + Send + Sync + 'static,
+) -> Result<Arc<HookSet>> {
     let host = host.clone();
     let specs = config.hooks.clone();
-    let set = tokio::task::spawn_blocking(move || HookSet::load(&host, &specs))
+    let set = tokio::task::spawn_blocking(move || HookSet::load_observed(&host, &specs, &observer))
         .await
         .context("hook loading panicked")?;
     Ok(Arc::new(set))

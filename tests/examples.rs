@@ -31,6 +31,7 @@ fn host() -> Arc<HookHost> {
         cache_dir: Some(examples_common::cache_dir()),
         pooling: false,
         max_concurrent_calls: 4,
+        ..HostOptions::default()
     })
     .unwrap()
 }
@@ -530,6 +531,7 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
         cache_dir: Some(dest.join("cache")),
         pooling: false,
         max_concurrent_calls: 4,
+        ..HostOptions::default()
     })
     .unwrap();
     for (lang, stage) in [

@@ -27,6 +27,7 @@ fn host(config: &Config) -> Result<Arc<HookHost>> {
         cache_dir: config.sandbox.cache_dir.clone(),
         pooling: false,
         max_concurrent_calls: 4,
+        cache_max_bytes: config.sandbox.cache_max_bytes,
     })
 }
 

@@ -1,28 +1,23 @@
-//! One hook call: a fresh `Store` with its limits, instantiation through the hook's
-//! `InstancePre`, the call itself bounded from outside, and the classification of whatever went
-//! wrong into a [`FailureKind`] with a message that names the limit.
+//! One hook call: a fresh `Store` whose data (`CallState`) carries the call's limits and serves
+//! the `ccx:hooks/host` functions, instantiation through the hook's `InstancePre`, the call
+//! itself bounded from outside, and the classification of whatever went wrong into a
+//! [`FailureKind`] with a message that names the limit.
 //!
 //! A store lives for exactly one call (spin's rule): nothing leaks between calls, a trapped
 //! instance is never reused, and a store never crosses tasks.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{host, post, pre, types as wit};
+use super::capture::Capture;
 use super::kv::SharedKv;
 use super::{FailureKind, HookHost, HookSpec};
 
-/// Bytes of guest stdout (and, separately, stderr) kept per call; the rest is dropped and a
-/// note says how much. Writes never fail, so a chatty guest is not turned into a trapping one.
-pub const OUTPUT_CAP_BYTES: usize = 16 * 1024;
 /// Longest `host.log` message kept, in bytes; longer ones are cut with a note.
 pub const LOG_MESSAGE_MAX_BYTES: usize = 4 * 1024;
 /// Most `host.log` messages one call may emit; later ones are counted and dropped.
@@ -127,7 +122,7 @@ impl host::Host for CallState {
         }
         if message.len() > LOG_MESSAGE_MAX_BYTES {
             let total = message.len();
-            message.truncate(floor_char_boundary(&message, LOG_MESSAGE_MAX_BYTES));
+            message.truncate(message.floor_char_boundary(LOG_MESSAGE_MAX_BYTES));
             message.push_str(&format!(" … [cut: message was {total} bytes]"));
         }
         let hook = self.ident.name.as_str();
@@ -157,16 +152,8 @@ impl host::Host for CallState {
 
 impl wit::Host for CallState {}
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn floor_char_boundary(s: &str, mut at: usize) -> usize {
-    at = at.min(s.len());
-    while !s.is_char_boundary(at) {
-        at -= 1;
-    }
-    at
 }
 
 /// Adds what a hook may import to the linker: all of WASI preview 2 (sandboxed by the
@@ -177,92 +164,6 @@ pub(crate) fn add_to_linker(
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     host::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
-}
-
-// ---- captured guest output --------------------------------------------------------------------
-
-/// A bounded capture of one guest output stream. Unlike `MemoryOutputPipe`, writes past the cap
-/// succeed and are counted, so a guest's `println!` never fails.
-#[derive(Clone, Default)]
-pub(crate) struct Capture(Arc<Mutex<CaptureBuf>>);
-
-#[derive(Default)]
-struct CaptureBuf {
-    data: Vec<u8>,
-    dropped: u64,
-}
-
-impl Capture {
-    fn push(&self, bytes: &[u8]) {
-        let mut buf = lock(&self.0);
-        let room = OUTPUT_CAP_BYTES.saturating_sub(buf.data.len());
-        let keep = room.min(bytes.len());
-        buf.data.extend_from_slice(&bytes[..keep]);
-        buf.dropped += (bytes.len() - keep) as u64;
-    }
-
-    /// The captured text, lossy UTF-8, with a note when bytes were dropped.
-    pub(crate) fn text(&self) -> String {
-        let buf = lock(&self.0);
-        let mut text = String::from_utf8_lossy(&buf.data).into_owned();
-        if buf.dropped > 0 {
-            text.push_str(&format!(
-                "\n[… {} more bytes dropped: output is capped at {OUTPUT_CAP_BYTES} bytes]",
-                buf.dropped
-            ));
-        }
-        text
-    }
-}
-
-impl IsTerminal for Capture {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for Capture {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl OutputStream for Capture {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.push(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for Capture {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        self.push(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
 }
 
 // ---- the call ---------------------------------------------------------------------------------
@@ -517,6 +418,5 @@ fn stderr_note(stderr: &str) -> Option<String> {
         return None;
     }
     let tail = lines[lines.len().saturating_sub(2)..].join(" / ");
-    let cut = floor_char_boundary(&tail, 512);
-    Some(tail[..cut].to_string())
+    Some(tail[..tail.floor_char_boundary(512)].to_string())
 }

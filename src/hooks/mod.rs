@@ -11,21 +11,34 @@
 //!   deadline that yields every tick, and an outer deadline. Nothing survives a call except what
 //!   the hook puts in its kv store.
 //!
-//! Layout:
-//! - `bindings`: `bindgen!` output for `wit/hooks.wit`.
-//! - `types`: plain, serde-friendly mirrors of the WIT types and the checks on guest answers.
-//! - `call`: one call — store, limits, captured output, host functions, failure classification.
-//! - `set`: loading a generation and running the pre and post chains.
-//! - `cache`, `kv`, `stats`: the artifact cache, the per-hook kv store, the per-hook counters.
+//! Layout, by lifetime:
+//! - this file: the host (per process), its options, and the plain data the executor exchanges
+//!   with the hooks (specs, stages, failure kinds, chain reports).
+//! - `set`: the [`HookSet`] type, one generation's hooks and their states.
+//! - `load`: loading a set, its hooks in parallel with per-hook progress; [`LoadError`].
+//! - `chain`: running a set's hooks at a stage — one runner for the pre and the post chain.
+//! - `status`: a set's hooks as status pages show them ([`HookStatus`]).
+//! - `run_once`: `ccx hooks run`, one hook called once outside any set.
+//! - `call`: one call — store, limits, host functions, failure classification; `capture`: the
+//!   call's bounded guest stdout/stderr.
+//! - `bindings`: `bindgen!` output for `wit/hooks.wit`; `types`: plain, serde-friendly mirrors
+//!   of the WIT types and the checks on guest answers.
+//! - `cache` (the size-capped artifact cache), `kv` (the per-hook kv store), `stats` (the
+//!   per-hook counters): per-process services the host owns.
 //!
 //! This module depends on no other ccx module: the executor calls it with plain data.
 
 mod bindings;
 mod cache;
 mod call;
+mod capture;
+mod chain;
 mod kv;
+mod load;
+mod run_once;
 mod set;
 mod stats;
+mod status;
 mod types;
 
 use std::path::PathBuf;
@@ -38,14 +51,14 @@ use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use cache::{LoadSource, default_cache_dir};
-pub use call::{
-    LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS, OUTPUT_CAP_BYTES,
-};
+pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS};
+pub use capture::OUTPUT_CAP_BYTES;
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
-pub use set::{
-    HookSet, HookState, HookStatus, LoadError, RunFailure, RunInput, RunReport, run_once,
-};
+pub use load::LoadError;
+pub use run_once::{RunFailure, RunInput, RunReport, run_once};
+pub use set::HookSet;
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
+pub use status::{HookState, HookStatus};
 pub use types::{
     HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES, MAX_ANNOTATION_VALUE_BYTES,
     MAX_ANNOTATIONS, MAX_ANSWER_BYTES, MAX_PATCH_ENV, MAX_REASON_BYTES, PostOutcome, PreDecision,
@@ -64,6 +77,9 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// Largest `memory_mb` a hook may ask for (the pooling allocator's 4 GiB slot size).
 pub const MAX_MEMORY_MB: u64 = 4096;
+/// Default size cap of the artifact cache: 1 GiB, room for about 25 compiled interpreted
+/// hooks (a componentize-py or componentize-js artifact is about 40 MB; a Rust one, under 1 MB).
+pub const DEFAULT_CACHE_MAX_BYTES: u64 = 1 << 30;
 /// The epoch tick: how often a running guest yields to the async runtime, and so the slack past
 /// a hook's deadline (plus the timer's own millisecond granularity).
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -234,6 +250,11 @@ pub struct HostOptions {
     /// Most hook calls running at once; also the size of the instance pool. A call waits for a
     /// slot, and the wait counts against its deadline.
     pub max_concurrent_calls: u32,
+    /// Size cap of the artifact cache, in bytes (the config's `[sandbox] cache_max_mb`). After
+    /// writing a new artifact the cache deletes its least recently used entries until their
+    /// total is at most this; the new artifact itself is always kept, so a cap below one
+    /// artifact keeps only the newest. Defaults to [`DEFAULT_CACHE_MAX_BYTES`].
+    pub cache_max_bytes: u64,
 }
 
 impl Default for HostOptions {
@@ -242,6 +263,7 @@ impl Default for HostOptions {
             cache_dir: default_cache_dir(),
             pooling: true,
             max_concurrent_calls: 32,
+            cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
         }
     }
 }
@@ -326,7 +348,7 @@ impl HookHost {
         let mut linker = Linker::new(&engine);
         call::add_to_linker(&mut linker).context("adding host functions to the linker")?;
         spawn_epoch_ticker(&engine)?;
-        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir);
+        let cache = cache::ArtifactCache::new(&engine, opts.cache_dir, opts.cache_max_bytes);
         tracing::debug!(pooling, cache_dir = ?cache.dir(), "hook host ready");
         Ok(Arc::new(HookHost {
             engine,
