@@ -2,11 +2,7 @@
 //! `ccx mcp` binary, and over Streamable HTTP to a server's `/mcp`. Real config files, real
 //! hook components, real processes.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks_common;
-
-use common::*;
+use crate::util::*;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, NotificationMetaObject,
     ProgressNotificationParam,
@@ -17,36 +13,27 @@ use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+use tempfile::TempDir;
 use tokio::sync::mpsc;
-
-const CCX: &str = env!("CARGO_BIN_EXE_ccx");
 
 /// A hook that denies commands containing `forbidden`, and annotates every job.
 const GUARD: &str = r#"
 [[hooks]]
 name = "guard"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "forbidden", "note.checked" = "yes" }
 "#;
 
-/// A config file in a fresh directory: quick kill grace and progress, plus `hooks`.
-fn write_config(hooks: &str) -> PathBuf {
-    let dir = hooks_common::scratch_dir("mcp");
-    let path = dir.join("ccx.toml");
-    let hook = if hooks.contains("{hook}") {
-        hooks_common::guests().test_hook.display().to_string()
-    } else {
-        String::new()
-    };
-    let text = format!(
-        "[server]\nwatch_interval = 0\n\n[execution]\nkill_grace = 0.3\n\n\
-         [mcp]\nprogress_interval = 0.2\nmax_output_bytes = 1024\n\n\
-         [sandbox]\ncache_dir = \"{}\"\n\n{}",
-        dir.join("cache").display(),
-        hooks.replace("{hook}", &hook)
+/// A config file in a fresh scratch directory (returned too: hold it): quick kill grace and
+/// progress, plus `hooks`.
+fn mcp_config(hooks: &str) -> (TempDir, PathBuf) {
+    let dir = scratch();
+    let path = write_config(
+        dir.path(),
+        0.0,
+        &format!("[mcp]\nprogress_interval = 0.2\nmax_output_bytes = 1024\n\n{hooks}"),
     );
-    std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 /// An MCP client that hands every progress notification to the test.
@@ -350,7 +337,7 @@ async fn hook_status_lists_the_hooks(client: &Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_mcp_runs_commands_through_the_executor_and_its_hooks() {
-    let config = write_config(GUARD);
+    let (_dir, config) = mcp_config(GUARD);
     let (client, mut progress) = stdio_client(&config).await;
     let info = client.peer().peer_info().expect("server info");
     assert_eq!(info.server_info.as_ref().unwrap().name, "ccx");
@@ -367,7 +354,7 @@ async fn stdio_mcp_runs_commands_through_the_executor_and_its_hooks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_mcp_serves_the_same_tools_at_slash_mcp() {
-    let config = write_config(GUARD);
+    let (_dir, config) = mcp_config(GUARD);
     let server = AppServer::start(&config).await;
     let (client, mut progress) = http_client(server.addr, None).await.unwrap();
     lists_the_three_tools_with_schemas(&client).await;
@@ -408,7 +395,7 @@ async fn slash_mcp_sits_behind_the_servers_auth() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_mcp_with_url_forwards_to_a_running_server() {
-    let config = write_config(GUARD);
+    let (_dir, config) = mcp_config(GUARD);
     let server = AppServer::start(&config).await;
     let mut cmd = tokio::process::Command::new(CCX);
     cmd.arg("mcp")
@@ -459,7 +446,7 @@ async fn progress_is_reported_while_a_command_runs_remote(
 /// The stdio shutdown MCP clients use (close stdin, then SIGTERM) ends a running job too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_a_stdio_server_kills_its_running_jobs() {
-    let config = write_config("");
+    let (_dir, config) = mcp_config("");
     let (client, mut progress) = stdio_client(&config).await;
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(call(
         "execute",
