@@ -4,7 +4,8 @@
 //! - Hook components, built once per process by `hooks/build.sh` ([`component`]), and hook
 //!   specs and requests for the runtime tests ([`test_hook`], [`request`]).
 //! - Scratch directories that are removed when dropped ([`scratch`]), config files that load
-//!   the built components ([`write_config`]) and the one compiled-artifact cache ([`shared_cache`]).
+//!   the built components ([`write_config`]) and the one compiled-artifact cache they share
+//!   ([`shared_cache`]).
 //! - Servers: in this process ([`TestServer`]: executor and WebSocket only; [`AppServer`]: wired
 //!   like `ccx serve`) or as a `ccx serve` child process ([`spawn_ccx_serve`]).
 //! - Clients: a WebSocket JSON-RPC client ([`Ws`]) and an HTTP GET ([`http_get`]).
