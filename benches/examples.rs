@@ -4,8 +4,8 @@
 //! of a real `ccx serve` process with no hooks and with every example loaded, before and after
 //! jobs run through them. Prints Markdown tables (docs/hooks.md quotes them).
 
-#[path = "../tests/common/examples.rs"]
-mod examples_common;
+#[path = "../tests/util.rs"]
+mod util;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookRequest, HookResult, HookSet, HookSpec, HostOptions, JobStatus};
-use examples_common::{examples, root, scratch_dir};
+use util::{component, root, scratch};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort_unstable();
@@ -90,7 +90,6 @@ enum Input {
 }
 
 fn main() {
-    let ex = examples();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -101,7 +100,7 @@ fn main() {
         (
             "deny-dangerous",
             "Rust",
-            &ex.deny_dangerous,
+            component("deny-dangerous"),
             Input::Pre(request(
                 "cd /srv/app && git pull --ff-only && cargo build --release 2>&1 | tail -n 5",
             )),
@@ -110,21 +109,21 @@ fn main() {
         (
             "venv-setup",
             "Rust",
-            &ex.venv_setup,
+            component("venv-setup"),
             Input::Pre(request("pytest -q tests/ && ruff check .")),
             3000,
         ),
         (
             "counter",
             "Rust",
-            &ex.counter,
+            component("counter"),
             Input::Post(result("make test", "ok\n".into())),
             3000,
         ),
         (
             "agent-result-check",
             "Python",
-            &ex.agent_result_check,
+            component("agent-result-check"),
             Input::Post(result(
                 "claude -p --output-format stream-json 'fix the tests'",
                 transcript,
@@ -134,26 +133,15 @@ fn main() {
         (
             "secret-scan",
             "JavaScript",
-            &ex.secret_scan,
+            component("secret-scan"),
             Input::Post(result("cargo build", build_log())),
             300,
         ),
     ];
 
     // The C example only when its toolchain is wanted (it takes minutes to install).
-    let c_hook = (std::env::var("CCX_HOOKS_C").as_deref() == Ok("1")).then(|| {
-        let out = Command::new("bash")
-            .arg(root().join("hooks/build.sh"))
-            .arg("deny-substring")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::path::PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    });
+    let c_hook = (std::env::var("CCX_HOOKS_C").as_deref() == Ok("1"))
+        .then(|| util::build_hooks(&["deny-substring"]).remove(0));
     let mut cases = cases;
     if let Some(path) = &c_hook {
         cases.push((
@@ -166,7 +154,8 @@ fn main() {
     }
 
     // A fresh cache, so cold loads really compile.
-    let cache = scratch_dir("bench-cache");
+    let cache_dir = scratch();
+    let cache = cache_dir.path().to_path_buf();
     let host = HookHost::new(HostOptions {
         cache_dir: Some(cache.clone()),
         ..HostOptions::default()
@@ -307,25 +296,16 @@ fn exec(port: u16, command: &str) {
 
 /// The memory of real `ccx serve` processes: without hooks, and with the example config.
 fn server_memory(cache: &Path) {
-    let dir = scratch_dir("bench-server");
+    let tmp = scratch();
+    let dir = tmp.path();
     let bare = dir.join("bare.toml");
     std::fs::write(
         &bare,
         format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display()),
     )
     .unwrap();
-    let text = std::fs::read_to_string(root().join("ccx.toml"))
-        .unwrap()
-        .replace(
-            "path = \"hooks/out/",
-            &format!("path = \"{}/hooks/out/", root().display()),
-        )
-        .replace(
-            "# cache_dir = \"~/.cache/ccx/hooks\"",
-            &format!("cache_dir = \"{}\"", cache.display()),
-        );
     let full = dir.join("examples.toml");
-    std::fs::write(&full, text).unwrap();
+    std::fs::write(&full, util::example_config(cache)).unwrap();
 
     println!("| `ccx serve` | RSS after start | RSS after 50 jobs | peak RSS |");
     println!("|---|---|---|---|");

@@ -2,14 +2,15 @@
 //! hooks`): a fresh-instance call of a trivial hook, a 10-hook chain, cold versus cached load
 //! of a set, and how far past its deadline an interrupted hook returns.
 
-#[path = "../tests/common/hooks.rs"]
-mod hooks_common;
+#[path = "../tests/util.rs"]
+mod util;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookResult, HookSet, HostOptions, JobStatus};
-use hooks_common::{request, scratch_dir, test_hook};
+use util::{request, scratch, test_hook};
 
 fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort_unstable();
@@ -32,9 +33,10 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn host(pooling: bool) -> Arc<HookHost> {
+/// A host on the artifact cache `cache`.
+fn host(cache: &Path, pooling: bool) -> Arc<HookHost> {
     HookHost::new(HostOptions {
-        cache_dir: Some(scratch_dir("bench-cache")),
+        cache_dir: Some(cache.to_path_buf()),
         pooling,
         ..HostOptions::default()
     })
@@ -76,19 +78,21 @@ async fn calls(set: &HookSet, n: usize, pre: bool, post: bool) -> Vec<Duration> 
 }
 
 fn main() {
-    let guests = hooks_common::guests();
+    let guest = util::component("test-hook");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     println!(
         "guest: {} ({} bytes)",
-        guests.test_hook.display(),
-        std::fs::metadata(&guests.test_hook).unwrap().len()
+        guest.display(),
+        std::fs::metadata(guest).unwrap().len()
     );
 
     // -- load: cold (compile + write cache), warm (map from cache) in the same and a new host
-    let pooled = host(true);
+    // Fresh caches, so that cold loads really compile.
+    let (cache, on_demand_cache) = (scratch(), scratch());
+    let pooled = host(cache.path(), true);
     println!("pooling allocator: {}", pooled.pooling());
     let allow = test_hook("allow", &[("mode", "allow"), ("post_mode", "annotate")]);
     let started = Instant::now();
@@ -150,7 +154,7 @@ fn main() {
             calls(&chain10, 1000, true, false).await,
         );
 
-        let on_demand = host(false);
+        let on_demand = host(on_demand_cache.path(), false);
         let set_od = HookSet::load(&on_demand, std::slice::from_ref(&allow));
         row(
             "pre call, fresh store+instance (on-demand)",

@@ -9,8 +9,8 @@
 //!
 //! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/util.rs"]
+mod util;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -28,9 +28,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("ccx-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (mut server, url, _) = start_server(&dir, "plain", "[server]\nmax_sessions = 400\n");
+    let tmp = util::scratch();
+    let dir = tmp.path();
+    let (mut server, url, _) = start_server(dir, "plain", "[server]\nmax_sessions = 400\n");
     let pid = server.id();
 
     let rows = rt.block_on(async {
@@ -101,24 +101,7 @@ fn main() {
     // Hooks: the round trip with a 10-hook chain (pre + post each), and start-up with the
     // hooks compiled (cold cache) or mapped from the cache (warm).
     let mut rows = rows;
-    let built = Command::new("bash")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/hooks/build.sh"))
-        .output()
-        .expect("hooks/build.sh");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&built.stdout);
-    let path_of = |name: &str| {
-        stdout
-            .lines()
-            .find(|l| l.ends_with(name))
-            .unwrap_or_else(|| panic!("build.sh did not build {name}"))
-            .trim()
-            .to_string()
-    };
+    let path_of = |name: &str| util::component(name).display().to_string();
     let chain = |hook: &str, cache: &std::path::Path| {
         let mut cfg = format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display());
         for i in 0..10 {
@@ -127,7 +110,7 @@ fn main() {
         cfg
     };
     let n = if quick { 100 } else { 1000 };
-    let (mut bare, bare_url, _) = start_server(&dir, "bare", "");
+    let (mut bare, bare_url, _) = start_server(dir, "bare", "");
     let bare_rtt = rt.block_on(round_trips(&bare_url, n));
     let _ = bare.kill();
     let _ = bare.wait();
@@ -139,8 +122,8 @@ fn main() {
             us(pct(&bare_rtt, 99))
         ),
     ));
-    let trivial = chain(&path_of("pre-only.wasm"), &dir.join("cache-trivial"));
-    let full = chain(&path_of("test-hook.wasm"), &dir.join("cache-full"));
+    let trivial = chain(&path_of("pre-only"), &dir.join("cache-trivial"));
+    let full = chain(&path_of("test-hook"), &dir.join("cache-full"));
     for (what, cfg) in [
         ("10 trivial Rust pre-hooks (`pre-only`)", &trivial),
         (
@@ -148,10 +131,10 @@ fn main() {
             &full,
         ),
     ] {
-        let (mut cold, _, cold_start) = start_server(&dir, "cold", cfg);
+        let (mut cold, _, cold_start) = start_server(dir, "cold", cfg);
         let _ = cold.kill();
         let _ = cold.wait();
-        let (mut warm, warm_url, warm_start) = start_server(&dir, "warm", cfg);
+        let (mut warm, warm_url, warm_start) = start_server(dir, "warm", cfg);
         let chained = rt.block_on(round_trips(&warm_url, n));
         let _ = warm.kill();
         let _ = warm.wait();
@@ -194,7 +177,7 @@ fn main() {
     let cfg = dir.join("examples.toml");
     std::fs::write(&cfg, example).unwrap();
     let started = Instant::now();
-    let (mut child, addr, listening) = common::spawn_ccx_serve(
+    let (mut child, addr, listening) = util::spawn_ccx_serve(
         env!("CARGO_BIN_EXE_ccx"),
         &cfg,
         &[("RUST_LOG", "warn,ccx::server=info")],
@@ -234,7 +217,7 @@ fn start_server(
     let cfg = dir.join(format!("{tag}.toml"));
     std::fs::write(&cfg, config).unwrap();
     let started = Instant::now();
-    let (child, addr, _) = common::spawn_ccx_serve(
+    let (child, addr, _) = util::spawn_ccx_serve(
         env!("CARGO_BIN_EXE_ccx"),
         &cfg,
         &[("RUST_LOG", "warn,ccx::server=info")],

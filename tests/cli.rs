@@ -1,23 +1,19 @@
 //! The built `ccx` binary: `ccx serve` and `ccx exec` as a user runs them.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CCX: &str = env!("CARGO_BIN_EXE_ccx");
-
-/// `ccx serve` on a free loopback port; returns the child and its address.
-fn spawn_server(config: Option<&str>) -> (Child, String) {
-    let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `ccx serve` on a free loopback port with `config` (default: a quick kill grace) written
+/// into `dir`; returns the server, killed when dropped, and its address.
+fn spawn_server(dir: &Path, config: Option<&str>) -> (KillOnDrop, String) {
     let cfg = dir.join("ccx.toml");
     std::fs::write(&cfg, config.unwrap_or("[execution]\nkill_grace = 0.3\n")).unwrap();
     let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
-    (child, addr)
+    (KillOnDrop(child), addr)
 }
 
 fn exec(addr: &str, args: &[&str]) -> std::process::Output {
@@ -29,18 +25,10 @@ fn exec(addr: &str, args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-struct Server(Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn exec_passes_output_through_and_exits_with_the_commands_code() {
-    let (child, addr) = spawn_server(None);
-    let _server = Server(child);
+    let dir = scratch();
+    let (_server, addr) = spawn_server(dir.path(), None);
 
     let out = exec(&addr, &["--", "echo out; echo err >&2; exit 3"]);
     assert_eq!(out.status.code(), Some(3));
@@ -81,8 +69,8 @@ fn exec_reports_an_unreachable_server() {
 
 #[test]
 fn ctrl_c_on_exec_cancels_the_remote_job() {
-    let (child, addr) = spawn_server(None);
-    let _server = Server(child);
+    let dir = scratch();
+    let (_server, addr) = spawn_server(dir.path(), None);
     let mut client = Command::new(CCX)
         .args([
             "exec",
@@ -108,7 +96,8 @@ fn ctrl_c_on_exec_cancels_the_remote_job() {
 
 #[test]
 fn sigterm_stops_the_server_after_terminal_events() {
-    let (mut child, addr) = spawn_server(None);
+    let dir = scratch();
+    let (mut child, addr) = spawn_server(dir.path(), None);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
@@ -128,9 +117,8 @@ fn sigterm_stops_the_server_after_terminal_events() {
 
 #[test]
 fn serve_rejects_a_bad_config_naming_the_key() {
-    let dir = std::env::temp_dir().join(format!("ccx-cli-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = dir.join("bad.toml");
+    let dir = scratch();
+    let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[execution]\nkill_grace = 2\nmax_queeu = 3\n").unwrap();
     let out = Command::new(CCX)
         .args(["serve", "--config"])
@@ -191,9 +179,9 @@ fn rss_mib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
-    let (child, addr) = spawn_server(None);
-    let pid = child.id();
-    let _server = Server(child);
+    let dir = scratch();
+    let (server, addr) = spawn_server(dir.path(), None);
+    let pid = server.id();
     let url = format!("ws://{addr}/ws");
     let mut slow = Ws::connect(&url).await;
     let mut other = Ws::connect(&url).await;
@@ -249,9 +237,9 @@ async fn a_slow_reader_slows_only_its_own_job_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_leave_no_descriptors_or_zombies_behind() {
-    let (child, addr) = spawn_server(None);
-    let pid = child.id();
-    let _server = Server(child);
+    let dir = scratch();
+    let (server, addr) = spawn_server(dir.path(), None);
+    let pid = server.id();
     let open_fds = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
@@ -300,14 +288,14 @@ async fn jobs_leave_no_descriptors_or_zombies_behind() {
 
 #[test]
 fn hooks_new_scaffolds_a_project_and_refuses_to_overwrite() {
-    let dir = std::env::temp_dir().join(format!("ccx-new-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = scratch();
+    let dir = tmp.path();
     let new = |name: &str| {
         Command::new(CCX)
             .args([
                 "hooks", "new", name, "--lang", "python", "--stage", "post", "--dir",
             ])
-            .arg(&dir)
+            .arg(dir)
             .output()
             .unwrap()
     };

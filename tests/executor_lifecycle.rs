@@ -2,8 +2,7 @@
 //! exactly one `process.completed` even when a hook panics, and jobs that wait for the hooks
 //! of the generation in force (loaded late, never loaded, canceled or closed while waiting).
 
-mod common;
-
+use crate::util::{WAIT, Ws, test_config};
 use ccx::config::ExecConfig;
 use ccx::events::{Completion, Event, JobStatus};
 use ccx::executor::{
@@ -12,7 +11,6 @@ use ccx::executor::{
 };
 use ccx::jobs::ProcessOutcome;
 use ccx::protocol::ControlType;
-use common::{WAIT, Ws, test_config};
 use futures_util::future::BoxFuture;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -259,8 +257,8 @@ async fn a_panicking_post_hook_through_the_server_gives_one_completed() {
     let ev = ws
         .collect(second["result"]["job_id"].as_str().unwrap())
         .await;
-    assert_eq!(common::completion(&ev)["status"], "completed");
-    assert_eq!(common::output(&ev, "stdout"), "two\n");
+    assert_eq!(crate::util::completion(&ev)["status"], "completed");
+    assert_eq!(crate::util::output(&ev, "stdout"), "two\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,16 +2,13 @@
 //! they finish; the set keeps config order; the compiled-artifact cache stays under its size
 //! cap by evicting the least recently used artifacts. The guests are built by `hooks/build.sh`.
 
-#[path = "common/hooks.rs"]
-mod hooks_common;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::util::{component, request, test_hook};
 use ccx::hooks::{HookHost, HookSet, HookSpec, HookState, HostOptions, LoadSource};
-use hooks_common::{guests, request, test_hook};
 
 /// A copy of `component` with a custom section appended, so it is a different component to
 /// the cache (a new key, a new artifact) but behaves the same.
@@ -73,12 +70,15 @@ async fn hooks_load_on_their_own_threads_report_as_they_finish_and_keep_config_o
     let mut disabled = test_hook("disabled", &[]);
     disabled.enabled = false;
     let specs = vec![
-        HookSpec::new("first", variant(&guests().test_hook, scratch.path(), "a")),
+        HookSpec::new(
+            "first",
+            variant(component("test-hook"), scratch.path(), "a"),
+        ),
         disabled,
         HookSpec::new("missing", scratch.path().join("nope.wasm")),
-        HookSpec::new("pre-only", &guests().pre_only),
-        HookSpec::new("first", &guests().test_hook),
-        HookSpec::new("last", variant(&guests().test_hook, scratch.path(), "b")),
+        HookSpec::new("pre-only", component("pre-only")),
+        HookSpec::new("first", component("test-hook")),
+        HookSpec::new("last", variant(component("test-hook"), scratch.path(), "b")),
     ];
     let seen: Mutex<Vec<Observed>> = Mutex::default();
     let set = HookSet::load_observed(&host, &specs, &|hook, state| {
@@ -145,8 +145,8 @@ fn a_slow_report_of_one_hook_does_not_hold_up_loading_the_others() {
     let scratch = tempfile::tempdir().unwrap();
     let cache = tempfile::tempdir().unwrap();
     let host = host_with_cache(cache.path(), u64::MAX);
-    let specs =
-        ["x", "y"].map(|tag| HookSpec::new(tag, variant(&guests().test_hook, scratch.path(), tag)));
+    let specs = ["x", "y"]
+        .map(|tag| HookSpec::new(tag, variant(component("test-hook"), scratch.path(), tag)));
     let reported = AtomicUsize::new(0);
     let overlapped = AtomicBool::new(false);
     let set = HookSet::load_observed(&host, &specs, &|_, _| {
@@ -169,7 +169,7 @@ fn a_slow_report_of_one_hook_does_not_hold_up_loading_the_others() {
 fn a_cache_capped_below_two_artifacts_keeps_only_the_newest() {
     // The size of one artifact, measured in a cache of its own.
     let measure = tempfile::tempdir().unwrap();
-    let spec_a = HookSpec::new("cap-a", &guests().test_hook);
+    let spec_a = HookSpec::new("cap-a", component("test-hook"));
     source(&host_with_cache(measure.path(), u64::MAX), &spec_a);
     let one = artifacts(measure.path());
     assert_eq!(one.len(), 1, "{one:?}");
@@ -179,7 +179,7 @@ fn a_cache_capped_below_two_artifacts_keeps_only_the_newest() {
     assert_eq!(source(&host, &spec_a), LoadSource::Compiled);
     assert_eq!(artifacts(dir.path()), one, "same engine, same key");
 
-    let spec_b = HookSpec::new("cap-b", &guests().pre_only);
+    let spec_b = HookSpec::new("cap-b", component("pre-only"));
     assert_eq!(source(&host, &spec_b), LoadSource::Compiled);
     let left = artifacts(dir.path());
     assert_eq!(left.len(), 1, "{left:?}");
@@ -194,7 +194,7 @@ fn eviction_spares_the_artifact_used_most_recently() {
     let [a, b, c] = ["a", "b", "c"].map(|tag| {
         HookSpec::new(
             format!("lru-{tag}"),
-            variant(&guests().test_hook, scratch.path(), tag),
+            variant(component("test-hook"), scratch.path(), tag),
         )
     });
     let measure = tempfile::tempdir().unwrap();

@@ -1,26 +1,23 @@
 //! The hook runtime with real components and real wasmtime: decisions, chains, every limit (in
 //! pairs where it makes sense), failure policies, the sandbox's output capture, kv, counters and
-//! the artifact cache. The guests are built once per test binary by `hooks/build.sh`.
-
-#[path = "common/hooks.rs"]
-mod hooks_common;
+//! the artifact cache. The guests are built once per test process by `hooks/build.sh`.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::util::{component, fail_closed, request, scratch, shared_cache, test_hook};
 use ccx::hooks::{
     FailureKind, HookHost, HookResult, HookSet, HookSpec, HookState, HostOptions, JobStatus,
     LoadSource, PreOutcome, RunInput, Stage, Verdict, run_once,
 };
-use hooks_common::{fail_closed, guests, request, scratch_dir, test_hook};
 
-/// One host for the tests that do not look at the cache: its counters and kv stores are keyed
-/// by hook name, so each test uses names of its own.
+/// One host for the tests that do not look at the cache (so it uses the shared one): its
+/// counters and kv stores are keyed by hook name, so each test uses names of its own.
 fn host() -> &'static Arc<HookHost> {
     static HOST: OnceLock<Arc<HookHost>> = OnceLock::new();
     HOST.get_or_init(|| {
         HookHost::new(HostOptions {
-            cache_dir: Some(scratch_dir("shared-cache")),
+            cache_dir: Some(shared_cache()),
             ..HostOptions::default()
         })
         .expect("hook host")
@@ -184,7 +181,7 @@ async fn post_hooks_annotate_and_judge_every_job() {
 
 #[tokio::test]
 async fn a_pre_only_component_loads_and_is_skipped_at_post() {
-    let mut spec = HookSpec::new("pre-only-1", &guests().pre_only);
+    let mut spec = HookSpec::new("pre-only-1", component("pre-only"));
     spec.fuel = 10_000_000;
     let set = load(&[spec]);
     assert_eq!(set.status()[0].stages, vec![Stage::Pre]);
@@ -399,7 +396,8 @@ async fn a_fail_closed_hook_denies_with_the_failure_as_reason() {
 
 #[tokio::test]
 async fn a_broken_component_is_a_load_error_naming_the_file() {
-    let dir = scratch_dir("broken");
+    let tmp = scratch();
+    let dir = tmp.path();
     let path = dir.join("broken.wasm");
     std::fs::write(&path, b"\0asm not really a component, just bytes").unwrap();
     let open = HookSpec::new("broken-open", &path);
@@ -522,7 +520,7 @@ async fn run_once_reports_answers_failures_and_missing_stages() {
         .unwrap();
     assert_eq!(report.failure.unwrap().kind, FailureKind::Fuel);
 
-    let pre_only = HookSpec::new("once-pre-only", &guests().pre_only);
+    let pre_only = HookSpec::new("once-pre-only", component("pre-only"));
     let err = run_once(host(), &pre_only, RunInput::Post(job("ls", 0)))
         .await
         .unwrap_err();
@@ -599,16 +597,17 @@ async fn concurrent_calls_beyond_the_pool_size_all_succeed() {
 
 #[tokio::test]
 async fn the_compiled_artifact_is_cached_on_disk_and_reused() {
-    let dir = scratch_dir("cache");
+    let tmp = scratch();
+    let dir = tmp.path();
     let host = HookHost::new(HostOptions {
-        cache_dir: Some(dir.clone()),
+        cache_dir: Some(dir.to_path_buf()),
         ..HostOptions::default()
     })
     .unwrap();
     let spec = test_hook("cached", &[]);
     let first = HookSet::load(&host, std::slice::from_ref(&spec));
     assert_eq!(first.status()[0].source, Some(LoadSource::Compiled));
-    let files: Vec<_> = std::fs::read_dir(&dir)
+    let files: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();

@@ -2,39 +2,18 @@
 //! Covers the executor's two hook points, failure policies on the wire, `hook_status`, `/hooks`,
 //! hot reload and the `ccx hooks` commands.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks_common;
-
-use common::*;
+use crate::util::*;
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const CCX: &str = env!("CARGO_BIN_EXE_ccx");
-
-/// A config file in a fresh directory, with `hooks` (TOML `[[hooks]]` entries) appended.
-/// `{hook}` stands for the test hook's path. Returns the file's path.
-fn write_config(dir: &Path, hooks: &str) -> PathBuf {
-    let path = dir.join("ccx.toml");
-    let text = format!(
-        "# test config\n[server]\nwatch_interval = 0.05\n\n[execution]\nkill_grace = 0.3\n\n\
-         [sandbox]\ncache_dir = \"{}\"\n\n{}",
-        dir.join("cache").display(),
-        hooks.replace(
-            "{hook}",
-            &hooks_common::guests().test_hook.display().to_string()
-        )
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
+/// A server on a config (in a scratch dir of its own) polled every 50 ms, with `hooks`
+/// (`[[hooks]]` entries) appended; also returns the config file's path.
 async fn start(hooks: &str) -> (AppServer, PathBuf) {
-    let dir = hooks_common::scratch_dir("ws");
-    let path = write_config(&dir, hooks);
-    (AppServer::start(&path).await, path)
+    let server = AppServer::with_config(0.05, hooks).await;
+    let path = server.config_path().to_path_buf();
+    (server, path)
 }
 
 fn events_named<'a>(events: &'a [Value], method: &str) -> Vec<&'a Value> {
@@ -47,7 +26,7 @@ async fn a_deny_is_an_error_with_the_hook_and_its_reason() {
         r#"
 [[hooks]]
 name = "guard"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "rm -rf" }
 "#,
     )
@@ -73,7 +52,7 @@ async fn a_queued_job_that_is_denied_ends_with_a_denied_completion() {
         r#"
 [[hooks]]
 name = "guard"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "forbidden" }
 "#,
     )
@@ -104,12 +83,12 @@ async fn a_modification_is_seen_by_the_next_hook_and_by_the_command() {
         r#"
 [[hooks]]
 name = "rewrite"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "modify", command = "echo rewritten $ADDED", set_env = "ADDED=by-hook" }
 
 [[hooks]]
 name = "audit"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "forbidden-after-rewrite" }
 "#,
     )
@@ -128,12 +107,12 @@ config = { mode = "deny-if-contains", needle = "forbidden-after-rewrite" }
         r#"
 [[hooks]]
 name = "rewrite"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "modify", command = "echo rewritten" }
 
 [[hooks]]
 name = "audit"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "rewritten" }
 "#,
     )
@@ -151,12 +130,12 @@ async fn post_hooks_annotate_and_judge_the_completion() {
         r#"
 [[hooks]]
 name = "judge"
-path = "{hook}"
+path = "{test-hook}"
 config = { post_mode = "annotate", "note.team" = "infra", fail_on_exit_nonzero = true }
 
 [[hooks]]
 name = "second"
-path = "{hook}"
+path = "{test-hook}"
 "#,
     )
     .await;
@@ -186,7 +165,7 @@ async fn a_failing_hook_that_fails_open_warns_and_the_job_runs() {
         r#"
 [[hooks]]
 name = "crashy"
-path = "{hook}"
+path = "{test-hook}"
 on_failure = "allow"
 config = { mode = "panic" }
 "#,
@@ -211,7 +190,7 @@ async fn a_failing_hook_that_fails_closed_denies_with_the_failure() {
         r#"
 [[hooks]]
 name = "spinner"
-path = "{hook}"
+path = "{test-hook}"
 on_failure = "deny"
 fuel = 1000000
 config = { mode = "loop" }
@@ -235,7 +214,7 @@ async fn a_disabled_hook_is_never_called() {
         r#"
 [[hooks]]
 name = "off"
-path = "{hook}"
+path = "{test-hook}"
 enabled = false
 config = { mode = "deny" }
 "#,
@@ -257,7 +236,7 @@ async fn hook_status_and_the_hooks_page_report_counters() {
         r#"
 [[hooks]]
 name = "counted"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "nope" }
 "#,
     )
@@ -293,7 +272,7 @@ async fn hot_reload_enables_and_disables_a_hook_on_a_live_server() {
         r#"
 [[hooks]]
 name = "gate"   # the hook under test
-path = "{hook}"
+path = "{test-hook}"
 enabled = false
 config = { mode = "deny", reason = "gate closed" }
 "#,
@@ -354,7 +333,7 @@ async fn a_hook_that_fails_to_load_on_reload_leaves_the_previous_set() {
         r#"
 [[hooks]]
 name = "guard"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "bad" }
 "#,
     )
@@ -395,7 +374,7 @@ async fn a_hook_spinning_on_one_connection_does_not_delay_another() {
         r#"
 [[hooks]]
 name = "spin-on-demand"
-path = "{hook}"
+path = "{test-hook}"
 fuel = 1000000000000000
 timeout_ms = 3000
 config = { mode = "loop", when = "SPIN" }
@@ -432,12 +411,13 @@ config = { mode = "loop", when = "SPIN" }
 
 #[test]
 fn hooks_check_names_every_problem() {
-    let dir = hooks_common::scratch_dir("check");
-    let broken = dir.join("broken.wasm");
+    let dir = scratch();
+    let broken = dir.path().join("broken.wasm");
     std::fs::write(&broken, b"not wasm at all").unwrap();
     let path = write_config(
-        &dir,
-        "[[hooks]]\nname = \"good\"\npath = \"{hook}\"\n\n\
+        dir.path(),
+        0.0,
+        "[[hooks]]\nname = \"good\"\npath = \"{test-hook}\"\n\n\
          [[hooks]]\nname = \"bad\"\npath = \"broken.wasm\"\nenabled = false\n\n\
          [[hooks]]\nname = \"gone\"\npath = \"missing.wasm\"\n",
     );
@@ -470,7 +450,7 @@ fn hooks_check_names_every_problem() {
 
 #[test]
 fn hooks_run_prints_the_answer_fuel_and_output() {
-    let hook = &hooks_common::guests().test_hook;
+    let hook = component("test-hook");
     let out = Command::new(CCX)
         .args(["hooks", "run"])
         .arg(hook)
@@ -538,17 +518,15 @@ async fn wait_for_generation(ws: &mut Ws, generation: u64) {
 
 #[test]
 fn sighup_reloads_a_server_that_does_not_poll() {
-    let dir = hooks_common::scratch_dir("hup");
-    let path = write_config(
-        &dir,
-        "[[hooks]]\nname = \"gate\"\npath = \"{hook}\"\nenabled = false\nconfig = { mode = \"deny\", reason = \"closed by SIGHUP\" }\n",
-    );
+    let dir = scratch();
     // No polling: only the signal can make it notice the change.
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("watch_interval = 0.05", "watch_interval = 0");
-    std::fs::write(&path, text).unwrap();
-    let (mut child, addr, _) = spawn_ccx_serve(CCX, &path, &[]);
+    let path = write_config(
+        dir.path(),
+        0.0,
+        "[[hooks]]\nname = \"gate\"\npath = \"{test-hook}\"\nenabled = false\nconfig = { mode = \"deny\", reason = \"closed by SIGHUP\" }\n",
+    );
+    let (child, addr, _) = spawn_ccx_serve(CCX, &path, &[]);
+    let child = KillOnDrop(child);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
@@ -569,6 +547,4 @@ fn sighup_reloads_a_server_that_does_not_poll() {
         let err = ws.call("execute", json!({"command": "true"})).await;
         assert_eq!(err["error"]["data"]["reason"], "closed by SIGHUP", "{err}");
     });
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -1,12 +1,10 @@
-//! The MCP interface through a real MCP client (rmcp's client side): over stdio to the built
-//! `ccx mcp` binary, and over Streamable HTTP to a server's `/mcp`. Real config files, real
-//! hook components, real processes.
+//! The MCP interface through a real MCP client (rmcp's client side), over each transport: stdio
+//! to the built `ccx mcp --config` (executor in that process), stdio to `ccx mcp --url` (which
+//! forwards to a running server) and Streamable HTTP to a server's `/mcp`. Real config files,
+//! real hook components, real processes. Each scenario is its own test per transport, so one
+//! failure does not hide the others.
 
-mod common;
-#[path = "common/hooks.rs"]
-mod hooks_common;
-
-use common::*;
+use crate::util::*;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, NotificationMetaObject,
     ProgressNotificationParam,
@@ -15,39 +13,21 @@ use rmcp::service::{NotificationContext, PeerRequestOptions, RunningService};
 use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use rmcp::{ClientHandler, RoleClient, ServiceExt};
 use serde_json::{Value, json};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+use tempfile::TempDir;
 use tokio::sync::mpsc;
 
-const CCX: &str = env!("CARGO_BIN_EXE_ccx");
+/// Quick progress and a small output limit.
+const MCP: &str = "[mcp]\nprogress_interval = 0.2\nmax_output_bytes = 1024\n";
 
 /// A hook that denies commands containing `forbidden`, and annotates every job.
 const GUARD: &str = r#"
 [[hooks]]
 name = "guard"
-path = "{hook}"
+path = "{test-hook}"
 config = { mode = "deny-if-contains", needle = "forbidden", "note.checked" = "yes" }
 "#;
-
-/// A config file in a fresh directory: quick kill grace and progress, plus `hooks`.
-fn write_config(hooks: &str) -> PathBuf {
-    let dir = hooks_common::scratch_dir("mcp");
-    let path = dir.join("ccx.toml");
-    let hook = if hooks.contains("{hook}") {
-        hooks_common::guests().test_hook.display().to_string()
-    } else {
-        String::new()
-    };
-    let text = format!(
-        "[server]\nwatch_interval = 0\n\n[execution]\nkill_grace = 0.3\n\n\
-         [mcp]\nprogress_interval = 0.2\nmax_output_bytes = 1024\n\n\
-         [sandbox]\ncache_dir = \"{}\"\n\n{}",
-        dir.join("cache").display(),
-        hooks.replace("{hook}", &hook)
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 /// An MCP client that hands every progress notification to the test.
 struct Recorder {
@@ -136,7 +116,8 @@ fn structured(r: &CallToolResult) -> &Value {
     r.structured_content.as_ref().expect("structured content")
 }
 
-async fn lists_the_three_tools_with_schemas(client: &Client) {
+async fn lists_the_three_tools_with_schemas(session: &mut Session) {
+    let client = &session.client;
     let tools = client.peer().list_all_tools().await.unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
     assert_eq!(names, ["execute", "execute_task_list", "hook_status"]);
@@ -160,7 +141,14 @@ async fn lists_the_three_tools_with_schemas(client: &Client) {
     assert_eq!(list["properties"]["tasks"]["type"], "array", "{list}");
 }
 
-async fn a_command_runs_and_reports_status_output_and_hooks(client: &Client) {
+async fn names_itself_and_lists_the_three_tools(session: &mut Session) {
+    let info = session.client.peer().peer_info().expect("server info");
+    assert_eq!(info.server_info.as_ref().unwrap().name, "ccx");
+    lists_the_three_tools_with_schemas(session).await;
+}
+
+async fn a_command_runs_and_reports_status_output_and_hooks(session: &mut Session) {
+    let client = &session.client;
     let r = call_tool(
         client,
         "execute",
@@ -188,7 +176,8 @@ async fn a_command_runs_and_reports_status_output_and_hooks(client: &Client) {
     assert!(t.contains("hello") && t.contains("oops"), "{t}");
 }
 
-async fn long_output_keeps_head_and_tail(client: &Client) {
+async fn long_output_keeps_head_and_tail(session: &mut Session) {
+    let client = &session.client;
     let r = call_tool(
         client,
         "execute",
@@ -214,7 +203,8 @@ async fn long_output_keeps_head_and_tail(client: &Client) {
     );
 }
 
-async fn a_denied_command_is_a_tool_error_naming_hook_and_reason(client: &Client) {
+async fn a_denied_command_is_a_tool_error_naming_hook_and_reason(session: &mut Session) {
+    let client = &session.client;
     let r = call_tool(client, "execute", json!({"command": "echo forbidden"})).await;
     assert_eq!(r.is_error, Some(true), "{r:?}");
     let t = text(&r);
@@ -228,7 +218,8 @@ async fn a_denied_command_is_a_tool_error_naming_hook_and_reason(client: &Client
     assert_eq!(s["reason"], "command contains `forbidden`");
 }
 
-async fn a_task_list_stops_at_the_failing_task_unless_told_to_go_on(client: &Client) {
+async fn a_task_list_stops_at_the_failing_task_unless_told_to_go_on(session: &mut Session) {
+    let client = &session.client;
     let tasks = json!(["echo one", "echo two; exit 7", "echo three"]);
     let r = call_tool(client, "execute_task_list", json!({"tasks": tasks})).await;
     let s = structured(&r);
@@ -262,10 +253,8 @@ async fn a_task_list_stops_at_the_failing_task_unless_told_to_go_on(client: &Cli
     assert_eq!(s["tasks"][2]["stdout"], "three\n");
 }
 
-async fn progress_is_reported_while_a_command_runs(
-    client: &Client,
-    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
-) {
+async fn progress_is_reported_while_a_command_runs(session: &mut Session) {
+    let (client, progress) = (&session.client, &mut session.progress);
     while progress.try_recv().is_ok() {}
     let r = call_tool(
         client,
@@ -297,10 +286,8 @@ async fn progress_is_reported_while_a_command_runs(
 
 /// Starts `echo $$; sleep 300`, learns its process group from a progress notification, cancels
 /// the request, and checks that the group is gone.
-async fn a_canceled_call_kills_the_process_group(
-    client: &Client,
-    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
-) {
+async fn a_canceled_call_kills_the_process_group(session: &mut Session) {
+    let (client, progress) = (&session.client, &mut session.progress);
     while progress.try_recv().is_ok() {}
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(call(
         "execute",
@@ -340,7 +327,8 @@ async fn a_canceled_call_kills_the_process_group(
     assert_eq!(structured(&r)["stdout"], "after\n");
 }
 
-async fn hook_status_lists_the_hooks(client: &Client) {
+async fn hook_status_lists_the_hooks(session: &mut Session) {
+    let client = &session.client;
     let r = call_tool(client, "hook_status", json!({})).await;
     let s = structured(&r);
     assert_eq!(s["hooks_configured"], 1, "{s}");
@@ -348,41 +336,130 @@ async fn hook_status_lists_the_hooks(client: &Client) {
     assert!(text(&r).contains("guard"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdio_mcp_runs_commands_through_the_executor_and_its_hooks() {
-    let config = write_config(GUARD);
-    let (client, mut progress) = stdio_client(&config).await;
-    let info = client.peer().peer_info().expect("server info");
-    assert_eq!(info.server_info.as_ref().unwrap().name, "ccx");
-    lists_the_three_tools_with_schemas(&client).await;
-    a_command_runs_and_reports_status_output_and_hooks(&client).await;
-    long_output_keeps_head_and_tail(&client).await;
-    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
-    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
-    progress_is_reported_while_a_command_runs(&client, &mut progress).await;
-    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
-    hook_status_lists_the_hooks(&client).await;
-    client.cancel().await.unwrap();
+/// A connected MCP client, its progress notifications, and what must live as long as it.
+struct Session {
+    client: Client,
+    progress: mpsc::UnboundedReceiver<ProgressNotificationParam>,
+    /// The server behind `/mcp` or `ccx mcp --url`.
+    server: Option<AppServer>,
+    /// The directory of `ccx mcp --config`'s config file.
+    _dir: Option<TempDir>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_mcp_serves_the_same_tools_at_slash_mcp() {
-    let config = write_config(GUARD);
-    let server = AppServer::start(&config).await;
-    let (client, mut progress) = http_client(server.addr, None).await.unwrap();
-    lists_the_three_tools_with_schemas(&client).await;
-    a_command_runs_and_reports_status_output_and_hooks(&client).await;
-    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
-    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
-    progress_is_reported_while_a_command_runs(&client, &mut progress).await;
-    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
-    hook_status_lists_the_hooks(&client).await;
-    client.cancel().await.unwrap();
-    server.stop().await;
+impl Session {
+    /// `ccx mcp --config` with [`MCP`] and [`GUARD`]: the executor and the hooks run in that
+    /// process.
+    async fn stdio_local() -> Session {
+        let dir = scratch();
+        let config = write_config(dir.path(), 0.0, &format!("{MCP}{GUARD}"));
+        let (client, progress) = stdio_client(&config).await;
+        Session {
+            client,
+            progress,
+            server: None,
+            _dir: Some(dir),
+        }
+    }
+
+    /// `ccx mcp --url`, forwarding to a running server with [`MCP`] and [`GUARD`].
+    async fn stdio_remote() -> Session {
+        let server = AppServer::with_config(0.0, &format!("{MCP}{GUARD}")).await;
+        let mut cmd = tokio::process::Command::new(CCX);
+        cmd.arg("mcp")
+            .arg("--url")
+            .arg(format!("ws://{}/ws", server.addr))
+            .env_remove("CCX_CONFIG");
+        let (handler, progress) = recorder();
+        let client =
+            tokio::time::timeout(WAIT, handler.serve(TokioChildProcess::new(cmd).unwrap()))
+                .await
+                .expect("initialized in time")
+                .expect("initialize succeeds");
+        Session {
+            client,
+            progress,
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    /// Streamable HTTP at the `/mcp` of a server with [`MCP`] and [`GUARD`].
+    async fn http() -> Session {
+        let server = AppServer::with_config(0.0, &format!("{MCP}{GUARD}")).await;
+        let (client, progress) = http_client(server.addr, None).await.unwrap();
+        Session {
+            client,
+            progress,
+            server: Some(server),
+            _dir: None,
+        }
+    }
+
+    /// Closes the client (for stdio: closes its stdin and ends the child), then stops the server.
+    async fn close(self) {
+        self.client.cancel().await.unwrap();
+        if let Some(server) = self.server {
+            server.stop().await;
+        }
+    }
 }
 
+/// Declares one test per `name: scenario` pair: it opens a session with `$open`, runs the
+/// scenario on it and closes it.
+macro_rules! scenarios {
+    ($open:path { $($name:ident: $scenario:ident,)* }) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let mut session = $open().await;
+            $scenario(&mut session).await;
+            session.close().await;
+        }
+    )*};
+}
+
+scenarios!(Session::stdio_local {
+    stdio_local_names_itself_and_lists_the_three_tools_with_schemas:
+        names_itself_and_lists_the_three_tools,
+    stdio_local_runs_a_command_and_reports_status_output_and_hooks:
+        a_command_runs_and_reports_status_output_and_hooks,
+    stdio_local_keeps_the_head_and_tail_of_long_output: long_output_keeps_head_and_tail,
+    stdio_local_denies_with_a_tool_error_naming_hook_and_reason:
+        a_denied_command_is_a_tool_error_naming_hook_and_reason,
+    stdio_local_task_list_stops_at_the_failing_task_unless_told_to_go_on:
+        a_task_list_stops_at_the_failing_task_unless_told_to_go_on,
+    stdio_local_reports_progress_while_a_command_runs: progress_is_reported_while_a_command_runs,
+    stdio_local_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
+    stdio_local_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+});
+
+scenarios!(Session::http {
+    http_lists_the_three_tools_with_schemas: lists_the_three_tools_with_schemas,
+    http_runs_a_command_and_reports_status_output_and_hooks:
+        a_command_runs_and_reports_status_output_and_hooks,
+    http_denies_with_a_tool_error_naming_hook_and_reason:
+        a_denied_command_is_a_tool_error_naming_hook_and_reason,
+    http_task_list_stops_at_the_failing_task_unless_told_to_go_on:
+        a_task_list_stops_at_the_failing_task_unless_told_to_go_on,
+    http_reports_progress_while_a_command_runs: progress_is_reported_while_a_command_runs,
+    http_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
+    http_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+});
+
+scenarios!(Session::stdio_remote {
+    stdio_remote_runs_a_command_and_reports_status_output_and_hooks:
+        a_command_runs_and_reports_status_output_and_hooks,
+    stdio_remote_denies_with_a_tool_error_naming_hook_and_reason:
+        a_denied_command_is_a_tool_error_naming_hook_and_reason,
+    stdio_remote_task_list_stops_at_the_failing_task_unless_told_to_go_on:
+        a_task_list_stops_at_the_failing_task_unless_told_to_go_on,
+    stdio_remote_reports_progress_at_the_default_interval:
+        progress_is_reported_while_a_command_runs_remote,
+    stdio_remote_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
+    stdio_remote_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slash_mcp_sits_behind_the_servers_auth() {
+async fn http_sits_behind_the_servers_auth() {
     let mut cfg = test_config();
     cfg.server.token = Some("s3cret".into());
     let server = TestServer::start(cfg).await;
@@ -406,35 +483,9 @@ async fn slash_mcp_sits_behind_the_servers_auth() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stdio_mcp_with_url_forwards_to_a_running_server() {
-    let config = write_config(GUARD);
-    let server = AppServer::start(&config).await;
-    let mut cmd = tokio::process::Command::new(CCX);
-    cmd.arg("mcp")
-        .arg("--url")
-        .arg(format!("ws://{}/ws", server.addr))
-        .env_remove("CCX_CONFIG");
-    let (handler, mut progress) = recorder();
-    let client = handler
-        .serve(TokioChildProcess::new(cmd).unwrap())
-        .await
-        .expect("initialize succeeds");
-    a_command_runs_and_reports_status_output_and_hooks(&client).await;
-    a_denied_command_is_a_tool_error_naming_hook_and_reason(&client).await;
-    a_task_list_stops_at_the_failing_task_unless_told_to_go_on(&client).await;
-    progress_is_reported_while_a_command_runs_remote(&client, &mut progress).await;
-    a_canceled_call_kills_the_process_group(&client, &mut progress).await;
-    hook_status_lists_the_hooks(&client).await;
-    client.cancel().await.unwrap();
-    server.stop().await;
-}
-
 /// With `--url` the progress interval is the default (1 s), so a longer command.
-async fn progress_is_reported_while_a_command_runs_remote(
-    client: &Client,
-    progress: &mut mpsc::UnboundedReceiver<ProgressNotificationParam>,
-) {
+async fn progress_is_reported_while_a_command_runs_remote(session: &mut Session) {
+    let (client, progress) = (&session.client, &mut session.progress);
     while progress.try_recv().is_ok() {}
     let r = call_tool(
         client,
@@ -458,8 +509,9 @@ async fn progress_is_reported_while_a_command_runs_remote(
 
 /// The stdio shutdown MCP clients use (close stdin, then SIGTERM) ends a running job too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn closing_a_stdio_server_kills_its_running_jobs() {
-    let config = write_config("");
+async fn stdio_local_closing_the_server_kills_its_running_jobs() {
+    let dir = scratch();
+    let config = write_config(dir.path(), 0.0, MCP);
     let (client, mut progress) = stdio_client(&config).await;
     let request = ClientRequest::CallToolRequest(CallToolRequest::new(call(
         "execute",

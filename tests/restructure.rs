@@ -3,32 +3,18 @@
 //! loaded, `/mcp` sharing `max_sessions` and the Origin check, and restart-only settings
 //! named on reload.
 
-mod common;
-#[path = "common/examples.rs"]
-mod examples_common;
-
-use common::*;
+use crate::util::*;
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CCX: &str = env!("CARGO_BIN_EXE_ccx");
-
-struct Server(std::process::Child);
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(config: &str) -> (tempfile::TempDir, Server, String) {
+fn serve(config: &str) -> (tempfile::TempDir, KillOnDrop, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ccx.toml");
     std::fs::write(&cfg, config).unwrap();
     let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
-    (dir, Server(child), addr)
+    (dir, KillOnDrop(child), addr)
 }
 
 /// Processes whose command line contains `needle`.
@@ -156,38 +142,6 @@ fn concurrent_hook_toggles_all_land_and_never_corrupt_the_config() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
-/// GET over plain HTTP/1.1, returning (status, body).
-fn http(
-    addr: &str,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let buf = String::from_utf8_lossy(&buf).into_owned();
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 const MCP_INIT: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
 const MCP_HEADERS: &[(&str, &str)] = &[
     ("Content-Type", "application/json"),
@@ -205,19 +159,12 @@ async fn mcp_sessions_count_against_max_sessions_and_share_the_origin_check() {
     // A page from another origin is refused on /mcp as on /ws.
     let mut h = MCP_HEADERS.to_vec();
     h.push(("Origin", "http://evil.example"));
-    let (a, m) = (addr.clone(), h.clone());
-    let (status, _) = tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", &m, MCP_INIT))
-        .await
-        .unwrap();
+    let (status, _) = http(&addr, "POST", "/mcp", &h, MCP_INIT).await;
     assert_eq!(status, 403);
 
     // The one session slot taken by a WebSocket: an MCP session is refused.
     let ws = server.connect().await;
-    let a = addr.clone();
-    let (status, body) =
-        tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", MCP_HEADERS, MCP_INIT))
-            .await
-            .unwrap();
+    let (status, body) = http(&addr, "POST", "/mcp", MCP_HEADERS, MCP_INIT).await;
     assert!(
         status >= 400,
         "MCP session accepted over max_sessions: {status} {body}"
@@ -227,11 +174,7 @@ async fn mcp_sessions_count_against_max_sessions_and_share_the_origin_check() {
     // Once it is free, an MCP session takes it, and a WebSocket is refused with -32003.
     let mut status = 0;
     for _ in 0..100 {
-        let a = addr.clone();
-        status =
-            tokio::task::spawn_blocking(move || http(&a, "POST", "/mcp", MCP_HEADERS, MCP_INIT).0)
-                .await
-                .unwrap();
+        status = http(&addr, "POST", "/mcp", MCP_HEADERS, MCP_INIT).await.0;
         if status == 200 {
             break;
         }
@@ -251,11 +194,10 @@ async fn mcp_sessions_count_against_max_sessions_and_share_the_origin_check() {
     server.shutdown().await;
 }
 
-#[test]
-fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
+#[tokio::test]
+async fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
     // A cold cache: the Python example takes seconds to compile (a minute and more in a debug
     // build on a loaded 2-core machine, hence the generous load_timeout).
-    let hooks = examples_common::examples();
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ccx.toml");
     std::fs::write(
@@ -266,15 +208,15 @@ fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
              [[hooks]]\nname = \"agent-result-check\"\npath = \"{}\"\n\n\
              [[hooks]]\nname = \"deny-dangerous\"\npath = \"{}\"\n",
             dir.path().join("cache").display(),
-            hooks.agent_result_check.display(),
-            hooks.deny_dangerous.display(),
+            component("agent-result-check").display(),
+            component("deny-dangerous").display(),
         ),
     )
     .unwrap();
     let started = Instant::now();
     let (child, addr, to_listen) = spawn_ccx_serve(CCX, &cfg, &[]);
-    let _server = Server(child);
-    let (status, body) = http(&addr, "GET", "/health", &[], "");
+    let _server = KillOnDrop(child);
+    let (status, body) = http(&addr, "GET", "/health", &[], "").await;
     let answered = started.elapsed();
     assert_eq!(status, 200);
     let health: Value = serde_json::from_str(&body).unwrap();
@@ -292,8 +234,7 @@ fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
     assert!(states.contains(&"loading"), "{health}");
 
     // A job sent now waits for the hooks: the deny comes from the Rust hook.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let refused = rt.block_on(async {
+    let refused = {
         let url = format!("ws://{addr}/ws");
         let mut client = ccx::client::Client::connect(&url, None).await.unwrap();
         let params = ccx::protocol::ExecuteParams {
@@ -306,22 +247,21 @@ fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
             Ok(Err(e)) => panic!("{e}"),
             Err(_) => panic!("no answer while the hooks loaded"),
         }
-    });
+    };
     assert_eq!(refused.code, -32001, "{refused}");
     assert_eq!(
         refused.data.as_ref().unwrap()["hook"],
         "deny-dangerous",
         "{refused}"
     );
-    let (_, body) = http(&addr, "GET", "/health", &[], "");
+    let (_, body) = http(&addr, "GET", "/health", &[], "").await;
     let health: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "healthy", "{health}");
     assert_eq!(health["hooks"]["loaded"], 2, "{health}");
 }
 
-#[test]
-fn a_job_that_outwaits_load_timeout_is_refused_with_hooks_not_ready() {
-    let hooks = examples_common::examples();
+#[tokio::test]
+async fn a_job_that_outwaits_load_timeout_is_refused_with_hooks_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ccx.toml");
     std::fs::write(
@@ -331,25 +271,17 @@ fn a_job_that_outwaits_load_timeout_is_refused_with_hooks_not_ready() {
              [sandbox]\ncache_dir = \"{}\"\nload_timeout = 0.2\n\n\
              [[hooks]]\nname = \"secret-scan\"\npath = \"{}\"\n",
             dir.path().join("cache").display(),
-            hooks.secret_scan.display(),
+            component("secret-scan").display(),
         ),
     )
     .unwrap();
     let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
-    let _server = Server(child);
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
-        let reply = ws.call("execute", json!({"command": "true"})).await;
-        assert_eq!(reply["error"]["code"], -32006, "{reply}");
-        assert!(
-            reply["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("hooks not ready"),
-            "{reply}"
-        );
-    });
+    let _server = KillOnDrop(child);
+    let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
+    let reply = ws.call("execute", json!({"command": "true"})).await;
+    assert_eq!(reply["error"]["code"], -32006, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("hooks not ready"), "{reply}");
 }
 
 #[tokio::test]
@@ -379,4 +311,67 @@ async fn a_reload_names_the_settings_that_need_a_restart() {
     // What can apply did apply, in the same generation.
     assert_eq!(health["limits"]["max_queue"], 3, "{health}");
     server.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_streams_one_jobs_typed_events_and_cancels_it() {
+    use ccx::client::Client;
+    use ccx::protocol::{ExecuteParams, ExecuteResult, JobStatus, Notification, Status};
+    let server = TestServer::start(test_config()).await;
+    let mut client = Client::connect(&server.url(), None).await.unwrap();
+    assert!(client.hello.capabilities.iter().any(|c| c == "execute"));
+    let params = ExecuteParams {
+        command: "echo out; echo err >&2".into(),
+        ..Default::default()
+    };
+    let mut job = client.execute(&params).await.unwrap();
+    assert!(
+        matches!(job.accepted, ExecuteResult::Started { .. }),
+        "{:?}",
+        job.accepted
+    );
+    let mut seen = Vec::new();
+    while let Some(event) = job.next().await.unwrap() {
+        seen.push(event);
+    }
+    assert!(matches!(seen.first(), Some(Notification::Started(s)) if s.command == params.command));
+    let out: String = seen
+        .iter()
+        .filter_map(|e| match e {
+            Notification::Output(o) => Some(o.data.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(out.contains("out\n") && out.contains("err\n"), "{out}");
+    match seen.last() {
+        Some(Notification::Completed(c)) => assert_eq!(c.status, JobStatus::Completed),
+        other => panic!("{other:?}"),
+    }
+
+    // A canceller moved to another task ends a running job.
+    let params = ExecuteParams {
+        command: "sleep 30".into(),
+        ..Default::default()
+    };
+    let mut job = client.execute(&params).await.unwrap();
+    let canceller = job.canceller();
+    tokio::spawn(async move { canceller.cancel().await.unwrap() });
+    let mut last = None;
+    while let Some(event) = tokio::time::timeout(WAIT, job.next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        last = Some(event);
+    }
+    match last {
+        Some(Notification::Completed(c)) => assert_eq!(c.status, JobStatus::Canceled),
+        other => panic!("{other:?}"),
+    }
+    let status = client.call::<Status>(&Default::default()).await.unwrap();
+    assert!(
+        status.running.is_none() && status.queued.is_empty(),
+        "{status:?}"
+    );
+    server.shutdown().await;
 }

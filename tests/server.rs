@@ -1,8 +1,6 @@
 //! The server through a real WebSocket on 127.0.0.1:0 with real child processes.
 
-mod common;
-
-use common::*;
+use crate::util::*;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -281,14 +279,17 @@ async fn pause_stops_the_group_and_resume_continues_it() {
 async fn closing_the_connection_kills_running_and_queued_jobs() {
     let server = TestServer::start(test_config()).await;
     let mut ws = server.connect().await;
-    let marker = format!("/tmp/ccx-test-queued-{}", std::process::id());
-    let _ = std::fs::remove_file(&marker);
+    let dir = scratch();
+    let marker = dir.path().join("queued-job-ran");
     let reply = ws
         .call("execute", json!({"command": "sleep 300 & sleep 300"}))
         .await;
     let pgid = reply["result"]["pgid"].as_i64().unwrap();
     let queued = ws
-        .call("execute", json!({"command": format!("touch {marker}")}))
+        .call(
+            "execute",
+            json!({"command": format!("touch {}", marker.display())}),
+        )
         .await;
     assert_eq!(queued["result"]["status"], "queued");
     assert!(!group_members(pgid).is_empty());
@@ -301,10 +302,7 @@ async fn closing_the_connection_kills_running_and_queued_jobs() {
     );
     assert!(eventually(Duration::from_secs(5), || server.exec.running_jobs() == 0).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(
-        !std::path::Path::new(&marker).exists(),
-        "queued job must not run"
-    );
+    assert!(!marker.exists(), "queued job must not run");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,16 +473,16 @@ async fn cwd_and_env_are_honoured_and_server_secrets_stay_out() {
     cfg.execution.env.insert("FROM_CONFIG".into(), "cfg".into());
     let server = TestServer::start(cfg).await;
     let mut ws = server.connect().await;
-    let dir = tempdir();
+    let dir = scratch();
     let (_, events) = ws
         .run(json!({
             "command": "pwd; echo \"$GREETING $FROM_CONFIG [$CCX_TEST_SECRET]\"; test -n \"$PATH\"",
-            "cwd": dir,
+            "cwd": dir.path(),
             "env": {"GREETING": "hello"},
         }))
         .await;
     assert_eq!(completion(&events)["status"], "completed", "{events:?}");
-    let canonical = std::fs::canonicalize(&dir).unwrap();
+    let canonical = std::fs::canonicalize(dir.path()).unwrap();
     assert_eq!(
         output(&events, "stdout"),
         format!("{}\nhello cfg []\n", canonical.display())
@@ -581,7 +579,7 @@ async fn health_reports_sessions_jobs_and_limits() {
     let server = TestServer::start(test_config()).await;
     let mut ws = server.connect().await;
     let _ = ws.call("execute", json!({"command": "sleep 0.5"})).await;
-    let body = http_get(server.addr, "/health", &[]).await;
+    let body = http_get(server.addr, "/health").await;
     let (status, json) = body;
     assert_eq!(status, 200);
     let v: Value = serde_json::from_str(&json).unwrap();
@@ -589,7 +587,7 @@ async fn health_reports_sessions_jobs_and_limits() {
     assert_eq!(v["active_sessions"], 1);
     assert_eq!(v["running_jobs"], 1);
     assert_eq!(v["limits"]["max_queue"], 16);
-    let (status, json) = http_get(server.addr, "/healthz", &[]).await;
+    let (status, json) = http_get(server.addr, "/healthz").await;
     assert_eq!((status, json.as_str()), (200, "{\"status\":\"ok\"}"));
 }
 
@@ -645,8 +643,8 @@ async fn auth_refuses_missing_or_wrong_tokens_and_foreign_origins() {
         .await
         .is_ok()
     );
-    assert_eq!(http_get(server.addr, "/health", &[]).await.0, 401);
-    assert_eq!(http_get(server.addr, "/healthz", &[]).await.0, 200);
+    assert_eq!(http_get(server.addr, "/health").await.0, 401);
+    assert_eq!(http_get(server.addr, "/healthz").await.0, 200);
 }
 
 #[tokio::test]
@@ -677,38 +675,4 @@ async fn connect(
         req.headers_mut().insert(name, value);
     }
     tokio_tungstenite::connect_async(req).await.map(|_| ())
-}
-
-/// A minimal HTTP/1.1 GET: (status, body).
-async fn http_get(
-    addr: std::net::SocketAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf[9..12].parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn tempdir() -> String {
-    let dir = std::env::temp_dir().join(format!(
-        "ccx-test-{}-{}",
-        std::process::id(),
-        uuid::Uuid::new_v4()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.to_string_lossy().into_owned()
 }

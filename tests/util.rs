@@ -1,22 +1,200 @@
-//! Shared test harness: a real server on 127.0.0.1:0 and a real WebSocket client.
+//! The harness every integration test shares; the benchmarks include it with `#[path]`.
+//!
+//! - The built binary ([`CCX`]) and the repository root ([`root`]).
+//! - Hook components, built once per process by `hooks/build.sh` ([`component`]), and hook
+//!   specs and requests for the runtime tests ([`test_hook`], [`request`]).
+//! - Scratch directories that are removed when dropped ([`scratch`]), config files that load
+//!   the built components ([`write_config`]) and the one compiled-artifact cache they share
+//!   ([`shared_cache`]).
+//! - Servers: in this process ([`TestServer`]: executor and WebSocket only; [`AppServer`]: wired
+//!   like `ccx serve`) or as a `ccx serve` child process ([`spawn_ccx_serve`]).
+//! - Clients: a WebSocket JSON-RPC client ([`Ws`]) and an HTTP GET ([`http_get`]).
+//! - Processes: the members of a process group, a process's state, polling ([`eventually`]).
+
+// Each benchmark uses a part of this file.
 #![allow(dead_code)]
 
 use ccx::config::Config;
 use ccx::executor::{Executor, Hooks, NoHooks};
+use ccx::hooks::{HookRequest, HookSpec, OnFailure};
 use ccx::server::{self, ServerState};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// The `ccx` binary Cargo built for this test run.
+pub const CCX: &str = env!("CARGO_BIN_EXE_ccx");
+
 /// How long any single wait in a test may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+// ---- hook components ---------------------------------------------------------------------------
+
+/// Runs `hooks/build.sh` for `names` (none: every hook it builds by default) and returns the
+/// component paths it prints. It skips hooks that are up to date and takes a lock, so
+/// concurrent runs (tests, benchmarks, people) are safe.
+pub fn build_hooks(names: &[&str]) -> Vec<PathBuf> {
+    let out = std::process::Command::new("bash")
+        .arg(root().join("hooks/build.sh"))
+        .args(names)
+        .output()
+        .expect("running hooks/build.sh");
+    assert!(
+        out.status.success(),
+        "hooks/build.sh {names:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| PathBuf::from(l.trim()))
+        .collect()
+}
+
+/// Every component `hooks/build.sh` builds by default (the test guests and the examples),
+/// built by the first call in this process.
+pub fn components() -> &'static [PathBuf] {
+    static BUILT: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    BUILT.get_or_init(|| build_hooks(&[]))
+}
+
+/// The built component `hooks/out/<name>.wasm`, e.g. `test-hook` (both stages, behaviour chosen
+/// by its config: see `hooks/test-hook/src/lib.rs`), `pre-only` or an example.
+pub fn component(name: &str) -> &'static Path {
+    let built = components();
+    built
+        .iter()
+        .find(|p| p.file_stem().is_some_and(|s| s == name))
+        .unwrap_or_else(|| panic!("hooks/build.sh did not build {name}: {built:?}"))
+}
+
+/// A spec for the test hook with the given config pairs and default limits.
+pub fn test_hook(name: &str, config: &[(&str, &str)]) -> HookSpec {
+    let mut spec = HookSpec::new(name, component("test-hook"));
+    spec.config = config
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec
+}
+
+/// The same spec, failing closed.
+pub fn fail_closed(mut spec: HookSpec) -> HookSpec {
+    spec.on_failure = OnFailure::Deny;
+    spec
+}
+
+/// A simple request.
+pub fn request(command: &str) -> HookRequest {
+    HookRequest {
+        session_id: "s1".into(),
+        job_id: "j1".into(),
+        command: command.into(),
+        cwd: None,
+        env: vec![("KEEP".into(), "1".into())],
+        timeout_ms: Some(5000),
+    }
+}
+
+// ---- scratch space and config files ------------------------------------------------------------
+
+/// A fresh, empty directory under the system temp dir, removed with its contents when the
+/// value is dropped: hold it for as long as the test uses the directory. With
+/// `CCX_KEEP_SCRATCH=1` in the environment they are kept, for a look after a failure.
+pub fn scratch() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("ccx-test-")
+        .disable_cleanup(std::env::var_os("CCX_KEEP_SCRATCH").is_some_and(|v| v == "1"))
+        .tempdir()
+        .expect("creating a scratch dir")
+}
+
+/// The compiled-artifact cache that test configs share, in Cargo's target dir: the Python and
+/// JavaScript examples take 6-15 s each to compile, so they are compiled once, not once per
+/// test or per run. Entries are keyed by content and engine, so sharing is safe; tests about
+/// the cache itself make their own.
+pub fn shared_cache() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("ccx-artifact-cache");
+    std::fs::create_dir_all(&dir).expect("creating the shared artifact cache");
+    dir
+}
+
+/// Writes `dir/ccx.toml` and returns its path: a quick kill grace, the [`shared_cache`], the
+/// file polled for changes every `watch_interval` seconds (0: never), then `rest`: more tables
+/// and `[[hooks]]` entries, in which `{name}` stands for the path of [`component`] `name`
+/// (`path = "{test-hook}"`).
+pub fn write_config(dir: &Path, watch_interval: f64, rest: &str) -> PathBuf {
+    let path = dir.join("ccx.toml");
+    let text = format!(
+        "[server]\nwatch_interval = {watch_interval}\n\n[execution]\nkill_grace = 0.3\n\n\
+         [sandbox]\ncache_dir = \"{}\"\n\n{}",
+        shared_cache().display(),
+        fill_in_components(rest)
+    );
+    std::fs::write(&path, text).expect("writing the test config");
+    path
+}
+
+/// Replaces each `{name}` (lowercase letters, digits and `-`) with the path of that component,
+/// building the components only when there is one. TOML's inline tables (`{ mode = "x" }`)
+/// hold spaces, so they are left alone.
+fn fill_in_components(text: &str) -> String {
+    let is_name = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find('}') {
+            Some(close) if is_name(&after[..close]) => {
+                out.push_str(&component(&after[..close]).display().to_string());
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The repository's own `ccx.toml` with its hook paths made absolute and `cache_dir` set to
+/// `cache`; the components are built first.
+pub fn example_config(cache: &Path) -> String {
+    components();
+    std::fs::read_to_string(root().join("ccx.toml"))
+        .expect("reading ccx.toml")
+        .replace(
+            "path = \"hooks/out/",
+            &format!("path = \"{}/hooks/out/", root().display()),
+        )
+        .replace(
+            "# cache_dir = \"~/.cache/ccx/hooks\"",
+            &format!("cache_dir = \"{}\"", cache.display()),
+        )
+}
+
+// ---- servers -----------------------------------------------------------------------------------
 
 /// A config suited to tests: short kill grace so cancel paths are quick.
 pub fn test_config() -> Config {
@@ -26,7 +204,7 @@ pub fn test_config() -> Config {
     c
 }
 
-/// A server running in this process.
+/// A server running in this process: the executor and the WebSocket endpoint, no config file.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub exec: Arc<Executor>,
@@ -77,16 +255,20 @@ impl TestServer {
     }
 }
 
-/// A server wired like `ccx serve`: config file, hook runtime, reload watcher.
+/// A server in this process wired like `ccx serve`: config file, hook runtime, reload watcher.
 pub struct AppServer {
     pub addr: SocketAddr,
     pub app: Arc<ccx::app::App>,
+    config: PathBuf,
     stop: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The directory that holds the config, when the server made it: removed after the server.
+    scratch: Option<TempDir>,
 }
 
 impl AppServer {
-    pub async fn start(config: &std::path::Path) -> AppServer {
+    /// Starts on the config file at `config` (its listen address is replaced by a free port).
+    pub async fn start(config: &Path) -> AppServer {
         let mut cfg = Config::load(config).expect("valid test config");
         cfg.server.listen = "127.0.0.1:0".parse().unwrap();
         let listener = tokio::net::TcpListener::bind(cfg.server.listen)
@@ -104,9 +286,25 @@ impl AppServer {
         AppServer {
             addr,
             app,
+            config: config.to_path_buf(),
             stop,
             task,
+            scratch: None,
         }
+    }
+
+    /// Starts on a config that [`write_config`] writes into a scratch directory of its own,
+    /// which lives as long as the server.
+    pub async fn with_config(watch_interval: f64, rest: &str) -> AppServer {
+        let dir = scratch();
+        let mut server = AppServer::start(&write_config(dir.path(), watch_interval, rest)).await;
+        server.scratch = Some(dir);
+        server
+    }
+
+    /// The config file it was started with.
+    pub fn config_path(&self) -> &Path {
+        &self.config
     }
 
     pub async fn connect(&self) -> Ws {
@@ -115,17 +313,8 @@ impl AppServer {
 
     /// GET a JSON page.
     pub async fn get(&self, path: &str) -> Value {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = TcpStream::connect(self.addr).await.unwrap();
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let body = buf
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {buf}"))
+        let (_, body) = http_get(self.addr, path).await;
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
     }
 
     pub async fn stop(mut self) {
@@ -145,9 +334,9 @@ impl Drop for AppServer {
 /// drained on a thread so the server never blocks on it.
 pub fn spawn_ccx_serve(
     ccx: &str,
-    config: &std::path::Path,
+    config: &Path,
     env: &[(&str, &str)],
-) -> (std::process::Child, String, Duration) {
+) -> (Child, String, Duration) {
     use std::io::{BufRead, BufReader};
     let started = Instant::now();
     let mut child = std::process::Command::new(ccx)
@@ -177,6 +366,65 @@ pub fn spawn_ccx_serve(
     let took = started.elapsed();
     std::thread::spawn(move || for _ in lines {});
     (child, addr, took)
+}
+
+/// A child process that is killed and reaped when dropped, so a failing test leaves nothing
+/// running.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---- clients -----------------------------------------------------------------------------------
+
+/// GET `path` from the server at `addr`: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http(&addr.to_string(), "GET", path, &[], "").await
+}
+
+/// Any HTTP request to the server at `addr` (`host:port`): (status, body).
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client");
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut req = client.request(method, format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let send = async {
+        let resp = req.body(body.to_string()).send().await?;
+        let status = resp.status().as_u16();
+        Ok::<_, reqwest::Error>((status, resp.text().await?))
+    };
+    tokio::time::timeout(WAIT, send)
+        .await
+        .expect("an answer in time")
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// A WebSocket JSON-RPC client that keeps notifications that arrive while it waits for a reply.
@@ -314,6 +562,8 @@ pub fn completion(events: &[Value]) -> &Value {
     assert_eq!(last["method"], "process.completed", "{last}");
     &last["params"]
 }
+
+// ---- processes ---------------------------------------------------------------------------------
 
 /// Live (non-zombie) processes in process group `pgid`.
 pub fn group_members(pgid: i64) -> Vec<i64> {

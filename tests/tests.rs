@@ -1,0 +1,29 @@
+//! The integration tests, as one crate: one binary links ccx and wasmtime once, and every test
+//! shares one harness. `cargo test` runs them all; `cargo test --test integration mcp::` runs
+//! one module.
+//!
+//! Layout:
+//! - `util`: the shared harness (hook builds, scratch dirs, configs, servers, clients).
+//! - `server`: the server through a real WebSocket, with real child processes.
+//! - `cli`: the built `ccx` binary as a user runs it (`serve`, `exec`, `hooks new`).
+//! - `hooks_runtime`: the hook runtime with real components: decisions, limits, policies, cache.
+//! - `hooks_server`: hooks through the whole server: config, `hook_status`, reload, `ccx hooks`.
+//! - `examples`: the example hooks in `hooks/` and the example `ccx.toml`; scaffolded hooks.
+//! - `mcp`: the MCP tools through a real MCP client, per transport.
+//! - `executor_lifecycle`: the executor's job lifecycle with plain-Rust hooks: panics, waiting
+//!   for hooks, one terminal event.
+//! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
+//! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
+//!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
+
+mod util;
+
+mod cli;
+mod examples;
+mod executor_lifecycle;
+mod hooks_loading;
+mod hooks_runtime;
+mod hooks_server;
+mod mcp;
+mod restructure;
+mod server;
