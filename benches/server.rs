@@ -173,7 +173,7 @@ fn main() {
                 dir.join("cache-examples").display()
             ),
         );
-    let _ = path_of("secret-scan.wasm");
+    let _ = path_of("secret-scan");
     let cfg = dir.join("examples.toml");
     std::fs::write(&cfg, example).unwrap();
     let started = Instant::now();
