@@ -122,8 +122,9 @@ async fn two_hundred_megabytes_arrive_byte_exact() {
 async fn alternating_stdout_and_stderr_are_reconstructed_by_seq() {
     let server = TestServer::start(test_config()).await;
     let mut ws = server.connect().await;
-    // A pause after each write lets the server read it before the next one is written.
-    let cmd = "i=1; while [ $i -le 25 ]; do echo out$i; sleep 0.02; echo err$i >&2; sleep 0.02; i=$((i+1)); done";
+    // A pause after each write lets the server read it before the next one is written (0.1 s:
+    // on a loaded 2-core machine 20 ms was sometimes not enough).
+    let cmd = "i=1; while [ $i -le 25 ]; do echo out$i; sleep 0.1; echo err$i >&2; sleep 0.1; i=$((i+1)); done";
     let (_, events) = ws.run(json!({"command": cmd})).await;
     let mut outputs: Vec<&Value> = events
         .iter()
