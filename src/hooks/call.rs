@@ -261,13 +261,17 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
 
     let started = Instant::now();
     let limits = hook.limits;
+    // A slot in the instance pool, held until the store (which holds the slot) is dropped, so
+    // a new call never finds the pool full of instances that are on their way out.
+    let mut permit = None;
     let timed = tokio::time::timeout(limits.timeout, async {
-        // A slot in the instance pool; waiting for one counts against the deadline.
-        let _permit = host
-            .call_slots
-            .acquire()
-            .await
-            .map_err(|e| (Phase::Instantiate, wasmtime::Error::msg(e.to_string())))?;
+        // Waiting for a slot counts against the deadline.
+        permit = Some(
+            host.call_slots
+                .acquire()
+                .await
+                .map_err(|e| (Phase::Instantiate, wasmtime::Error::msg(e.to_string())))?,
+        );
         let instance = hook
             .instance_pre
             .instantiate_async(&mut store)
@@ -322,6 +326,7 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
         .log_messages
         .saturating_sub(LOG_MESSAGES_PER_CALL);
     drop(store);
+    drop(permit);
     if dropped_logs > 0 {
         tracing::warn!(
             hook = name,
