@@ -194,25 +194,35 @@ async fn mcp_sessions_count_against_max_sessions_and_share_the_origin_check() {
     server.shutdown().await;
 }
 
+/// `dir/ccx.toml` loading the built `hooks` with a private, empty artifact cache (so they
+/// compile at start) and the given `[sandbox] load_timeout` in seconds.
+fn cold_start_config(
+    dir: &std::path::Path,
+    load_timeout: f64,
+    hooks: &[&str],
+) -> std::path::PathBuf {
+    let mut text = format!(
+        "[server]\nwatch_interval = 0\n[execution]\nkill_grace = 0.3\n\
+         [sandbox]\ncache_dir = \"{}\"\nload_timeout = {load_timeout}\n\n",
+        dir.join("cache").display(),
+    );
+    for name in hooks {
+        text.push_str(&format!(
+            "[[hooks]]\nname = \"{name}\"\npath = \"{}\"\n\n",
+            component(name).display()
+        ));
+    }
+    let cfg = dir.join("ccx.toml");
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
 #[tokio::test]
 async fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
     // A cold cache: the Python example takes seconds to compile (a minute and more in a debug
     // build on a loaded 2-core machine, hence the generous load_timeout).
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ccx.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nwatch_interval = 0\n[execution]\nkill_grace = 0.3\n\
-             [sandbox]\ncache_dir = \"{}\"\nload_timeout = 600\n\n\
-             [[hooks]]\nname = \"agent-result-check\"\npath = \"{}\"\n\n\
-             [[hooks]]\nname = \"deny-dangerous\"\npath = \"{}\"\n",
-            dir.path().join("cache").display(),
-            component("agent-result-check").display(),
-            component("deny-dangerous").display(),
-        ),
-    )
-    .unwrap();
+    let cfg = cold_start_config(dir.path(), 600.0, &["agent-result-check", "deny-dangerous"]);
     let started = Instant::now();
     let (child, addr, to_listen) = spawn_ccx_serve(CCX, &cfg, &[]);
     let _server = KillOnDrop(child);
@@ -263,18 +273,7 @@ async fn serve_listens_before_its_hooks_are_loaded_and_jobs_wait_for_them() {
 #[tokio::test]
 async fn a_job_that_outwaits_load_timeout_is_refused_with_hooks_not_ready() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("ccx.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nwatch_interval = 0\n[execution]\nkill_grace = 0.3\n\
-             [sandbox]\ncache_dir = \"{}\"\nload_timeout = 0.2\n\n\
-             [[hooks]]\nname = \"secret-scan\"\npath = \"{}\"\n",
-            dir.path().join("cache").display(),
-            component("secret-scan").display(),
-        ),
-    )
-    .unwrap();
+    let cfg = cold_start_config(dir.path(), 0.2, &["secret-scan"]);
     let (child, addr, _) = spawn_ccx_serve(CCX, &cfg, &[]);
     let _server = KillOnDrop(child);
     let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
