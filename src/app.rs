@@ -16,6 +16,7 @@ use crate::executor::{Executor, HookChain};
 use crate::hooks::{HookHost, HookSet, HostOptions};
 use crate::mcp::{self, HookStatusFn, Local};
 use crate::protocol::HookStatusReport;
+use crate::registry::Registry;
 use crate::server::{self, ServerState};
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -61,7 +62,7 @@ impl App {
     /// Builds the hook host and the executor, and starts loading the first hook set in the
     /// background. Hooks that fail to load at start are kept in their failed state (each
     /// then fails per its `on_failure`). Returns before the hooks are loaded.
-    pub fn start(config: Config) -> Result<Arc<App>> {
+    pub fn start(config: Config, registry: Registry) -> Result<Arc<App>> {
         let sandbox = config.sandbox.clone();
         let host = HookHost::new(HostOptions {
             cache_dir: sandbox.cache_dir.clone(),
@@ -70,7 +71,9 @@ impl App {
             cache_max_bytes: sandbox.cache_max_bytes,
         })
         .context("cannot start the hook runtime")?;
-        let exec = Executor::loading(config.execution.clone());
+        let exec = Executor::loading(config.execution.clone(), registry);
+        exec.registry()
+            .spawn_pruner(std::time::Duration::from_secs(600));
         let app = Arc::new(App {
             exec,
             host,
@@ -331,6 +334,7 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
             a.watch_interval != b.watch_interval,
         ),
         ("mcp", a.mcp != b.mcp),
+        ("state", running.state != new.state),
         ("sandbox.cache_dir", s.cache_dir != t.cache_dir),
         ("sandbox.pooling", s.pooling != t.pooling),
         (

@@ -34,6 +34,9 @@ pub const EXIT_REFUSED: u8 = 125;
 pub const EXIT_NOT_STARTED: u8 = 126;
 /// Exit code when the job was canceled (Ctrl-C).
 pub const EXIT_CANCELED: u8 = 130;
+/// The job was lost: the server stopped without a graceful shutdown while it ran (`EX_TEMPFAIL`
+/// of sysexits.h: trying again may work).
+pub const EXIT_LOST: u8 = 75;
 /// Exit code when our stdout was closed by its reader (`ccx exec … | head`): the remote job
 /// is canceled, and the code is the one a shell shows for a process killed by SIGPIPE.
 pub const EXIT_BROKEN_PIPE: u8 = 141;
@@ -407,6 +410,14 @@ fn completion_exit_code<E: Write>(c: &crate::protocol::Completion, err: &mut E) 
                 c.reason.as_deref().unwrap_or("")
             );
             EXIT_REFUSED
+        }
+        JobStatus::Lost => {
+            let why = c
+                .error
+                .as_deref()
+                .unwrap_or("the server stopped while it ran");
+            let _ = writeln!(err, "ccx: the job was lost: {why}");
+            EXIT_LOST
         }
         JobStatus::Completed | JobStatus::Failed => {
             if let Some(code) = c.exit_code {

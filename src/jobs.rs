@@ -7,8 +7,9 @@
 //! slow reader fills the pipe and the child waits in `write(2)`; memory stays bounded at one
 //! chunk per job. The loop keeps serving timeouts and control messages while it waits.
 
-use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Output, Stream};
+use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Stream};
 use crate::protocol::ControlType;
+use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -58,6 +59,9 @@ pub struct ProcessOutcome {
     pub stderr_bytes: u64,
     pub stdout_tail: Vec<u8>,
     pub stderr_tail: Vec<u8>,
+    /// SHA-256 of each stream's bytes, hex.
+    pub stdout_sha256: String,
+    pub stderr_sha256: String,
 }
 
 /// A spawned process that has not been driven yet.
@@ -118,24 +122,34 @@ pub fn signal_group(pgid: i32, sig: libc::c_int) {
     unsafe { libc::killpg(pgid, sig) };
 }
 
+/// Where a job's output goes on its way to the live channel: the executor records each read
+/// and turns it into the notification to send. (This module never sees an encoding, a spool
+/// or a socket.)
+pub trait OutputTap: Send {
+    /// One read of `bytes` at `offset` in `stream` (empty: the stream's end); returns the
+    /// event to send live, if any.
+    fn output(&mut self, stream: Stream, seq: u64, offset: u64, bytes: &[u8]) -> Option<Event>;
+    /// A `process.paused`/`resumed`/`canceled` about to be sent live.
+    fn note(&mut self, event: &Event);
+}
+
 /// One output pipe and what has been read from it.
 struct Pipe<R> {
     reader: Option<R>,
-    /// Bytes of an incomplete UTF-8 character held back for the next chunk.
-    carry: Vec<u8>,
     bytes: u64,
     tail: Vec<u8>,
     buf: Vec<u8>,
+    hash: Sha256,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
     fn new(reader: Option<R>) -> Self {
         Pipe {
             reader,
-            carry: Vec::new(),
             bytes: 0,
             tail: Vec::new(),
             buf: vec![0; CHUNK_BYTES],
+            hash: Sha256::new(),
         }
     }
 
@@ -146,14 +160,15 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
         }
     }
 
-    /// Accounts for `n` fresh bytes (0 = end of stream) and returns the text to send.
-    fn take(&mut self, n: usize, tail_cap: usize) -> Option<String> {
-        let at_eof = n == 0;
-        if at_eof {
+    /// Accounts for `n` fresh bytes (0 = end of stream) and returns them with their offset.
+    fn take(&mut self, n: usize, tail_cap: usize) -> (u64, &[u8]) {
+        if n == 0 {
             self.reader = None;
         }
         let fresh = &self.buf[..n];
+        let offset = self.bytes;
         self.bytes += n as u64;
+        self.hash.update(fresh);
         if tail_cap > 0 {
             self.tail
                 .extend_from_slice(&fresh[fresh.len().saturating_sub(tail_cap)..]);
@@ -161,48 +176,21 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
                 self.tail.drain(..self.tail.len() - tail_cap);
             }
         }
-        let text = if self.carry.is_empty() {
-            let (text, used) = decode_utf8(fresh, at_eof);
-            self.carry.extend_from_slice(&fresh[used..]);
-            text
-        } else {
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(fresh);
-            let (text, used) = decode_utf8(&joined, at_eof);
-            self.carry = joined[used..].to_vec();
-            text
-        };
-        (!text.is_empty()).then_some(text)
+        (offset, fresh)
     }
 
     fn tail(&self, cap: usize) -> Vec<u8> {
         self.tail[self.tail.len().saturating_sub(cap)..].to_vec()
     }
-}
 
-/// Decodes as much of `bytes` as forms complete characters; invalid bytes become U+FFFD (one
-/// per maximal invalid sequence, as `String::from_utf8_lossy`). Returns the text and how many
-/// bytes it used: an incomplete character at the end is left for the next read unless
-/// `at_eof`.
-pub fn decode_utf8(bytes: &[u8], at_eof: bool) -> (String, usize) {
-    let mut out = String::with_capacity(bytes.len());
-    let mut used = 0;
-    for chunk in bytes.utf8_chunks() {
-        out.push_str(chunk.valid());
-        used += chunk.valid().len();
-        let bad = chunk.invalid();
-        if bad.is_empty() {
-            continue;
-        }
-        let incomplete = used + bad.len() == bytes.len()
-            && std::str::from_utf8(bad).is_err_and(|e| e.error_len().is_none());
-        if incomplete && !at_eof {
-            break;
-        }
-        out.push(char::REPLACEMENT_CHARACTER);
-        used += bad.len();
+    fn sha256(&self) -> String {
+        self.hash
+            .clone()
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
-    (out, used)
 }
 
 /// Why the job is being ended by ccx, if it is.
@@ -220,6 +208,7 @@ impl Process {
         mut self,
         job_id: JobId,
         events: mpsc::Sender<Event>,
+        tap: &mut dyn OutputTap,
         mut ctrl: mpsc::Receiver<Control>,
     ) -> ProcessOutcome {
         let mut out = Pipe::new(self.child.stdout.take());
@@ -254,15 +243,19 @@ impl Process {
                 r = out.read(), if can_read && out.reader.is_some() => {
                     let n = r.unwrap_or(0);
                     extend_drain(&mut drain_until, n, self.kill_grace);
-                    if let Some(data) = out.take(n, tail_cap) {
-                        push_output(&mut pending, sink_open, &job_id, Stream::Stdout, data, &mut seq);
+                    seq += 1;
+                    let (offset, bytes) = out.take(n, tail_cap);
+                    if let Some(ev) = tap.output(Stream::Stdout, seq, offset, bytes) && sink_open {
+                        pending.push_back(ev);
                     }
                 }
                 r = err.read(), if can_read && err.reader.is_some() => {
                     let n = r.unwrap_or(0);
                     extend_drain(&mut drain_until, n, self.kill_grace);
-                    if let Some(data) = err.take(n, tail_cap) {
-                        push_output(&mut pending, sink_open, &job_id, Stream::Stderr, data, &mut seq);
+                    seq += 1;
+                    let (offset, bytes) = err.take(n, tail_cap);
+                    if let Some(ev) = tap.output(Stream::Stderr, seq, offset, bytes) && sink_open {
+                        pending.push_back(ev);
                     }
                 }
                 status = self.child.wait(), if exited.is_none() => {
@@ -297,17 +290,17 @@ impl Process {
                             match kind {
                                 ControlType::Pause => {
                                     signal_group(pgid, libc::SIGSTOP);
-                                    pending.push_back(Event::Paused(JobNote { job_id: job_id.clone(), status: NoteStatus::Paused }));
+                                    note(&mut pending, tap, Event::Paused(JobNote { job_id: job_id.clone(), status: NoteStatus::Paused }));
                                 }
                                 ControlType::Resume => {
                                     signal_group(pgid, libc::SIGCONT);
-                                    pending.push_back(Event::Resumed(JobNote { job_id: job_id.clone(), status: NoteStatus::Resumed }));
+                                    note(&mut pending, tap, Event::Resumed(JobNote { job_id: job_id.clone(), status: NoteStatus::Resumed }));
                                 }
                                 ControlType::Cancel => {
                                     ending = Some(Ending::Canceled);
                                     terminate(pgid);
                                     kill_at = Some(Instant::now() + self.kill_grace);
-                                    pending.push_back(Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
+                                    note(&mut pending, tap, Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
                                 }
                             }
                             Ok(())
@@ -341,6 +334,8 @@ impl Process {
             stderr_bytes: err.bytes,
             stdout_tail: out.tail(tail_cap),
             stderr_tail: err.tail(tail_cap),
+            stdout_sha256: out.sha256(),
+            stderr_sha256: err.sha256(),
         }
     }
 }
@@ -360,41 +355,9 @@ fn terminate(pgid: i32) {
     signal_group(pgid, libc::SIGCONT);
 }
 
-fn push_output(
-    pending: &mut VecDeque<Event>,
-    sink_open: bool,
-    job_id: &JobId,
-    stream: Stream,
-    data: String,
-    seq: &mut u64,
-) {
-    *seq += 1;
-    if sink_open {
-        pending.push_back(Event::Output(Output {
-            job_id: job_id.clone(),
-            stream,
-            data,
-            seq: *seq,
-        }));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decode_utf8;
-
-    #[test]
-    fn incomplete_characters_wait_for_the_next_read() {
-        let euro = "€".as_bytes(); // 3 bytes
-        let (text, used) = decode_utf8(&[b'a', euro[0], euro[1]], false);
-        assert_eq!((text.as_str(), used), ("a", 1));
-        let (text, used) = decode_utf8(&[b'a', euro[0], euro[1]], true);
-        assert_eq!((text.as_str(), used), ("a\u{FFFD}", 3));
-    }
-
-    #[test]
-    fn invalid_bytes_become_replacement_characters() {
-        let (text, used) = decode_utf8(b"a\xffb\xc3", false);
-        assert_eq!((text.as_str(), used), ("a\u{FFFD}b", 3));
-    }
+/// A control note goes to the tap, then (always, even to a closed sink's queue: it is
+/// dropped with the rest) to the live queue.
+fn note(pending: &mut VecDeque<Event>, tap: &mut dyn OutputTap, event: Event) {
+    tap.note(&event);
+    pending.push_back(event);
 }

@@ -43,6 +43,7 @@ pub mod jobs;
 mod layout;
 pub mod mcp;
 pub mod protocol;
+pub mod registry;
 pub mod scaffold;
 pub mod server;
 

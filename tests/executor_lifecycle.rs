@@ -87,7 +87,10 @@ fn request(command: &str) -> JobRequest {
 /// A session on `exec` and the receiving end of its events.
 fn session(exec: &Arc<Executor>) -> (Session, Events) {
     let (tx, rx) = mpsc::channel(64);
-    (exec.session("test".into(), tx), Events(rx))
+    (
+        exec.session("test".into(), tx, Default::default()),
+        Events(rx),
+    )
 }
 
 struct Events(mpsc::Receiver<Event>);
@@ -263,7 +266,7 @@ async fn a_panicking_post_hook_through_the_server_gives_one_completed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_waits_for_hooks_and_runs_with_the_generation_that_brought_them() {
-    let exec = Executor::loading(config(WAIT));
+    let exec = Executor::loading(config(WAIT), Default::default());
     assert!(!exec.hooks_ready());
     let (s, mut events) = session(&exec);
     let waiting = tokio::spawn({
@@ -300,7 +303,7 @@ async fn an_execute_waits_for_hooks_and_runs_with_the_generation_that_brought_th
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_execute_whose_hooks_do_not_load_in_time_is_refused_hooks_not_ready() {
-    let exec = Executor::loading(config(Duration::from_millis(200)));
+    let exec = Executor::loading(config(Duration::from_millis(200)), Default::default());
     let (s, mut events) = session(&exec);
     let started = Instant::now();
     let err = s.execute(request("echo never")).await.unwrap_err();
@@ -323,7 +326,7 @@ async fn hooks_not_ready_is_error_32006_on_the_wire() {
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
-    let exec = Executor::loading(config(Duration::from_millis(200)));
+    let exec = Executor::loading(config(Duration::from_millis(200)), Default::default());
     let state = ccx::server::ServerState::new(exec.clone(), cfg.server.clone(), None, None);
     tokio::spawn(ccx::server::serve(listener, state, std::future::pending()));
     let mut ws = Ws::connect(&format!("ws://{addr}/ws")).await;
@@ -435,9 +438,12 @@ async fn cancel_of_a_job_waiting_for_hooks_ends_it_canceled_at_once() {
 async fn close_ends_a_queued_job_waiting_for_hooks_canceled_at_once() {
     let (exec, s, mut events, waiting) = queued_job_waiting_for_hooks(WAIT).await;
     let behind = job_id(&s.execute(request("echo behind")).await.unwrap());
-    tokio::time::timeout(Duration::from_secs(5), s.close())
-        .await
-        .expect("close does not wait for hooks");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        s.close(ccx::executor::Closing::Disconnect),
+    )
+    .await
+    .expect("close does not wait for hooks");
     // The dropped queued job's terminal event comes first, then the waiting one's.
     let ev = events.job(&behind).await;
     assert_eq!(completion(&ev).status, JobStatus::Canceled);
@@ -455,7 +461,7 @@ async fn close_ends_a_queued_job_waiting_for_hooks_canceled_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_while_an_execute_waits_for_hooks_answers_it_at_once() {
-    let exec = Executor::loading(config(WAIT));
+    let exec = Executor::loading(config(WAIT), Default::default());
     let (s, mut events) = session(&exec);
     let hooks = TestHooks::new("g2");
     let waiting = tokio::spawn({
@@ -463,9 +469,12 @@ async fn close_while_an_execute_waits_for_hooks_answers_it_at_once() {
         async move { s.execute(request("echo never")).await }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tokio::time::timeout(Duration::from_secs(5), s.close())
-        .await
-        .expect("close does not wait for hooks");
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        s.close(ccx::executor::Closing::Disconnect),
+    )
+    .await
+    .expect("close does not wait for hooks");
     let answer = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .expect("the execute is answered")

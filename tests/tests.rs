@@ -13,6 +13,7 @@
 //! - `executor_lifecycle`: the executor's job lifecycle with plain-Rust hooks: panics, waiting
 //!   for hooks, one terminal event.
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
+//! - `jobs`: detach, attach and replay, the registry across a crash, idempotency keys.
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 
@@ -24,6 +25,7 @@ mod executor_lifecycle;
 mod hooks_loading;
 mod hooks_runtime;
 mod hooks_server;
+mod jobs;
 mod mcp;
 mod restructure;
 mod server;

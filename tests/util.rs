@@ -275,7 +275,12 @@ impl AppServer {
             .await
             .unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = ccx::app::App::start(cfg).expect("app starts");
+        cfg.state.dir = config
+            .parent()
+            .expect("a config file's folder")
+            .join("state");
+        let registry = ccx::registry::Registry::open(&cfg.state).expect("registry opens");
+        let app = ccx::app::App::start(cfg, registry).expect("app starts");
         let stop = tokio_util::sync::CancellationToken::new();
         app.spawn_watcher(stop.clone());
         let state = app.server_state();
@@ -349,6 +354,14 @@ pub fn spawn_ccx_serve(
             "--config",
         ])
         .arg(config)
+        // Each server its own registry, next to its config, unless the test names one.
+        .env(
+            "CCX_STATE_DIR",
+            config
+                .parent()
+                .expect("a config file's folder")
+                .join("state"),
+        )
         .envs(env.iter().copied())
         .env_remove("CCX_TOKEN")
         .stdout(std::process::Stdio::null())

@@ -5,6 +5,7 @@ use ccx::app::App;
 use ccx::client::{self, ExecOptions};
 use ccx::config::Config;
 use ccx::protocol::ExecuteParams;
+use ccx::registry::Registry;
 use ccx::server;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
@@ -242,11 +243,14 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     // Refuse an exposed, unauthenticated address before spending time on hooks.
     server::check_exposure(config.server.listen, config.server.token.is_some())?;
+    // Before listening: a second server on the same state directory stops here, and the
+    // jobs a crashed predecessor left are settled before new ones start.
+    let registry = Registry::open(&config.state)?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     // Listens at once; the hooks load in the background (`/health` says `starting`).
-    let app = App::start(config)?;
+    let app = App::start(config, registry)?;
     app.serve(listener, shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -259,11 +263,20 @@ async fn mcp(args: McpArgs) -> Result<ExitCode> {
                 let default = PathBuf::from("ccx.toml");
                 default.exists().then_some(default)
             });
-            let config = match &path {
+            let mut config = match &path {
                 Some(p) => Config::load(p)?,
                 None => Config::default(),
             };
-            App::start(config)?.serve_mcp_stdio().await?;
+            // An MCP stdio server lives as long as its client's session: its jobs go with it,
+            // so its registry is its own, in a directory removed when it exits (and it never
+            // contends for a `ccx serve`'s state directory).
+            let state = tempfile::Builder::new()
+                .prefix("ccx-mcp-state-")
+                .tempdir()?;
+            config.state.dir = state.path().to_path_buf();
+            let registry = Registry::open(&config.state)?;
+            App::start(config, registry)?.serve_mcp_stdio().await?;
+            drop(state);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -338,6 +351,7 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
             timeout: args.timeout,
             cwd: args.cwd,
             env: (!env.is_empty()).then_some(env),
+            ..Default::default()
         },
     };
     let interrupt = async {

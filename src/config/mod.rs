@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod state;
 mod watch;
+pub use state::{STATE_DIR_ENV, StateConfig, default_state_dir};
 pub use watch::watch_config;
 
 /// Environment variable that supplies the auth token; it overrides the file's token.
@@ -38,6 +40,8 @@ struct RawConfig {
     hooks: Vec<RawHook>,
     #[serde(default)]
     mcp: RawMcp,
+    #[serde(default)]
+    state: state::RawState,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +109,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub execution: ExecConfig,
     pub sandbox: SandboxConfig,
+    pub state: StateConfig,
     /// `[[hooks]]` in file order, paths made absolute.
     pub hooks: Vec<HookSpec>,
 }
@@ -348,6 +353,8 @@ impl Config {
             cfg.sandbox.cache_max_bytes =
                 (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
         }
+
+        raw.state.apply(&base, &mut cfg.state)?;
 
         let m = raw.mcp;
         if let Some(n) = m.max_output_bytes {

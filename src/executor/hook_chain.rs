@@ -157,7 +157,7 @@ impl Hooks for HookChain {
             }
             let status = match outcome.status {
                 JobStatus::Completed => hooks::JobStatus::Completed,
-                JobStatus::Failed | JobStatus::Denied => hooks::JobStatus::Failed,
+                JobStatus::Failed | JobStatus::Denied | JobStatus::Lost => hooks::JobStatus::Failed,
                 JobStatus::TimedOut => hooks::JobStatus::TimedOut,
                 JobStatus::Canceled => hooks::JobStatus::Canceled,
             };

@@ -8,11 +8,13 @@
 //! leave behind: the running-jobs count and a live process group.
 
 use super::session::{Phase, Running, SessionInner};
+use super::tap::JobTap;
 use super::terminal::{Answer, End};
 use super::{Accepted, Generation, JobContext, JobRequest, PreVerdict};
 use crate::config::ExecConfig;
 use crate::events::{Event, JobId, Started};
 use crate::jobs::{self, ProcessSpec};
+use crate::registry::JobLog;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,6 +28,7 @@ pub(super) struct JobStart {
     pub(super) inner: Arc<SessionInner>,
     pub(super) job_id: JobId,
     pub(super) request: JobRequest,
+    pub(super) log: JobLog,
     pub(super) cancel: CancellationToken,
     /// The waiting `execute`'s, for a job that starts at once.
     pub(super) answer: Option<Answer>,
@@ -47,6 +50,7 @@ async fn supervise(job: JobStart) {
         inner,
         job_id,
         request,
+        log,
         cancel,
         answer,
         done,
@@ -59,6 +63,7 @@ async fn supervise(job: JobStart) {
             inner.clone(),
             job_id.clone(),
             request,
+            log.clone(),
             cancel,
             answer.clone(),
         )
@@ -72,7 +77,7 @@ async fn supervise(job: JobStart) {
         }
     };
     let answer = take(&answer);
-    inner.finish(&job_id, end, answer, done).await;
+    inner.finish(&job_id, &log, end, answer, done).await;
 }
 
 fn take(answer: &Mutex<Option<Answer>>) -> Option<Answer> {
@@ -84,6 +89,7 @@ async fn run(
     inner: Arc<SessionInner>,
     job_id: JobId,
     mut request: JobRequest,
+    log: JobLog,
     cancel: CancellationToken,
     answer: Arc<Mutex<Option<Answer>>>,
 ) -> End {
@@ -108,13 +114,13 @@ async fn run(
     let (request, info) = match pre.verdict {
         _ if cancel.is_cancelled() => {
             drop(st);
-            inner.emit_warnings(pre.warnings).await;
+            inner.emit_warnings(&log, pre.warnings).await;
             info!("canceled before it started");
             return End::Canceled;
         }
         PreVerdict::Deny { hook, reason } => {
             drop(st);
-            inner.emit_warnings(pre.warnings).await;
+            inner.emit_warnings(&log, pre.warnings).await;
             info!(%hook, %reason, "denied by hook");
             return End::Denied { hook, reason };
         }
@@ -128,7 +134,7 @@ async fn run(
         shell: cfg.shell.clone(),
         command: request.command.clone(),
         cwd: request.cwd.as_ref().map(PathBuf::from),
-        env: child_env(cfg, &request.env),
+        env: child_env(cfg, &request.env, &job_id),
         timeout,
         kill_grace: cfg.kill_grace,
         tail_bytes: hooks.tail_bytes(),
@@ -142,12 +148,13 @@ async fn run(
                 None => format!("cannot start `{}`: {e}", cfg.shell),
             };
             warn!(%error, "spawn failed");
-            inner.emit_warnings(pre.warnings).await;
+            inner.emit_warnings(&log, pre.warnings).await;
             return End::Failed(error);
         }
     };
     let (pid, pgid) = (process.pid, process.pgid);
     tracing::Span::current().record("pid", pid);
+    log.spawned(pid, pgid);
     let mut group = GroupGuard(Some(pgid));
     let counted = Counted::new(&inner.exec.running);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(8);
@@ -178,28 +185,32 @@ async fn run(
     }
     let _ = gate_rx.await;
 
-    inner.emit_warnings(pre.warnings).await;
+    inner.emit_warnings(&log, pre.warnings).await;
     inner
-        .emit(Event::Started(Started {
-            job_id: job_id.clone(),
-            status: Default::default(),
-            pid,
-            pgid,
-            command: request.command.clone(),
-            cwd: request.cwd.clone(),
-            timeout: timeout.as_secs_f64(),
-            hooks: info,
-        }))
+        .emit(
+            &log,
+            Event::Started(Started {
+                job_id: job_id.clone(),
+                status: Default::default(),
+                pid,
+                pgid,
+                command: request.command.clone(),
+                cwd: request.cwd.clone(),
+                timeout: timeout.as_secs_f64(),
+                hooks: info,
+            }),
+        )
         .await;
     info!(command = %request.command, "started");
+    let mut tap = JobTap::new(job_id.clone(), request.output_encoding, log.clone());
     let outcome = process
-        .run(job_id.clone(), inner.events.clone(), ctrl_rx)
+        .run(job_id.clone(), inner.events.clone(), &mut tap, ctrl_rx)
         .await;
     // Reaped: the group id may be reused from here on.
     group.0 = None;
     drop(counted);
     let post = hooks.post(&ctx, &request, &outcome).await;
-    inner.emit_warnings(post.warnings).await;
+    inner.emit_warnings(&log, post.warnings).await;
     info!(status = ?outcome.status, exit_code = ?outcome.exit_code, signal = ?outcome.signal,
         secs = outcome.duration.as_secs_f64(), "ended");
     End::Ran {
@@ -279,9 +290,17 @@ impl Drop for GroupGuard {
     }
 }
 
-/// The child's environment: the passed-through server variables, the configured ones, then
-/// the request's.
-fn child_env(cfg: &ExecConfig, request_env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+/// The variable every job's processes carry: after a crash, the next start finds what is left
+/// of a job by it (see `registry::reap`).
+pub const JOB_ID_ENV: &str = "CCX_JOB_ID";
+
+/// The child's environment: the passed-through server variables, the configured ones, the
+/// request's, then [`JOB_ID_ENV`].
+fn child_env(
+    cfg: &ExecConfig,
+    request_env: &BTreeMap<String, String>,
+    job_id: &str,
+) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = if cfg.pass_env.iter().any(|k| k == "*") {
         std::env::vars().collect()
     } else {
@@ -292,5 +311,6 @@ fn child_env(cfg: &ExecConfig, request_env: &BTreeMap<String, String>) -> Vec<(S
     };
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(request_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.insert(JOB_ID_ENV.to_string(), job_id.to_string());
     env.into_iter().collect()
 }

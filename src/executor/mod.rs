@@ -23,17 +23,22 @@ mod hook_port;
 mod job;
 mod request;
 mod session;
+mod tap;
 mod terminal;
 
 pub use hook_chain::HookChain;
 pub use hook_port::{Hooks, JobContext, NoHooks, PostResult, PreResult, PreVerdict};
 pub use request::{Accepted, ExecError, JobRequest};
-pub use session::Session;
+pub use session::{Closing, Origin, Session};
 
 use crate::config::ExecConfig;
 use crate::events::{Event, JobId};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use crate::protocol::ControlType;
+use crate::registry::Registry;
+use session::SessionInner;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::{mpsc, watch};
 
 /// What one configuration load produced: the executor settings and the hook set that belong
@@ -51,7 +56,11 @@ pub struct Executor {
     /// The generation jobs starting now will use. A `watch` so a job waiting for hooks wakes
     /// when a generation with hooks arrives; `send_replace` works with no job listening.
     generation: watch::Sender<Arc<Generation>>,
-    next_job: AtomicU64,
+    /// Every job's record and output; off when `[state]` says so.
+    registry: Registry,
+    /// The session each job not ended yet belongs to, so any connection can `control`,
+    /// `detach` or find it.
+    jobs: Mutex<HashMap<JobId, Weak<SessionInner>>>,
     /// Processes running across sessions; a job's task decrements it through a drop guard,
     /// so a panic cannot leave it high.
     running: AtomicUsize,
@@ -60,23 +69,29 @@ pub struct Executor {
 impl Executor {
     /// An executor whose hooks are ready.
     pub fn new(config: ExecConfig, hooks: Arc<dyn Hooks>) -> Arc<Executor> {
-        Executor::with(config, Some(hooks))
+        Executor::with(config, Some(hooks), Registry::default())
     }
 
     /// An executor whose hooks are still loading: jobs wait until
     /// [`Executor::set_generation`] brings some.
-    pub fn loading(config: ExecConfig) -> Arc<Executor> {
-        Executor::with(config, None)
+    pub fn loading(config: ExecConfig, registry: Registry) -> Arc<Executor> {
+        Executor::with(config, None, registry)
     }
 
-    fn with(config: ExecConfig, hooks: Option<Arc<dyn Hooks>>) -> Arc<Executor> {
+    /// An executor with `hooks` (`None`: still loading) that records jobs in `registry`.
+    pub fn with(
+        config: ExecConfig,
+        hooks: Option<Arc<dyn Hooks>>,
+        registry: Registry,
+    ) -> Arc<Executor> {
         let (generation, _) = watch::channel(Arc::new(Generation {
             config: Arc::new(config),
             hooks,
         }));
         Arc::new(Executor {
             generation,
-            next_job: AtomicU64::new(1),
+            registry,
+            jobs: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
         })
     }
@@ -112,12 +127,86 @@ impl Executor {
     }
 
     /// Opens a session whose events go to `events`. A full channel slows the session's own
-    /// jobs (their pipes fill), never anyone else's.
-    pub fn session(self: &Arc<Self>, session_id: Arc<str>, events: mpsc::Sender<Event>) -> Session {
-        Session::new(self.clone(), session_id, events)
+    /// jobs (their pipes fill), never anyone else's. `origin` says who submits its jobs.
+    pub fn session(
+        self: &Arc<Self>,
+        session_id: Arc<str>,
+        events: mpsc::Sender<Event>,
+        origin: Origin,
+    ) -> Session {
+        Session::new(self.clone(), session_id, events, origin)
     }
 
+    /// The job registry.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A new job id: a UUIDv7, so ids sort by creation time across restarts.
     fn new_job_id(&self) -> JobId {
-        format!("j{}", self.next_job.fetch_add(1, Ordering::Relaxed)).into()
+        uuid::Uuid::now_v7().to_string().into()
+    }
+
+    fn job_session(&self, job_id: &str) -> Option<Session> {
+        let jobs = self.jobs.lock().expect("lock");
+        jobs.get(job_id)
+            .and_then(Weak::upgrade)
+            .map(Session::from_inner)
+    }
+
+    fn track(&self, job_id: &JobId, session: &Arc<SessionInner>) {
+        self.jobs
+            .lock()
+            .expect("lock")
+            .insert(job_id.clone(), Arc::downgrade(session));
+    }
+
+    fn untrack(&self, job_id: &str) {
+        self.jobs.lock().expect("lock").remove(job_id);
+    }
+
+    /// Pauses, resumes or cancels any job on the server that has not ended, whichever
+    /// connection started it.
+    pub async fn control(&self, kind: ControlType, job_id: &str) -> Result<JobId, ExecError> {
+        match self.job_session(job_id) {
+            Some(s) => s.control(kind, Some(job_id)).await,
+            None => Err(self.not_live(job_id).await),
+        }
+    }
+
+    /// Lets a job outlive the connection that started it. Errors: no such job (or ended),
+    /// `max_detached` reached, registry off.
+    pub async fn detach(&self, job_id: &str) -> Result<JobId, ExecError> {
+        match self.job_session(job_id) {
+            Some(s) => s.detach(job_id).await,
+            None => Err(self.not_live(job_id).await),
+        }
+    }
+
+    async fn not_live(&self, job_id: &str) -> ExecError {
+        match self.registry.get(job_id).await {
+            Ok(r) => ExecError::NoSuchJob(format!(
+                "job {job_id} has already ended ({})",
+                r.status.as_str()
+            )),
+            Err(_) => ExecError::NoSuchJob(format!("no job {job_id} on this server")),
+        }
+    }
+
+    /// Ends every job still running or queued, detached ones included (a graceful stop), and
+    /// returns once each has sent its terminal event.
+    pub async fn shutdown(&self) {
+        let sessions: Vec<Session> = {
+            let jobs = self.jobs.lock().expect("lock");
+            let mut seen = std::collections::HashSet::new();
+            jobs.values()
+                .filter_map(Weak::upgrade)
+                .filter(|s| seen.insert(Arc::as_ptr(s) as usize))
+                .map(Session::from_inner)
+                .collect()
+        };
+        for s in sessions {
+            s.close(Closing::Everything).await;
+        }
     }
 }

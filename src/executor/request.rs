@@ -2,7 +2,7 @@
 //! [`Accepted`] for an `execute` that was taken, and [`ExecError`] for one that was not.
 
 use crate::events::JobId;
-use crate::protocol::ExecuteResult;
+use crate::protocol::{ExecuteResult, OutputEncoding};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -16,9 +16,32 @@ pub struct JobRequest {
     pub cwd: Option<String>,
     /// Variables the request sets, on top of the server's child environment.
     pub env: BTreeMap<String, String>,
+    /// Keep running after the session closes.
+    pub detach: bool,
+    pub output_encoding: OutputEncoding,
+    /// A retry with the same key answers with the first job (see `ExecuteParams`).
+    pub idempotency_key: Option<String>,
 }
 
 impl JobRequest {
+    /// SHA-256 (hex) of what makes two requests the same for an idempotency key: command,
+    /// cwd, env, timeout, detach and encoding.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let canonical = serde_json::json!([
+            self.command,
+            self.cwd,
+            self.env,
+            self.timeout.map(|t| t.as_secs_f64()),
+            self.detach,
+            self.output_encoding,
+        ]);
+        Sha256::digest(canonical.to_string().as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Validates a request's fields; errors are meant for the client.
     pub fn new(
         command: String,
@@ -61,6 +84,9 @@ impl JobRequest {
             timeout,
             cwd,
             env,
+            detach: false,
+            output_encoding: OutputEncoding::Utf8,
+            idempotency_key: None,
         })
     }
 }
@@ -78,6 +104,12 @@ pub enum ExecError {
     },
     #[error("queue full: {0} jobs already queued")]
     QueueFull(usize),
+    /// `[state] max_detached` detached jobs already run.
+    #[error("{0} detached jobs already run (`[state] max_detached`)")]
+    DetachedLimit(usize),
+    /// The registry refused (it is off, the key was reused, …): the error as the wire shows it.
+    #[error("{0}")]
+    Registry(crate::protocol::RpcError),
     #[error("{0}")]
     NoSuchJob(String),
     #[error("the session is closing")]
@@ -104,6 +136,8 @@ pub enum Accepted {
     /// Could not be started (spawn failure, or its task failed internally); its terminal
     /// `failed` event has been sent.
     Failed { job_id: JobId, error: String },
+    /// Its `idempotency_key` names this earlier job; nothing was run.
+    Existing { job_id: JobId },
 }
 
 impl Accepted {
@@ -111,7 +145,8 @@ impl Accepted {
         match self {
             Accepted::Started { job_id, .. }
             | Accepted::Queued { job_id, .. }
-            | Accepted::Failed { job_id, .. } => job_id,
+            | Accepted::Failed { job_id, .. }
+            | Accepted::Existing { job_id } => job_id,
         }
     }
 
@@ -132,6 +167,9 @@ impl Accepted {
             Accepted::Failed { job_id, error } => ExecuteResult::Failed {
                 job_id: job_id.clone(),
                 error: error.clone(),
+            },
+            Accepted::Existing { job_id } => ExecuteResult::Existing {
+                job_id: job_id.clone(),
             },
         }
     }

@@ -12,7 +12,8 @@ use super::terminal::End;
 use super::{Accepted, ExecError, Executor, JobRequest};
 use crate::events::{Event, HookWarning, JobId};
 use crate::jobs::Control;
-use crate::protocol::{ControlType, QueuedStatus, RunningStatus, SessionStatus};
+use crate::protocol::{ControlType, QueuedStatus, RpcError, RunningStatus, SessionStatus};
+use crate::registry::{JobLog, NewJob};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,9 +26,28 @@ pub struct Session {
     inner: Arc<SessionInner>,
 }
 
+/// Who submits a session's jobs, as their records keep it.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The client's address.
+    pub peer: Option<String>,
+    /// The label of the token it presented (`default` for `server.token`).
+    pub token_label: Option<String>,
+}
+
+/// What [`Session::close`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The connection went away: its jobs end, except detached ones.
+    Disconnect,
+    /// The server stops: every job ends.
+    Everything,
+}
+
 pub(super) struct SessionInner {
     pub(super) exec: Arc<Executor>,
     pub(super) id: Arc<str>,
+    pub(super) origin: Origin,
     pub(super) events: mpsc::Sender<Event>,
     /// An async mutex so a job's task can wait for it; never held across a hook call, a wait
     /// for hooks, or a send into `events` (a slow client must not stall `status`).
@@ -45,6 +65,7 @@ pub(super) struct State {
 /// The session's current job.
 pub(super) struct Head {
     pub(super) job_id: JobId,
+    pub(super) log: JobLog,
     pub(super) command: String,
     /// Canceled by `control CANCEL` or `close` before the process exists; the job's task checks
     /// it under the state lock right before spawning, so no process starts after it.
@@ -75,6 +96,7 @@ pub(super) struct Running {
 pub(super) struct Queued {
     pub(super) job_id: JobId,
     pub(super) request: JobRequest,
+    pub(super) log: JobLog,
 }
 
 impl Head {
@@ -84,15 +106,25 @@ impl Head {
 }
 
 impl Session {
-    pub(super) fn new(exec: Arc<Executor>, id: Arc<str>, events: mpsc::Sender<Event>) -> Session {
+    pub(super) fn new(
+        exec: Arc<Executor>,
+        id: Arc<str>,
+        events: mpsc::Sender<Event>,
+        origin: Origin,
+    ) -> Session {
         Session {
             inner: Arc::new(SessionInner {
                 exec,
                 id,
+                origin,
                 events,
                 state: Mutex::new(State::default()),
             }),
         }
+    }
+
+    pub(super) fn from_inner(inner: Arc<SessionInner>) -> Session {
+        Session { inner }
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -115,27 +147,66 @@ impl Session {
                 cfg.max_timeout.as_secs_f64()
             )));
         }
-        let job_id = self.inner.exec.new_job_id();
+        let exec = &self.inner.exec;
+        let registry = exec.registry();
+        let job_id = exec.new_job_id();
+        if request.detach {
+            check_detach_room(registry)?;
+        }
+        let request_hash = request
+            .idempotency_key
+            .as_ref()
+            .map(|_| request.fingerprint());
+        if let (Some(key), Some(hash)) = (&request.idempotency_key, &request_hash) {
+            match registry.claim_key(key, hash, &job_id).await {
+                Ok(Some(existing)) => return Ok(Accepted::Existing { job_id: existing }),
+                Ok(None) => {}
+                Err(e) => return Err(ExecError::Registry(e)),
+            }
+        }
         let answer = {
             let mut st = self.inner.state.lock().await;
-            if st.closed {
-                return Err(ExecError::Closed);
+            let refusal = if st.closed {
+                Some(ExecError::Closed)
+            } else if st.head.is_some() && st.queue.len() >= cfg.max_queue {
+                Some(ExecError::QueueFull(st.queue.len()))
+            } else {
+                None
+            };
+            if let Some(refusal) = refusal {
+                if let Some(key) = &request.idempotency_key {
+                    registry.release_key(key);
+                }
+                return Err(refusal);
             }
+            let log = registry.create(NewJob {
+                job_id: job_id.clone(),
+                command: request.command.clone(),
+                cwd: request.cwd.clone(),
+                env: request.env.clone(),
+                timeout: request.timeout.map(|t| t.as_secs_f64()),
+                peer: self.inner.origin.peer.clone(),
+                token_label: self.inner.origin.token_label.clone(),
+                session_id: Some(self.inner.id.to_string()),
+                detached: request.detach,
+                output_encoding: request.output_encoding,
+                idempotency_key: request.idempotency_key.clone(),
+                request_hash,
+            });
+            exec.track(&job_id, &self.inner);
             match &st.head {
                 None => {
                     let (tx, rx) = oneshot::channel();
                     self.inner
-                        .take_head(&mut st, job_id, request, Some(tx), false);
+                        .take_head(&mut st, job_id, request, log, Some(tx), false);
                     rx
-                }
-                Some(_) if st.queue.len() >= cfg.max_queue => {
-                    return Err(ExecError::QueueFull(st.queue.len()));
                 }
                 Some(head) => {
                     let ahead = usize::from(head.visible_starting());
                     st.queue.push_back(Queued {
                         job_id: job_id.clone(),
                         request,
+                        log,
                     });
                     return Ok(Accepted::Queued {
                         job_id,
@@ -181,7 +252,9 @@ impl Session {
             }
             let q = st.queue.remove(pos).expect("position is in range");
             drop(guard);
-            self.inner.finish_unstarted(&q.job_id, End::Canceled).await;
+            self.inner
+                .finish_unstarted(&q.job_id, &q.log, End::Canceled)
+                .await;
             return Ok(q.job_id);
         };
         let running = match &mut head.phase {
@@ -257,23 +330,51 @@ impl Session {
         }
     }
 
-    /// Ends the session: queued jobs are dropped (each with its terminal event), then the
-    /// current one is canceled (waiting for hooks or running), and this returns once its
-    /// terminal event has been sent.
-    pub async fn close(&self) {
-        let dropped: Vec<Queued> = {
+    /// Lets the running or queued job `job_id` of this session outlive it.
+    pub async fn detach(&self, job_id: &str) -> Result<JobId, ExecError> {
+        let st = self.inner.state.lock().await;
+        let found = st
+            .head
+            .iter()
+            .map(|h| (&h.job_id, &h.log))
+            .chain(st.queue.iter().map(|q| (&q.job_id, &q.log)))
+            .find(|(id, _)| &***id == job_id);
+        let Some((id, log)) = found else {
+            return Err(ExecError::NoSuchJob(format!(
+                "job {job_id} has already ended"
+            )));
+        };
+        if !log.is_detached() {
+            check_detach_room(self.inner.exec.registry())?;
+            log.mark_detached();
+        }
+        Ok(id.clone())
+    }
+
+    /// Ends the session's jobs — with [`Closing::Disconnect`], all but the detached ones:
+    /// queued jobs are dropped (each with its terminal event), then the current one is
+    /// canceled (waiting for hooks or running), and this returns once its terminal event has
+    /// been sent. Detached jobs go on, one after another, as if the session were open.
+    pub async fn close(&self, closing: Closing) {
+        let keep = |log: &JobLog| closing == Closing::Disconnect && log.is_detached();
+        let dropped: VecDeque<Queued> = {
             let mut st = self.inner.state.lock().await;
             st.closed = true;
-            st.queue.drain(..).collect()
+            let (kept, dropped): (VecDeque<Queued>, VecDeque<Queued>) =
+                st.queue.drain(..).partition(|q| keep(&q.log));
+            st.queue = kept;
+            dropped
         };
         for q in dropped {
-            self.inner.finish_unstarted(&q.job_id, End::Dropped).await;
+            self.inner
+                .finish_unstarted(&q.job_id, &q.log, End::Dropped)
+                .await;
         }
         // Read afresh: the head may have started its process meanwhile (nothing new can
         // become head once `closed` is set).
         let head = {
             let st = self.inner.state.lock().await;
-            st.head.as_ref().map(|h| {
+            st.head.as_ref().filter(|h| !keep(&h.log)).map(|h| {
                 h.cancel.cancel();
                 let ctrl = match &h.phase {
                     Phase::Running(r) => Some(r.ctrl.clone()),
@@ -297,6 +398,20 @@ impl Session {
     }
 }
 
+/// Refuses one more detached job past `[state] max_detached` (or with no registry to find it
+/// again).
+fn check_detach_room(registry: &crate::registry::Registry) -> Result<(), ExecError> {
+    if !registry.is_on() {
+        return Err(ExecError::Registry(RpcError::RegistryOff(
+            "a detached job could not be found again: the job registry is off".into(),
+        )));
+    }
+    if registry.detached_jobs() >= registry.max_detached() {
+        return Err(ExecError::DetachedLimit(registry.detached_jobs()));
+    }
+    Ok(())
+}
+
 fn not_started(id: &str) -> ExecError {
     ExecError::NoSuchJob(format!(
         "job {id} is queued, not running: only CANCEL applies"
@@ -304,15 +419,17 @@ fn not_started(id: &str) -> ExecError {
 }
 
 impl SessionInner {
-    /// Sends an event; a session whose receiver is gone simply stops hearing.
-    pub(super) async fn emit(&self, event: Event) {
+    /// Records a job's event and sends it; a session whose receiver is gone simply stops
+    /// hearing.
+    pub(super) async fn emit(&self, log: &JobLog, event: Event) {
+        log.event(&event);
         let _ = self.events.send(event).await;
     }
 
     /// Sends each hook warning as its own event.
-    pub(super) async fn emit_warnings(&self, warnings: Vec<HookWarning>) {
+    pub(super) async fn emit_warnings(&self, log: &JobLog, warnings: Vec<HookWarning>) {
         for warning in warnings {
-            self.emit(Event::HookWarning(warning)).await;
+            self.emit(log, Event::HookWarning(warning)).await;
         }
     }
 
@@ -323,6 +440,7 @@ impl SessionInner {
         st: &mut State,
         job_id: JobId,
         request: JobRequest,
+        log: JobLog,
         answer: Option<oneshot::Sender<Result<Accepted, ExecError>>>,
         answered: bool,
     ) {
@@ -330,6 +448,7 @@ impl SessionInner {
         let (done_tx, done_rx) = watch::channel(());
         st.head = Some(Head {
             job_id: job_id.clone(),
+            log: log.clone(),
             command: request.command.clone(),
             cancel: cancel.clone(),
             phase: Phase::Starting { answered },
@@ -339,22 +458,22 @@ impl SessionInner {
             inner: self.clone(),
             job_id,
             request,
+            log,
             cancel,
             answer,
             done: done_tx,
         });
     }
 
-    /// Lets go of the session after the head's terminal event and starts the next queued job.
-    /// Dropping `done` tells `close` the head has ended.
+    /// Lets go of the session after the head's terminal event and starts the next queued job
+    /// (after `close`, only detached jobs are left in the queue). Dropping `done` tells
+    /// `close` the head has ended.
     pub(super) async fn release(self: &Arc<Self>, done: watch::Sender<()>) {
         let mut st = self.state.lock().await;
         st.head = None;
         drop(done);
-        if !st.closed
-            && let Some(next) = st.queue.pop_front()
-        {
-            self.take_head(&mut st, next.job_id, next.request, None, true);
+        if let Some(next) = st.queue.pop_front() {
+            self.take_head(&mut st, next.job_id, next.request, next.log, None, true);
         }
     }
 }

@@ -10,6 +10,7 @@ use super::session::SessionInner;
 use super::{Accepted, ExecError};
 use crate::events::{Completion, Event, HookReport, JobId, JobNote, JobStatus, NoteStatus};
 use crate::jobs::ProcessOutcome;
+use crate::registry::JobLog;
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
@@ -70,6 +71,8 @@ impl End {
                 execution_time: outcome.duration.as_secs_f64(),
                 stdout_bytes: outcome.stdout_bytes,
                 stderr_bytes: outcome.stderr_bytes,
+                stdout_sha256: Some(outcome.stdout_sha256),
+                stderr_sha256: Some(outcome.stderr_sha256),
                 pid: Some(pid),
                 pgid: Some(pgid),
                 error: None,
@@ -102,21 +105,22 @@ impl End {
 
 impl SessionInner {
     /// The only place a `process.completed` is sent.
-    async fn complete(&self, job_id: &JobId, end: End) {
+    async fn complete(&self, job_id: &JobId, log: &JobLog, end: End) {
         if matches!(end, End::Canceled) {
-            self.emit(Event::Canceled(JobNote {
+            let note = Event::Canceled(JobNote {
                 job_id: job_id.clone(),
                 status: NoteStatus::Canceled,
-            }))
-            .await;
+            });
+            self.emit(log, note).await;
         }
-        self.emit(Event::Completed(end.into_completion(job_id.clone())))
-            .await;
+        let completion = Event::Completed(end.into_completion(job_id.clone()));
+        self.exec.untrack(job_id);
+        self.emit(log, completion).await;
     }
 
     /// Ends a job that never had a task (removed from the queue by its taker).
-    pub(super) async fn finish_unstarted(&self, job_id: &JobId, end: End) {
-        self.complete(job_id, end).await;
+    pub(super) async fn finish_unstarted(&self, job_id: &JobId, log: &JobLog, end: End) {
+        self.complete(job_id, log, end).await;
     }
 
     /// Ends the session's head: its terminal event (or, for an `execute` still waiting, the
@@ -126,13 +130,19 @@ impl SessionInner {
     pub(super) async fn finish(
         self: &Arc<Self>,
         job_id: &JobId,
+        log: &JobLog,
         end: End,
         answer: Option<Answer>,
         done: watch::Sender<()>,
     ) {
         let reply = match answer {
             Some(tx) => match end.refusal(job_id) {
-                Some(err) => Some((tx, Err(err))),
+                Some(err) => {
+                    // The client never had the job's id: no event, but the record ends.
+                    self.exec.untrack(job_id);
+                    log.event(&Event::Completed(end.into_completion(job_id.clone())));
+                    Some((tx, Err(err)))
+                }
                 None => {
                     let reply = match &end {
                         End::Failed(error) => Some((
@@ -145,12 +155,12 @@ impl SessionInner {
                         // A job that ran had its answer already; nothing left to say.
                         _ => None,
                     };
-                    self.complete(job_id, end).await;
+                    self.complete(job_id, log, end).await;
                     reply
                 }
             },
             None => {
-                self.complete(job_id, end).await;
+                self.complete(job_id, log, end).await;
                 None
             }
         };

@@ -8,7 +8,7 @@
 use super::output::HeadTail;
 use crate::client::{Client, ClientError};
 use crate::events::{Completion, Event, HookReport, HookWarning, PreHooks, Started, Stream};
-use crate::executor::{ExecError, Executor, JobRequest, Session};
+use crate::executor::{Closing, ExecError, Executor, JobRequest, Origin, Session};
 use crate::protocol::{ControlType, ExecuteParams, HookStatus, HookStatusReport, NoParams};
 use futures_util::future::BoxFuture;
 use schemars::JsonSchema;
@@ -177,7 +177,11 @@ impl Collector {
             Event::Output(o) => self.output(o.stream, &o.data),
             Event::HookWarning(w) => self.warning(w),
             Event::Completed(c) => return Some(c),
-            Event::Connected(_) | Event::Paused(_) | Event::Resumed(_) | Event::Canceled(_) => {}
+            Event::Connected(_)
+            | Event::Paused(_)
+            | Event::Resumed(_)
+            | Event::Canceled(_)
+            | Event::OutputGap(_) => {}
         }
         None
     }
@@ -235,7 +239,7 @@ struct SessionGuard(Option<Session>);
 impl SessionGuard {
     async fn close(mut self) {
         if let Some(s) = self.0.take() {
-            s.close().await;
+            s.close(Closing::Disconnect).await;
         }
     }
 }
@@ -245,7 +249,7 @@ impl Drop for SessionGuard {
         if let Some(s) = self.0.take()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            rt.spawn(async move { s.close().await });
+            rt.spawn(async move { s.close(Closing::Disconnect).await });
         }
     }
 }
@@ -265,7 +269,7 @@ impl Backend for Local {
                 .map_err(|e| JobError::Refused(e.to_string()))?;
             let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
             let id: Arc<str> = format!("mcp-{}", uuid::Uuid::new_v4().simple()).into();
-            let session = self.exec.session(id, tx);
+            let session = self.exec.session(id, tx, Origin::default());
             let guard = SessionGuard(Some(session.clone()));
             let accepted = match session.execute(request).await {
                 Ok(a) => a,
@@ -379,6 +383,7 @@ impl Backend for Remote {
                 timeout: spec.timeout,
                 cwd: spec.cwd,
                 env: (!spec.env.is_empty()).then_some(spec.env),
+                ..Default::default()
             };
             let mut job = client.execute(&params).await.map_err(remote_error)?;
             let canceller = job.canceller();

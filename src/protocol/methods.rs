@@ -1,7 +1,7 @@
 //! The methods a client may call: each one's params and result, tied together by [`Method`]
 //! so the client can call `execute` and get an [`ExecuteResult`] back, typed on both ends.
 
-use super::notify::{JobId, JobNote};
+use super::notify::{JobId, JobNote, OutputEncoding};
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -70,6 +70,18 @@ pub struct ExecuteParams {
     /// Variables set on top of the server's child environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<BTreeMap<String, String>>,
+    /// Keep running after this connection closes (`attach` finds it again). Absent or
+    /// `false`: the job is canceled when its connection closes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub detach: bool,
+    /// How `process.output` carries bytes; absent: `utf8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_encoding: Option<OutputEncoding>,
+    /// A retried `execute` with the same key (within retention) does not run the command
+    /// again: it answers `existing` with the first job's id. The same key with a different
+    /// request is `-32602`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 /// The `execute` result.
@@ -82,6 +94,8 @@ pub enum ExecuteResult {
     Queued { job_id: JobId, position: usize },
     /// Could not be spawned; its `process.completed` (status `failed`) follows.
     Failed { job_id: JobId, error: String },
+    /// The `idempotency_key` names this earlier job; nothing was run. `attach` to follow it.
+    Existing { job_id: JobId },
 }
 
 impl ExecuteResult {
@@ -89,7 +103,8 @@ impl ExecuteResult {
         match self {
             ExecuteResult::Started { job_id, .. }
             | ExecuteResult::Queued { job_id, .. }
-            | ExecuteResult::Failed { job_id, .. } => job_id,
+            | ExecuteResult::Failed { job_id, .. }
+            | ExecuteResult::Existing { job_id } => job_id,
         }
     }
 }
@@ -109,7 +124,7 @@ pub enum ControlType {
 pub struct ControlParams {
     #[serde(rename = "type")]
     pub kind: ControlType,
-    /// Absent: the connection's running job.
+    /// Absent: the connection's running job. Any job on the server may be named.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
 }

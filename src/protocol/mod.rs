@@ -28,16 +28,25 @@
 //! | -32002 | [`RpcError::NoSuchJob`] | no such job (or it has ended) |
 //! | -32003 | [`RpcError::SessionLimit`] | `max_sessions` connections are open |
 //! | -32004 | [`RpcError::QueueFull`] | `max_queue` jobs already wait on this connection |
+//! | -32005 | [`RpcError::SeqNotRetained`] | `attach`'s `after_seq` lies in output no longer kept; `data: {next_seq}` |
 //! | -32006 | [`RpcError::HooksNotReady`] | the hooks of the configuration did not finish loading within `[sandbox] load_timeout` |
+//! | -32007 | [`RpcError::DetachedLimit`] | `[state] max_detached` detached jobs already run |
+//! | -32008 | [`RpcError::RegistryOff`] | the job registry is off (`[state] enabled = false`), or failed to open |
 
 pub mod frame;
+pub mod jobs;
 pub mod methods;
 pub mod notify;
+pub mod output;
 pub mod schema;
 
 pub use frame::{
     ErrorObject, JsonRpcVersion, Request, ServerFrame, encode_error, encode_notification,
     encode_reply, encode_request, parse_request,
+};
+pub use jobs::{
+    Attach, AttachParams, AttachResult, Detach, DetachResult, GetJob, JobList, JobRecord, JobRef,
+    JobState, ListJobs, ListJobsParams,
 };
 pub use methods::{
     Control, ControlParams, ControlResult, ControlType, Execute, ExecuteParams, ExecuteResult,
@@ -46,7 +55,7 @@ pub use methods::{
 };
 pub use notify::{
     Completion, Connected, HookReport, HookWarning, JobId, JobNote, JobStatus, NoteStatus,
-    Notification, Output, PreHooks, Started, Stream, Verdict,
+    Notification, Output, OutputEncoding, OutputGap, PreHooks, Started, Stream, Verdict,
 };
 
 use serde_json::{Value, json};
@@ -55,7 +64,9 @@ use serde_json::{Value, json};
 pub const JSONRPC: &str = "2.0";
 
 /// Capabilities announced in the `connected` notification.
-pub const CAPABILITIES: &[&str] = &["execute", "control", "stream", "status", "hooks"];
+pub const CAPABILITIES: &[&str] = &[
+    "execute", "control", "stream", "status", "hooks", "jobs", "attach", "base64",
+];
 
 /// An error that goes back to the client as a JSON-RPC error object (codes: see the table in
 /// the module docs).
@@ -82,6 +93,12 @@ pub enum RpcError {
     QueueFull(usize),
     #[error("hooks not ready: {0}")]
     HooksNotReady(String),
+    #[error("output after seq {after_seq} is no longer kept; the next kept seq is {next_seq}")]
+    SeqNotRetained { after_seq: u64, next_seq: u64 },
+    #[error("{0} detached jobs already run (`[state] max_detached`)")]
+    DetachedLimit(usize),
+    #[error("the job registry is unavailable: {0}")]
+    RegistryOff(String),
     /// The server failed; the cause is logged, never sent.
     #[error("internal error")]
     Internal,
@@ -99,7 +116,10 @@ impl RpcError {
             RpcError::NoSuchJob(_) => -32002,
             RpcError::SessionLimit(_) => -32003,
             RpcError::QueueFull(_) => -32004,
+            RpcError::SeqNotRetained { .. } => -32005,
             RpcError::HooksNotReady(_) => -32006,
+            RpcError::DetachedLimit(_) => -32007,
+            RpcError::RegistryOff(_) => -32008,
             RpcError::Internal => -32603,
         }
     }
@@ -110,6 +130,7 @@ impl RpcError {
             RpcError::CommandNotAllowed { hook, reason } => {
                 Some(json!({ "hook": hook, "reason": reason }))
             }
+            RpcError::SeqNotRetained { next_seq, .. } => Some(json!({ "next_seq": next_seq })),
             _ => None,
         };
         ErrorObject {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 
-/// A job's id, unique on this server.
+/// A job's id: a UUIDv7 (time-ordered), unique across the server's lifetime and restarts.
 pub type JobId = Arc<str>;
 
 /// Every notification, tagged by its JSON-RPC `method`, its fields in `params`.
@@ -22,6 +22,9 @@ pub enum Notification {
     Started(Started),
     #[serde(rename = "process.output")]
     Output(Output),
+    /// In a replay (`attach`): output between `after_seq` and `next_seq` was not kept.
+    #[serde(rename = "process.output_gap")]
+    OutputGap(OutputGap),
     #[serde(rename = "process.paused")]
     Paused(JobNote),
     #[serde(rename = "process.resumed")]
@@ -44,6 +47,7 @@ impl Notification {
             Notification::Connected(_) => None,
             Notification::Started(s) => Some(&s.job_id),
             Notification::Output(o) => Some(&o.job_id),
+            Notification::OutputGap(g) => Some(&g.job_id),
             Notification::Paused(n) | Notification::Resumed(n) | Notification::Canceled(n) => {
                 Some(&n.job_id)
             }
@@ -83,6 +87,9 @@ pub enum JobStatus {
     Canceled,
     /// A pre-hook refused it; it never started.
     Denied,
+    /// The server stopped without a graceful shutdown (a crash, `kill -9`) while the job ran;
+    /// the next start killed what was left of it.
+    Lost,
 }
 
 /// Always `"started"` in `process.started`.
@@ -150,16 +157,54 @@ pub enum Verdict {
     Fail(String),
 }
 
-/// `process.output`: one chunk of up to 64 KiB, never splitting a UTF-8 character.
+/// How `process.output` carries bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputEncoding {
+    /// UTF-8 text; invalid sequences become U+FFFD, and a character split between two reads
+    /// is sent whole with the second.
+    #[default]
+    Utf8,
+    /// Every byte exactly, as standard base64 (RFC 4648 section 4, padded).
+    Base64,
+}
+
+impl OutputEncoding {
+    pub fn is_utf8(&self) -> bool {
+        *self == OutputEncoding::Utf8
+    }
+}
+
+/// `process.output`: one read of up to 64 KiB from one stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Output {
     pub job_id: JobId,
     #[serde(rename = "type")]
     pub stream: Stream,
-    /// The bytes as UTF-8, invalid sequences replaced by U+FFFD.
+    /// The bytes, as `encoding` says: UTF-8 text (invalid sequences replaced by U+FFFD, never
+    /// splitting a character) or base64.
     pub data: String,
-    /// Increases per job across both streams: sort by it to restore read order.
+    /// Increases by one per read, per job, across both streams: sort by it to restore read
+    /// order. (In `utf8` a read that holds only part of a character sends nothing, so a
+    /// number can be skipped.)
     pub seq: u64,
+    /// Position in its stream of the first byte in `data`.
+    #[serde(default)]
+    pub offset: u64,
+    /// Absent: `utf8`.
+    #[serde(default, skip_serializing_if = "OutputEncoding::is_utf8")]
+    pub encoding: OutputEncoding,
+}
+
+/// `process.output_gap`: in a replay, the output after `after_seq` and before `next_seq`
+/// (`bytes` of it, both streams) is no longer kept (`[state] max_output_bytes_per_job`) or
+/// was never stored (the spool failed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputGap {
+    pub job_id: JobId,
+    pub after_seq: u64,
+    pub next_seq: u64,
+    pub bytes: u64,
 }
 
 /// A job's state after `control`: the `process.paused`/`resumed`/`canceled` params and the
@@ -202,6 +247,12 @@ pub struct Completion {
     pub execution_time: f64,
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// SHA-256 (hex) of the stdout bytes the job produced, for a job that ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_sha256: Option<String>,
+    /// SHA-256 (hex) of its stderr bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,6 +282,8 @@ impl Completion {
             execution_time: 0.0,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            stdout_sha256: None,
+            stderr_sha256: None,
             pid: None,
             pgid: None,
             error: None,

@@ -6,6 +6,7 @@
 //! error object, all as `$ref`s into `$defs`.
 
 use super::frame::ErrorObject;
+use super::jobs::{Attach, Detach, GetJob, ListJobs};
 use super::methods::{Control, Execute, HookStatus, Method, Pong, Status};
 use super::notify::Notification;
 use schemars::generate::SchemaSettings;
@@ -33,6 +34,10 @@ pub fn document() -> Value {
     method::<Status>(&mut generator, &mut methods);
     method::<HookStatus>(&mut generator, &mut methods);
     method::<Pong>(&mut generator, &mut methods);
+    method::<Attach>(&mut generator, &mut methods);
+    method::<Detach>(&mut generator, &mut methods);
+    method::<ListJobs>(&mut generator, &mut methods);
+    method::<GetJob>(&mut generator, &mut methods);
     let notification = generator.subschema_for::<Notification>();
     let error = generator.subschema_for::<ErrorObject>();
     let defs = generator.take_definitions(true);

@@ -141,11 +141,13 @@ pub async fn serve(
     // Upgraded connections are ours to wait for, not axum's.
     state.tracker.close();
     let grace = state.exec.config().kill_grace + Duration::from_secs(1);
-    if tokio::time::timeout(grace, state.tracker.wait())
-        .await
-        .is_err()
-    {
-        warn!("sessions still open after the shutdown grace period");
+    let drained = async {
+        state.tracker.wait().await;
+        // Detached jobs whose connections are gone end too: a graceful stop leaves nothing.
+        state.exec.shutdown().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        warn!("jobs still running after the shutdown grace period");
     }
     info!("stopped");
     Ok(())
@@ -171,6 +173,8 @@ struct Health {
     limits: Value,
     config_file: Option<PathBuf>,
     hooks: HealthHooks,
+    /// The job registry: its directory, why it is unavailable (if it is), spool failures.
+    state: crate::registry::StateHealth,
 }
 
 #[derive(Serialize)]
@@ -205,9 +209,13 @@ async fn health(
             entry
         })
         .collect();
+    let registry = state.exec.registry().health();
     Json(Health {
         status: if hooks.state == "starting" {
             "starting"
+        } else if registry.enabled && registry.error.is_some() {
+            // Jobs run, but cannot be found again after their connection closes.
+            "degraded"
         } else {
             "healthy"
         },
@@ -236,5 +244,6 @@ async fn health(
             restart_required: hooks.restart_required,
             each,
         },
+        state: registry,
     })
 }

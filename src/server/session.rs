@@ -7,9 +7,10 @@
 
 use super::ServerState;
 use crate::events::{Event, JobNote, NoteStatus};
-use crate::executor::{Accepted, ExecError, JobRequest, Session};
+use crate::executor::{Closing, ExecError, JobRequest, Origin, Session};
 use crate::protocol::{
-    self, Connected, ControlParams, ExecuteParams, NoParams, Notification, RpcError,
+    self, AttachParams, Connected, ControlParams, DetachResult, ExecuteParams, JobList, JobRef,
+    ListJobsParams, NoParams, Notification, RpcError,
 };
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
@@ -20,7 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 /// Events buffered per session before its jobs feel backpressure. With 64 KiB chunks this
@@ -52,7 +54,11 @@ pub(super) async fn ws_handler(
                     let id: Arc<str> = uuid::Uuid::new_v4().to_string().into();
                     let span = info_span!("session", session = %id, %peer);
                     state.active.fetch_add(1, Ordering::Relaxed);
-                    run_session(state.clone(), socket, id)
+                    let origin = Origin {
+                        peer: Some(peer.to_string()),
+                        token_label: state.config.token.as_ref().map(|_| "default".to_string()),
+                    };
+                    run_session(state.clone(), socket, id, origin)
                         .instrument(span)
                         .await;
                     state.active.fetch_sub(1, Ordering::Relaxed);
@@ -78,15 +84,19 @@ async fn refuse_session(mut socket: WebSocket, max: usize) {
 /// What the receive task asks the send task to write.
 enum Outbound {
     Text(String),
-    Close(u16, &'static str),
+    /// The session is over: write the events already queued, then this close frame (if any),
+    /// and stop.
+    Finish(Option<(u16, &'static str)>),
 }
 
-async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>) {
+async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>, origin: Origin) {
     info!("connected");
     let (sink, stream) = socket.split();
     let (reply_tx, reply_rx) = mpsc::channel::<Outbound>(REPLY_BUFFER);
     let (event_tx, event_rx) = mpsc::channel::<Event>(EVENT_BUFFER);
-    let session = state.exec.session(id.clone(), event_tx);
+    let session = state.exec.session(id.clone(), event_tx.clone(), origin);
+    // Ends this connection's replays (`attach`) when it closes.
+    let closing = CancellationToken::new();
 
     let hello = Notification::Connected(Connected {
         session_id: id.to_string(),
@@ -105,6 +115,8 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>) {
         state: state.clone(),
         session: session.clone(),
         replies: reply_tx.clone(),
+        events: event_tx,
+        closing: closing.clone(),
         max_frame: state.config.max_frame_bytes,
     };
     let shutdown = state.shutdown.clone();
@@ -125,17 +137,17 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>) {
             Ending::ClientGone
         }
     };
-    // Cancel whatever still runs; each job's terminal event is queued before this returns.
-    session.close().await;
-    drop(session);
-    let close = match ending {
-        Ending::Shutdown => Some(Outbound::Close(1001, "server shutting down")),
-        Ending::TooLarge => Some(Outbound::Close(1009, "frame too large")),
-        Ending::ClientGone => None,
+    closing.cancel();
+    // Cancel whatever still runs (but detached jobs, unless the server stops); each job's
+    // terminal event is queued before this returns.
+    let (scope, close) = match ending {
+        Ending::Shutdown => (Closing::Everything, Some((1001, "server shutting down"))),
+        Ending::TooLarge => (Closing::Disconnect, Some((1009, "frame too large"))),
+        Ending::ClientGone => (Closing::Disconnect, None),
     };
-    if let Some(close) = close {
-        let _ = reply_tx.send(close).await;
-    }
+    session.close(scope).await;
+    drop(session);
+    let _ = reply_tx.send(Outbound::Finish(close)).await;
     drop(reply_tx);
     // Let the send task flush the terminal events, but not wait forever on a dead client.
     if tokio::time::timeout(Duration::from_secs(5), &mut send_task)
@@ -160,7 +172,6 @@ async fn send_loop(
     mut replies: mpsc::Receiver<Outbound>,
     mut events: mpsc::Receiver<Event>,
 ) {
-    // A requested close waits until every event (terminal ones included) has been written.
     let mut close: Option<(u16, &'static str)> = None;
     loop {
         let out = tokio::select! {
@@ -171,9 +182,17 @@ async fn send_loop(
         };
         let msg = match out {
             Outbound::Text(t) => Message::Text(t.into()),
-            Outbound::Close(code, reason) => {
-                close = Some((code, reason));
-                continue;
+            Outbound::Finish(frame) => {
+                // The events queued now include every terminal event of the session's jobs;
+                // a detached job's later events have nobody to go to.
+                close = frame;
+                while let Ok(e) = events.try_recv() {
+                    let text = protocol::encode_notification(&e);
+                    if sink.feed(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                break;
             }
         };
         // Batch writes while more is waiting; flush when the channels run dry.
@@ -202,6 +221,9 @@ struct Receiver {
     state: Arc<ServerState>,
     session: Session,
     replies: mpsc::Sender<Outbound>,
+    /// The session's event channel, for replays.
+    events: mpsc::Sender<Event>,
+    closing: CancellationToken,
     max_frame: usize,
 }
 
@@ -261,11 +283,11 @@ impl Receiver {
         // A request without an id is a notification: no reply, even on error.
         let Some(id) = id else { return };
         let text = match result {
-            Ok((value, accepted)) => {
+            Ok((value, gate)) => {
                 let text = protocol::encode_reply(&id, &value);
                 let _ = self.replies.send(Outbound::Text(text)).await;
                 // Only now may the job's events go out.
-                drop(accepted);
+                drop(gate);
                 return;
             }
             Err(err) => protocol::encode_error(&id, &err),
@@ -278,28 +300,95 @@ impl Receiver {
         let _ = self.replies.send(Outbound::Text(text)).await;
     }
 
-    /// Runs one method and encodes its typed result. The `Accepted` of an `execute` is
-    /// handed back so its events wait until the reply is queued.
-    async fn call(&self, req: protocol::Request) -> Result<(Value, Option<Accepted>), RpcError> {
+    /// Runs one method and encodes its typed result. What comes back with it (the
+    /// `Accepted` of an `execute`, the gate of an `attach`) is dropped once the reply is
+    /// queued: the job's events wait until then.
+    async fn call(
+        &self,
+        req: protocol::Request,
+    ) -> Result<(Value, Option<Box<dyn Send>>), RpcError> {
         fn encode<T: serde::Serialize>(result: &T) -> Result<Value, RpcError> {
             serde_json::to_value(result).map_err(|_| RpcError::Internal)
         }
+        let registry = self.state.exec.registry();
         match req.method.as_str() {
             "execute" => {
                 let p: ExecuteParams = protocol::frame::params(req.params)?;
-                let request =
+                let mut request =
                     JobRequest::new(p.command, p.timeout, p.cwd, p.env.unwrap_or_default())
                         .map_err(exec_error)?;
+                request.detach = p.detach;
+                request.output_encoding = p.output_encoding.unwrap_or_default();
+                request.idempotency_key = p.idempotency_key;
+                if let Some(key) = &request.idempotency_key
+                    && (key.is_empty() || key.len() > 256)
+                {
+                    return Err(RpcError::InvalidParams(
+                        "`idempotency_key` must be 1 to 256 bytes".into(),
+                    ));
+                }
                 let accepted = self.session.execute(request).await.map_err(exec_error)?;
-                Ok((encode(&accepted.to_result())?, Some(accepted)))
+                Ok((encode(&accepted.to_result())?, Some(Box::new(accepted))))
+            }
+            "attach" => {
+                let p: AttachParams = protocol::frame::params(req.params)?;
+                let mut replay = registry
+                    .attach(&p.job_id, p.after_seq, p.output_encoding)
+                    .await?;
+                let result = encode(replay.result())?;
+                let (gate, opened) = oneshot::channel::<()>();
+                let events = self.events.clone();
+                let closing = self.closing.clone();
+                tokio::spawn(
+                    async move {
+                        let _ = opened.await;
+                        loop {
+                            let next = tokio::select! {
+                                n = replay.next() => n,
+                                _ = closing.cancelled() => None,
+                            };
+                            let Some(ev) = next else { break };
+                            if events.send(ev).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    .in_current_span(),
+                );
+                Ok((result, Some(Box::new(gate))))
+            }
+            "detach" => {
+                let p: JobRef = protocol::frame::params(req.params)?;
+                let job_id = self
+                    .state
+                    .exec
+                    .detach(&p.job_id)
+                    .await
+                    .map_err(exec_error)?;
+                Ok((
+                    encode(&DetachResult {
+                        job_id,
+                        detached: true,
+                    })?,
+                    None,
+                ))
+            }
+            "list_jobs" => {
+                let p: ListJobsParams = protocol::frame::params(req.params)?;
+                let jobs = registry.list(p.status, p.limit).await?;
+                Ok((encode(&JobList { jobs })?, None))
+            }
+            "get_job" => {
+                let p: JobRef = protocol::frame::params(req.params)?;
+                Ok((encode(&registry.get(&p.job_id).await?)?, None))
             }
             "control" => {
                 let p: ControlParams = protocol::frame::params(req.params)?;
-                let job_id = self
-                    .session
-                    .control(p.kind, p.job_id.as_deref())
-                    .await
-                    .map_err(exec_error)?;
+                let job_id = match p.job_id.as_deref() {
+                    Some(id) => self.state.exec.control(p.kind, id).await,
+                    None => self.session.control(p.kind, None).await,
+                }
+                .map_err(exec_error)?;
                 let status = match p.kind {
                     protocol::ControlType::Pause => NoteStatus::Paused,
                     protocol::ControlType::Resume => NoteStatus::Resumed,
@@ -329,5 +418,7 @@ fn exec_error(e: ExecError) -> RpcError {
         ExecError::NoSuchJob(msg) => RpcError::NoSuchJob(msg),
         ExecError::Closed => RpcError::InvalidRequest("the session is closing".into()),
         ExecError::HooksNotReady(msg) => RpcError::HooksNotReady(msg),
+        ExecError::DetachedLimit(n) => RpcError::DetachedLimit(n),
+        ExecError::Registry(e) => e,
     }
 }

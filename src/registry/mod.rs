@@ -1,0 +1,737 @@
+//! The job registry: every job's record in SQLite (`store`), its output in an append-only
+//! spool (`spool`), and what a crash left behind (`reap`), all under `[state] dir`.
+//!
+//! The executor creates a [`JobLog`] per job and feeds it the job's events as they happen;
+//! the record follows from them (queued → running → paused … → an end state), so the registry
+//! needs no second account of a job's life. `attach` reads the spool back ([`Replay`]) and
+//! follows a live job through its [`spool::Progress`]; records of ended jobs come from SQLite.
+//!
+//! The registry never stops a job: a spool that cannot be written, or a database that cannot
+//! commit, is noted in the record and `/health`, and the job streams on.
+
+pub mod reap;
+mod replay;
+pub mod spool;
+mod store;
+
+pub use replay::Replay;
+
+use crate::config::StateConfig;
+use crate::events::{Completion, Event, JobId};
+use crate::protocol::{JobRecord, JobState, OutputEncoding, OutputGap, RpcError};
+use anyhow::{Context, Result};
+use reap::ProcessIdentity;
+use serde::Serialize;
+use spool::{Progress, SpoolWriter};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{Row, Store};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// A new job as the registry first records it.
+#[derive(Debug, Clone, Default)]
+pub struct NewJob {
+    pub job_id: JobId,
+    pub command: String,
+    pub cwd: Option<String>,
+    /// Already masked (`[execution] secret_env`).
+    pub env: BTreeMap<String, String>,
+    pub timeout: Option<f64>,
+    pub peer: Option<String>,
+    pub token_label: Option<String>,
+    pub session_id: Option<String>,
+    pub detached: bool,
+    pub output_encoding: OutputEncoding,
+    pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
+}
+
+/// What `/health` says about the registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateHealth {
+    pub enabled: bool,
+    pub dir: String,
+    /// Why the registry is unavailable, if it is.
+    pub error: Option<String>,
+    /// Spools that failed since the start, and the last reason.
+    pub spool_errors: u64,
+    pub last_spool_error: Option<String>,
+    pub detached_jobs: usize,
+}
+
+/// The job registry; [`Registry::off`] when `[state] enabled = false` or the state directory
+/// cannot be used.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Option<Arc<Inner>>,
+    off: Arc<StateHealth>,
+}
+
+struct Inner {
+    cfg: StateConfig,
+    store: Store,
+    spool_root: PathBuf,
+    live: Mutex<HashMap<JobId, Arc<Live>>>,
+    /// Keys claimed since the start (older ones are in the database).
+    keys: Mutex<HashMap<String, (JobId, String)>>,
+    detached: AtomicUsize,
+    spool_errors: AtomicU64,
+    last_spool_error: Mutex<Option<String>>,
+    boot_id: Option<String>,
+    /// Held for the registry's life: a second server on the same directory is refused.
+    _lock: std::fs::File,
+}
+
+/// A job the registry is following: its current record and its spool's progress.
+struct Live {
+    record: Mutex<JobRecord>,
+    request_hash: Option<String>,
+    identity: Mutex<Option<String>>,
+    progress: Option<watch::Receiver<Progress>>,
+    spool_dir: PathBuf,
+    detached: AtomicBool,
+}
+
+impl Default for Registry {
+    /// Off: nothing is recorded (an executor built without `[state]`, as in unit tests).
+    fn default() -> Registry {
+        Registry::off(Path::new(""), false, "the job registry is off")
+    }
+}
+
+impl Registry {
+    /// A registry that records nothing; its methods answer `reason`.
+    pub fn off(dir: &Path, enabled: bool, reason: impl Into<String>) -> Registry {
+        Registry {
+            inner: None,
+            off: Arc::new(StateHealth {
+                enabled,
+                dir: dir.display().to_string(),
+                error: Some(reason.into()),
+                spool_errors: 0,
+                last_spool_error: None,
+                detached_jobs: 0,
+            }),
+        }
+    }
+
+    /// Opens the registry under `cfg.dir`: takes the directory's lock (a second server is
+    /// refused, naming the directory), opens the database, and settles the jobs a previous
+    /// server left unfinished (their processes killed, their records `lost`).
+    ///
+    /// Errors: the lock is held by another process. Other failures (a path that cannot be
+    /// created or written) give [`Registry::off`] with the reason, so jobs still run.
+    pub fn open(cfg: &StateConfig) -> Result<Registry> {
+        if !cfg.enabled {
+            return Ok(Registry::off(
+                &cfg.dir,
+                false,
+                "the job registry is off (`[state] enabled = false`)",
+            ));
+        }
+        let lock = match open_locked(&cfg.dir) {
+            Ok(lock) => lock,
+            Err(LockError::Busy) => anyhow::bail!(
+                "the state directory {} is in use by another ccx server (its lock file is {}); \
+                 stop it, or give this one its own `[state] dir`",
+                cfg.dir.display(),
+                cfg.dir.join("lock").display()
+            ),
+            Err(LockError::Io(e)) => {
+                let reason = format!("cannot use the state directory {}: {e}", cfg.dir.display());
+                warn!("{reason}; jobs run without a registry");
+                return Ok(Registry::off(&cfg.dir, true, reason));
+            }
+        };
+        let store = match Store::open(&cfg.dir.join("ccx.db")) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = format!(
+                    "cannot open the job database {}: {e}",
+                    cfg.dir.join("ccx.db").display()
+                );
+                warn!("{reason}; jobs run without a registry");
+                return Ok(Registry::off(&cfg.dir, true, reason));
+            }
+        };
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            store,
+            spool_root: cfg.dir.join("spool"),
+            live: Mutex::new(HashMap::new()),
+            keys: Mutex::new(HashMap::new()),
+            detached: AtomicUsize::new(0),
+            spool_errors: AtomicU64::new(0),
+            last_spool_error: Mutex::new(None),
+            boot_id: reap::boot_id(),
+            _lock: lock,
+        });
+        inner
+            .recover()
+            .context("settling the jobs of the previous run")?;
+        Ok(Registry {
+            inner: Some(inner),
+            off: Arc::new(StateHealth {
+                enabled: true,
+                dir: cfg.dir.display().to_string(),
+                error: None,
+                spool_errors: 0,
+                last_spool_error: None,
+                detached_jobs: 0,
+            }),
+        })
+    }
+
+    /// Whether records are kept.
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    fn inner(&self) -> Result<&Arc<Inner>, RpcError> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| RpcError::RegistryOff(self.off.error.clone().unwrap_or_default()))
+    }
+
+    /// What `/health` reports.
+    pub fn health(&self) -> StateHealth {
+        match &self.inner {
+            None => (*self.off).clone(),
+            Some(i) => StateHealth {
+                spool_errors: i.spool_errors.load(Ordering::Relaxed),
+                last_spool_error: i.last_spool_error.lock().expect("lock").clone(),
+                detached_jobs: i.detached.load(Ordering::Relaxed),
+                ..(*self.off).clone()
+            },
+        }
+    }
+
+    /// Records a new (queued) job and returns its log.
+    pub fn create(&self, job: NewJob) -> JobLog {
+        let Some(inner) = &self.inner else {
+            return JobLog::default();
+        };
+        let record = JobRecord {
+            job_id: job.job_id.clone(),
+            status: JobState::Queued,
+            created_at: now(),
+            started_at: None,
+            ended_at: None,
+            command: job.command,
+            command_run: None,
+            cwd: job.cwd,
+            env: job.env,
+            peer: job.peer,
+            token_label: job.token_label,
+            session_id: job.session_id,
+            detached: job.detached,
+            output_encoding: job.output_encoding,
+            idempotency_key: job.idempotency_key,
+            timeout: job.timeout,
+            pid: None,
+            pgid: None,
+            exit_code: None,
+            signal: None,
+            error: None,
+            pre_hooks: None,
+            denied_by: None,
+            denied_reason: None,
+            post_hooks: Vec::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_sha256: None,
+            stderr_sha256: None,
+            execution_time: None,
+            last_seq: 0,
+            output_gap: None,
+            spool_error: None,
+        };
+        let spool_dir = inner.spool_root.join(&*job.job_id);
+        let writer = SpoolWriter::create(spool_dir.clone(), inner.cfg.max_output_bytes_per_job);
+        if let Some(e) = writer.error() {
+            inner.spool_failed(e);
+        }
+        let live = Arc::new(Live {
+            record: Mutex::new(record),
+            request_hash: job.request_hash,
+            identity: Mutex::new(None),
+            progress: Some(writer.subscribe()),
+            spool_dir,
+            detached: AtomicBool::new(false),
+        });
+        inner
+            .live
+            .lock()
+            .expect("lock")
+            .insert(job.job_id.clone(), live.clone());
+        inner.put(&live);
+        let log = JobLog {
+            inner: Some(Arc::new(LogInner {
+                reg: inner.clone(),
+                live,
+                spool: Mutex::new(writer),
+            })),
+        };
+        if job.detached {
+            // Checked by the caller against the limit first.
+            log.mark_detached();
+        }
+        log
+    }
+
+    /// Detached jobs running or queued now.
+    pub fn detached_jobs(&self) -> usize {
+        self.inner
+            .as_ref()
+            .map_or(0, |i| i.detached.load(Ordering::Relaxed))
+    }
+
+    /// The most detached jobs allowed at once.
+    pub fn max_detached(&self) -> usize {
+        self.inner.as_ref().map_or(0, |i| i.cfg.max_detached)
+    }
+
+    /// One job's record: a live one's as it is now, an ended one's from the database.
+    /// `-32002` when there is no such job.
+    pub async fn get(&self, job_id: &str) -> Result<JobRecord, RpcError> {
+        let inner = self.inner()?;
+        if let Some(live) = inner.live.lock().expect("lock").get(job_id) {
+            return Ok(live.record.lock().expect("lock").clone());
+        }
+        let id = job_id.to_string();
+        inner
+            .store
+            .read(move |c| store::get(c, &id))
+            .await
+            .map_err(|e| internal("reading a job record", e))?
+            .ok_or_else(|| no_such_job(job_id))
+    }
+
+    /// Records, newest first, optionally of one state; `limit` defaults to 100 (at most
+    /// 10000).
+    pub async fn list(
+        &self,
+        status: Option<JobState>,
+        limit: Option<usize>,
+    ) -> Result<Vec<JobRecord>, RpcError> {
+        let inner = self.inner()?;
+        let limit = limit.unwrap_or(100);
+        if !(1..=10_000).contains(&limit) {
+            return Err(RpcError::InvalidParams(format!(
+                "`limit` must be between 1 and 10000, got {limit}"
+            )));
+        }
+        inner.store.flush().await;
+        inner
+            .store
+            .read(move |c| store::list(c, status, limit))
+            .await
+            .map_err(|e| internal("listing jobs", e))
+    }
+
+    /// Claims `key` for `job_id`, or names the job that already holds it: `Ok(None)`: the key
+    /// is new (now held by `job_id`); `Ok(Some(id))`: job `id` holds it for the same request;
+    /// `-32602` when it holds it for another request.
+    pub async fn claim_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        job_id: &JobId,
+    ) -> Result<Option<JobId>, RpcError> {
+        let inner = self.inner()?;
+        let k = key.to_string();
+        let stored = inner
+            .store
+            .read(move |c| store::by_idempotency_key(c, &k))
+            .await
+            .map_err(|e| internal("looking up an idempotency key", e))?;
+        let mut keys = inner.keys.lock().expect("lock");
+        let held = keys
+            .get(key)
+            .map(|(id, h)| (id.clone(), Some(h.clone())))
+            .or_else(|| stored.map(|(id, h)| (JobId::from(id), h)));
+        match held {
+            Some((id, h)) if h.as_deref() == Some(request_hash) => Ok(Some(id)),
+            Some((id, _)) => Err(RpcError::InvalidParams(format!(
+                "`idempotency_key` `{key}` was used for a different request (job {id})"
+            ))),
+            None => {
+                keys.insert(key.to_string(), (job_id.clone(), request_hash.to_string()));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Gives back a key claimed by [`Registry::claim_key`] for a job that was then refused.
+    pub fn release_key(&self, key: &str) {
+        if let Some(i) = &self.inner {
+            i.keys.lock().expect("lock").remove(key);
+        }
+    }
+
+    /// Starts a replay of `job_id` after `after_seq` (see [`Replay`]).
+    ///
+    /// Errors: `-32002` unknown job; `-32005` when `after_seq` lies in output no longer kept.
+    pub async fn attach(
+        &self,
+        job_id: &str,
+        after_seq: Option<u64>,
+        encoding: Option<OutputEncoding>,
+    ) -> Result<Replay, RpcError> {
+        let inner = self.inner()?;
+        let live = inner.live.lock().expect("lock").get(job_id).cloned();
+        let (record, progress, gap, dir) = match &live {
+            Some(l) => {
+                let record = l.record.lock().expect("lock").clone();
+                let gap = spool::read_gap(&l.spool_dir).map(|g| gap_note(&record.job_id, g));
+                (record, l.progress.clone(), gap, l.spool_dir.clone())
+            }
+            None => {
+                let record = self.get(job_id).await?;
+                let dir = inner.spool_root.join(job_id);
+                let gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
+                (record, None, gap, dir)
+            }
+        };
+        let after = after_seq.unwrap_or(0);
+        let mut next_seq = after + 1;
+        if let Some(g) = &gap
+            && after >= g.after_seq
+            && after + 1 < g.next_seq
+        {
+            if after > g.after_seq {
+                return Err(RpcError::SeqNotRetained {
+                    after_seq: after,
+                    next_seq: g.next_seq,
+                });
+            }
+            next_seq = g.next_seq;
+        }
+        Ok(Replay::new(
+            inner.clone(),
+            record,
+            dir,
+            progress,
+            after_seq,
+            encoding,
+            next_seq,
+        ))
+    }
+
+    /// Deletes ended jobs past `retain_jobs` or `retain_days`, with their spools. Runs in
+    /// the background every few minutes (see [`Registry::spawn_pruner`]).
+    pub async fn prune(&self) -> Result<usize, RpcError> {
+        let inner = self.inner()?;
+        inner.store.flush().await;
+        let keep = inner.cfg.retain_jobs;
+        let before = now() - inner.cfg.retain.as_secs_f64();
+        let ids = inner
+            .store
+            .read(move |c| store::prune(c, keep, before))
+            .await
+            .map_err(|e| internal("pruning jobs", e))?;
+        for id in &ids {
+            let _ = std::fs::remove_dir_all(inner.spool_root.join(id));
+        }
+        Ok(ids.len())
+    }
+
+    /// Prunes now and then every `every`, until the runtime stops.
+    pub fn spawn_pruner(&self, every: Duration) {
+        if self.inner.is_none() {
+            return;
+        }
+        let reg = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match reg.prune().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(jobs = n, "pruned ended jobs past retention"),
+                    Err(e) => warn!(error = %e, "pruning failed"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    /// This boot's id (for process identities).
+    pub fn boot_id(&self) -> Option<String> {
+        self.inner.as_ref().and_then(|i| i.boot_id.clone())
+    }
+
+    /// Every kv entry (hook, key, value), to seed the hooks' kv store at start.
+    pub fn kv_load(&self) -> Vec<(String, String, Vec<u8>)> {
+        self.inner
+            .as_ref()
+            .and_then(|i| i.store.read_now(store::kv_all).ok())
+            .unwrap_or_default()
+    }
+
+    /// Persists one kv entry (`None`: deleted), asynchronously.
+    pub fn kv_store(&self, hook: &str, key: &str, value: Option<Vec<u8>>) {
+        if let Some(i) = &self.inner {
+            match value {
+                Some(v) => i.store.kv_set(hook, key, v),
+                None => i.store.kv_delete(hook, key),
+            }
+        }
+    }
+}
+
+fn internal(what: &str, e: rusqlite::Error) -> RpcError {
+    warn!(error = %e, "{what}");
+    RpcError::Internal
+}
+
+fn no_such_job(job_id: &str) -> RpcError {
+    RpcError::NoSuchJob(format!("no job {job_id} on this server"))
+}
+
+fn gap_note(job_id: &JobId, g: spool::Gap) -> OutputGap {
+    OutputGap {
+        job_id: job_id.clone(),
+        after_seq: g.after_seq,
+        next_seq: g.next_seq,
+        bytes: g.bytes,
+    }
+}
+
+impl Inner {
+    fn put(&self, live: &Live) {
+        self.store.put(Row {
+            record: live.record.lock().expect("lock").clone(),
+            request_hash: live.request_hash.clone(),
+            identity: live.identity.lock().expect("lock").clone(),
+        });
+    }
+
+    fn spool_failed(&self, error: &str) {
+        self.spool_errors.fetch_add(1, Ordering::Relaxed);
+        *self.last_spool_error.lock().expect("lock") = Some(error.to_string());
+    }
+
+    /// Jobs the registry says are unfinished belong to a server that stopped without ending
+    /// them: kill what is left of their processes (same boot and same processes only; see
+    /// `reap`) and record them `lost`.
+    fn recover(&self) -> rusqlite::Result<()> {
+        let unfinished = self.store.read_now(store::unfinished)?;
+        for (mut record, identity) in unfinished {
+            let ident: Option<ProcessIdentity> = identity
+                .as_deref()
+                .and_then(|j| serde_json::from_str(j).ok());
+            // Without a recorded identity (a crash right after the spawn), the job's own
+            // `CCX_JOB_ID` still finds its processes: a UUID no other process carries.
+            let ident = ident.unwrap_or_else(|| ProcessIdentity {
+                boot_id: self.boot_id.clone().unwrap_or_default(),
+                pid: 0,
+                pgid: 0,
+                start_ticks: 0,
+            });
+            let killed = reap::reap(&record.job_id, &ident).killed;
+            warn!(job = %record.job_id, killed = killed.len(),
+                "job of a previous run was still running; its processes are killed, its record `lost`");
+            let dir = self.spool_root.join(&*record.job_id);
+            record.status = JobState::Lost;
+            record.ended_at = Some(now());
+            record.error = Some(format!(
+                "the server stopped while the job ran; {} of its processes were left and killed at the next start",
+                killed.len()
+            ));
+            record.output_gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
+            self.store.put(Row {
+                record,
+                request_hash: None,
+                identity: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+enum LockError {
+    Busy,
+    Io(std::io::Error),
+}
+
+/// Creates `dir` and takes an exclusive lock on `dir/lock` (flock(2), released by the kernel
+/// when the process dies, however it dies).
+fn open_locked(dir: &Path) -> Result<std::fs::File, LockError> {
+    std::fs::create_dir_all(dir.join("spool")).map_err(LockError::Io)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
+        .map_err(LockError::Io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(LockError::Busy),
+        Err(std::fs::TryLockError::Error(e)) => return Err(LockError::Io(e)),
+    }
+    let _ = std::fs::write(dir.join("lock.pid"), format!("{}\n", std::process::id()));
+    Ok(file)
+}
+
+/// One job's handle on the registry: the executor feeds it the job's events and output.
+/// The default value (registry off) records nothing.
+#[derive(Clone, Default)]
+pub struct JobLog {
+    inner: Option<Arc<LogInner>>,
+}
+
+struct LogInner {
+    reg: Arc<Inner>,
+    live: Arc<Live>,
+    spool: Mutex<SpoolWriter>,
+}
+
+impl JobLog {
+    /// Marks the job detached (counted against `max_detached` until it ends). `false` if it
+    /// already was.
+    pub fn mark_detached(&self) -> bool {
+        let Some(l) = &self.inner else { return false };
+        if l.live.detached.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        l.reg.detached.fetch_add(1, Ordering::AcqRel);
+        l.live.record.lock().expect("lock").detached = true;
+        l.reg.put(&l.live);
+        true
+    }
+
+    /// Whether the job outlives its connection.
+    pub fn is_detached(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|l| l.live.detached.load(Ordering::Acquire))
+    }
+
+    /// Records the identity of the job's process right after spawning it.
+    pub fn spawned(&self, pid: u32, pgid: i32) {
+        let Some(l) = &self.inner else { return };
+        let ident = reap::identify(pid).map(|mut i| {
+            i.pgid = pgid;
+            i
+        });
+        *l.live.identity.lock().expect("lock") = ident.and_then(|i| serde_json::to_string(&i).ok());
+        let mut r = l.live.record.lock().expect("lock");
+        r.pid = Some(pid);
+        r.pgid = Some(pgid);
+    }
+
+    /// Appends one read of output (`bytes` empty: the stream's end) to the spool.
+    pub fn output(&self, stdout: bool, seq: u64, offset: u64, bytes: &[u8]) {
+        let Some(l) = &self.inner else { return };
+        let mut spool = l.spool.lock().expect("lock");
+        let had_error = spool.error().is_some();
+        spool.output(stdout, seq, offset, bytes);
+        if !had_error && let Some(e) = spool.error() {
+            l.reg.spool_failed(e);
+        }
+    }
+
+    /// Records a job event: spooled (except the terminal one, which the record carries), and
+    /// the record updated from it.
+    pub fn event(&self, event: &Event) {
+        let Some(l) = &self.inner else { return };
+        if !matches!(event, Event::Completed(_)) {
+            let json = serde_json::to_vec(event).expect("events serialize");
+            let mut spool = l.spool.lock().expect("lock");
+            let had_error = spool.error().is_some();
+            spool.event(&json);
+            if !had_error && let Some(e) = spool.error() {
+                l.reg.spool_failed(e);
+            }
+        }
+        let changed = {
+            let mut r = l.live.record.lock().expect("lock");
+            match event {
+                Event::Started(s) => {
+                    r.status = JobState::Running;
+                    r.started_at = Some(now());
+                    r.command_run = Some(s.command.clone());
+                    r.pid = Some(s.pid);
+                    r.pgid = Some(s.pgid);
+                    r.timeout = Some(s.timeout);
+                    r.pre_hooks = s.hooks.clone();
+                    true
+                }
+                Event::Paused(_) => {
+                    r.status = JobState::Paused;
+                    true
+                }
+                Event::Resumed(_) => {
+                    r.status = JobState::Running;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            l.reg.put(&l.live);
+        }
+        if let Event::Completed(c) = event {
+            self.finish(l, c);
+        }
+    }
+
+    fn finish(&self, l: &LogInner, c: &Completion) {
+        // The record is final before the spool says it has ended: a replay that sees the end
+        // reads the record next.
+        let mut spool = l.spool.lock().expect("lock");
+        let (spool_error, gap, last_seq) = {
+            (
+                spool.error().map(str::to_string),
+                spool.gap(),
+                spool.totals().1,
+            )
+        };
+        {
+            let mut r = l.live.record.lock().expect("lock");
+            r.status = c.status.into();
+            r.ended_at = Some(now());
+            r.exit_code = c.exit_code;
+            r.signal = c.signal;
+            r.error = c.error.clone();
+            r.denied_by = c.hook.clone();
+            r.denied_reason = c.reason.clone();
+            r.post_hooks = c.hooks.clone();
+            r.stdout_bytes = c.stdout_bytes;
+            r.stderr_bytes = c.stderr_bytes;
+            r.stdout_sha256 = c.stdout_sha256.clone();
+            r.stderr_sha256 = c.stderr_sha256.clone();
+            r.execution_time = Some(c.execution_time);
+            r.pid = c.pid.or(r.pid);
+            r.pgid = c.pgid.or(r.pgid);
+            r.last_seq = last_seq;
+            r.output_gap = gap.map(|g| gap_note(&r.job_id, g));
+            r.spool_error = spool_error;
+        }
+        spool.finish();
+        drop(spool);
+        *l.live.identity.lock().expect("lock") = None;
+        if l.live.detached.load(Ordering::Acquire) {
+            l.reg.detached.fetch_sub(1, Ordering::AcqRel);
+        }
+        l.reg.put(&l.live);
+        // Readers find the ended job in the database once this write is committed.
+        let reg = l.reg.clone();
+        let id = l.live.record.lock().expect("lock").job_id.clone();
+        tokio::spawn(async move {
+            reg.store.flush().await;
+            reg.live.lock().expect("lock").remove(&id);
+        });
+    }
+}

@@ -1,0 +1,527 @@
+//! A job's output spool: the bytes its clients receive, exactly, with their `seq` boundaries,
+//! in append-only segment files under `<state>/spool/<job_id>/`.
+//!
+//! # Format
+//! Segments are named `00000001.seg`, `00000002.seg`, …; each is a run of records:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | payload length, u32 LE |
+//! | 1 | kind: 1 stdout, 2 stderr, 3 event (a notification as JSON) |
+//! | 8 | `seq`, u64 LE: an output's own; for an event, the last output `seq` before it |
+//! | 8 | an output's position in its stream (0 for events) |
+//! | 8 | output bytes, both streams, before this record |
+//! | n | payload: the raw bytes read, or the JSON |
+//!
+//! A record is written with one `write` and published (through [`Progress`]) only after it,
+//! so a reader never sees half of one; a crash can leave a torn last record, which readers
+//! treat as the end.
+//!
+//! # Bound
+//! The first segments, up to half of `max_bytes`, are the head and always kept; of the rest
+//! only the newest segments within the other half are kept. Dropping the oldest tail segment
+//! widens the one gap between head and tail, which the `gap` file records (`after_seq
+//! next_seq bytes`); a reader that crosses missing segments learns the gap's extent from the
+//! header of the next record it finds.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::watch;
+
+pub const HEADER_BYTES: usize = 29;
+const KIND_STDOUT: u8 = 1;
+const KIND_STDERR: u8 = 2;
+const KIND_EVENT: u8 = 3;
+
+/// How far a live spool has been written: readers may read every segment before `segment`
+/// whole, and `segment` up to `len`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub segment: u32,
+    pub len: u64,
+    /// The writer is done: the job ended, or the spool failed (`failed`).
+    pub ended: bool,
+    pub failed: bool,
+}
+
+/// Output between head and tail that is no longer kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    pub after_seq: u64,
+    pub next_seq: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Segment {
+    index: u32,
+    len: u64,
+    head: bool,
+    last_seq: u64,
+    output_bytes: u64,
+}
+
+/// Appends one job's records. Errors never reach the job: the first one is kept
+/// ([`SpoolWriter::error`]) and the spool stops there.
+pub struct SpoolWriter {
+    dir: PathBuf,
+    segment_max: u64,
+    head_budget: u64,
+    tail_budget: u64,
+    file: Option<File>,
+    segments: VecDeque<Segment>,
+    head_bytes: u64,
+    total: u64,
+    last_seq: u64,
+    gap: Option<Gap>,
+    error: Option<String>,
+    buf: Vec<u8>,
+    progress: watch::Sender<Progress>,
+}
+
+fn segment_path(dir: &Path, index: u32) -> PathBuf {
+    dir.join(format!("{index:08}.seg"))
+}
+
+impl SpoolWriter {
+    /// Starts a spool in `dir` (created) that keeps about `max_bytes` of output.
+    pub fn create(dir: PathBuf, max_bytes: u64) -> SpoolWriter {
+        let segment_max = (max_bytes / 8).clamp(16 << 10, 64 << 20);
+        let (progress, _) = watch::channel(Progress::default());
+        let mut w = SpoolWriter {
+            dir,
+            segment_max,
+            head_budget: max_bytes / 2,
+            tail_budget: max_bytes / 2,
+            file: None,
+            segments: VecDeque::new(),
+            head_bytes: 0,
+            total: 0,
+            last_seq: 0,
+            gap: None,
+            error: None,
+            buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024),
+            progress,
+        };
+        if let Err(e) = std::fs::create_dir_all(&w.dir).and_then(|_| w.open_segment(1)) {
+            w.fail(format!(
+                "cannot create the spool in {}: {e}",
+                w.dir.display()
+            ));
+        }
+        w
+    }
+
+    /// A receiver that tracks what readers may read.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The first write error, if any.
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+
+    /// The output no longer kept, if any.
+    pub fn gap(&self) -> Option<Gap> {
+        self.gap
+    }
+
+    /// Output bytes written (both streams), and the last `seq`.
+    pub fn totals(&self) -> (u64, u64) {
+        (self.total, self.last_seq)
+    }
+
+    /// Appends one read of output.
+    pub fn output(&mut self, stdout: bool, seq: u64, offset: u64, bytes: &[u8]) {
+        let kind = if stdout { KIND_STDOUT } else { KIND_STDERR };
+        self.append(kind, seq, offset, bytes);
+        self.last_seq = self.last_seq.max(seq);
+        self.total += bytes.len() as u64;
+        if let Some(s) = self.segments.back_mut() {
+            s.output_bytes += bytes.len() as u64;
+        }
+    }
+
+    /// Appends a notification (JSON) that came after output `last_seq`.
+    pub fn event(&mut self, json: &[u8]) {
+        self.append(KIND_EVENT, self.last_seq, 0, json);
+    }
+
+    /// The job has ended: readers that reach the end are done.
+    pub fn finish(&mut self) {
+        self.file = None;
+        self.progress.send_modify(|p| p.ended = true);
+    }
+
+    fn append(&mut self, kind: u8, seq: u64, offset: u64, payload: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        if let Err(e) = self.try_append(kind, seq, offset, payload) {
+            self.fail(format!(
+                "cannot write the spool in {}: {e}",
+                self.dir.display()
+            ));
+        }
+    }
+
+    fn try_append(&mut self, kind: u8, seq: u64, offset: u64, payload: &[u8]) -> io::Result<()> {
+        if self
+            .segments
+            .back()
+            .is_some_and(|s| s.len >= self.segment_max)
+        {
+            self.rotate()?;
+        }
+        self.buf.clear();
+        self.buf
+            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        self.buf.push(kind);
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        self.buf.extend_from_slice(&offset.to_le_bytes());
+        self.buf.extend_from_slice(&self.total.to_le_bytes());
+        self.buf.extend_from_slice(payload);
+        let file = self
+            .file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("closed"))?;
+        file.write_all(&self.buf)?;
+        let seg = self.segments.back_mut().expect("a segment is open");
+        seg.len += self.buf.len() as u64;
+        seg.last_seq = seg.last_seq.max(seq);
+        let (segment, len) = (seg.index, seg.len);
+        self.progress.send_modify(|p| {
+            p.segment = segment;
+            p.len = len;
+        });
+        Ok(())
+    }
+
+    fn open_segment(&mut self, index: u32) -> io::Result<()> {
+        let file = File::create_new(segment_path(&self.dir, index))?;
+        let head = self.head_bytes < self.head_budget;
+        self.file = Some(file);
+        self.segments.push_back(Segment {
+            index,
+            len: 0,
+            head,
+            last_seq: self.last_seq,
+            output_bytes: 0,
+        });
+        Ok(())
+    }
+
+    /// Closes the full segment, opens the next, and drops the oldest tail segments beyond
+    /// the tail budget.
+    fn rotate(&mut self) -> io::Result<()> {
+        let full = self.segments.back().expect("a segment is open");
+        if full.head {
+            self.head_bytes += full.len;
+        }
+        let next = full.index + 1;
+        self.open_segment(next)?;
+        loop {
+            let tail: u64 = self
+                .segments
+                .iter()
+                .filter(|s| !s.head)
+                .map(|s| s.len)
+                .sum();
+            let tail_count = self.segments.iter().filter(|s| !s.head).count();
+            if tail <= self.tail_budget || tail_count < 2 {
+                break;
+            }
+            let pos = self
+                .segments
+                .iter()
+                .position(|s| !s.head)
+                .expect("a tail segment");
+            let after_seq = match pos {
+                0 => 0,
+                p => self.segments[p - 1].last_seq,
+            };
+            let dropped = self.segments.remove(pos).expect("in range");
+            std::fs::remove_file(segment_path(&self.dir, dropped.index))?;
+            let gap = self.gap.get_or_insert(Gap {
+                after_seq,
+                next_seq: 0,
+                bytes: 0,
+            });
+            gap.next_seq = dropped.last_seq + 1;
+            gap.bytes += dropped.output_bytes;
+            let g = *gap;
+            std::fs::write(
+                self.dir.join("gap"),
+                format!("{} {} {}\n", g.after_seq, g.next_seq, g.bytes),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn fail(&mut self, msg: String) {
+        tracing::warn!(error = %msg, "spool stopped; the job goes on");
+        self.error = Some(msg);
+        self.file = None;
+        self.progress.send_modify(|p| p.failed = true);
+    }
+}
+
+/// The gap recorded in a spool directory, if any (for a job whose writer is gone).
+pub fn read_gap(dir: &Path) -> Option<Gap> {
+    let text = std::fs::read_to_string(dir.join("gap")).ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().ok());
+    Some(Gap {
+        after_seq: it.next()??,
+        next_seq: it.next()??,
+        bytes: it.next()??,
+    })
+}
+
+/// One record read back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item {
+    Output {
+        stdout: bool,
+        seq: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// A notification as JSON.
+    Event(Vec<u8>),
+    /// Segments were missing here.
+    Gap(Gap),
+}
+
+struct Header {
+    len: u32,
+    kind: u8,
+    seq: u64,
+    offset: u64,
+    total: u64,
+}
+
+impl Header {
+    fn parse(b: &[u8; HEADER_BYTES]) -> Header {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Header {
+            len: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            kind: b[4],
+            seq: u64_at(5),
+            offset: u64_at(13),
+            total: u64_at(21),
+        }
+    }
+}
+
+/// Reads a spool from the start, skipping output up to `after_seq`. For a live job it reads
+/// only what [`Progress`] has published; [`SpoolReader::read_next`] returns `None` when it has
+/// caught up, and [`SpoolReader::wait`] waits for more.
+pub struct SpoolReader {
+    dir: PathBuf,
+    index: u32,
+    file: Option<File>,
+    pos: u64,
+    progress: Option<watch::Receiver<Progress>>,
+    after_seq: u64,
+    /// Whether records are skipped as at or before `after_seq` (only at the start).
+    skipping: bool,
+    last_seq: u64,
+    total_seen: u64,
+    /// Found when crossing missing segments; returned before the next record.
+    pending_gap: Option<Gap>,
+}
+
+impl SpoolReader {
+    /// A reader of the spool in `dir`; `progress`: the live writer's, `None` for a job that
+    /// has ended. `after_seq: None` reads everything.
+    pub fn open(
+        dir: PathBuf,
+        progress: Option<watch::Receiver<Progress>>,
+        after_seq: Option<u64>,
+    ) -> SpoolReader {
+        SpoolReader {
+            dir,
+            index: 0,
+            file: None,
+            pos: 0,
+            progress,
+            after_seq: after_seq.unwrap_or(0),
+            skipping: after_seq.is_some(),
+            last_seq: after_seq.unwrap_or(0),
+            total_seen: 0,
+            pending_gap: None,
+        }
+    }
+
+    /// The last `seq` read (or skipped), and the output bytes before the next record.
+    pub fn position(&self) -> (u64, u64) {
+        (self.last_seq, self.total_seen)
+    }
+
+    /// The next record available now; `Ok(None)` when caught up (live) or at the end.
+    pub fn read_next(&mut self) -> io::Result<Option<Item>> {
+        loop {
+            if self.file.is_none() && !self.advance()? {
+                return Ok(None);
+            }
+            if let Some(gap) = self.pending_gap.take() {
+                self.skipping = false;
+                self.last_seq = gap.next_seq - 1;
+                self.total_seen += gap.bytes;
+                return Ok(Some(Item::Gap(gap)));
+            }
+            let limit = self.limit();
+            let complete = self.segment_complete();
+            let file = self.file.as_mut().expect("opened");
+            if let Some(limit) = limit
+                && self.pos + HEADER_BYTES as u64 > limit
+            {
+                // Caught up with a live writer in its current segment.
+                return Ok(None);
+            }
+            let mut hb = [0u8; HEADER_BYTES];
+            if read_full(file, &mut hb)? < HEADER_BYTES {
+                // End of this segment (or a torn record after a crash).
+                if complete {
+                    self.file = None;
+                    continue;
+                }
+                file.seek(SeekFrom::Start(self.pos))?;
+                return Ok(None);
+            }
+            let h = Header::parse(&hb);
+            let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
+            let skip = self.skipping
+                && if is_output {
+                    h.seq <= self.after_seq
+                } else {
+                    h.seq < self.after_seq
+                };
+            let end = self.pos + HEADER_BYTES as u64 + u64::from(h.len);
+            if skip {
+                file.seek(SeekFrom::Start(end))?;
+                self.pos = end;
+                self.total_seen = h.total + if is_output { u64::from(h.len) } else { 0 };
+                continue;
+            }
+            self.skipping = false;
+            let mut payload = vec![0u8; h.len as usize];
+            if read_full(file, &mut payload)? < payload.len() {
+                // A torn record: the end of what was written.
+                self.file = None;
+                return Ok(None);
+            }
+            self.pos = end;
+            if is_output {
+                self.last_seq = h.seq;
+                self.total_seen = h.total + u64::from(h.len);
+                return Ok(Some(Item::Output {
+                    stdout: h.kind == KIND_STDOUT,
+                    seq: h.seq,
+                    offset: h.offset,
+                    bytes: payload,
+                }));
+            }
+            return Ok(Some(Item::Event(payload)));
+        }
+    }
+
+    /// Waits until more may be readable; `false` once the writer has ended (read to the end,
+    /// then stop).
+    pub async fn wait(&mut self) -> bool {
+        match self.progress.as_mut() {
+            Some(rx) => {
+                if rx.borrow_and_update().ended {
+                    return false;
+                }
+                rx.changed().await.is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// The readable length of the current segment, for a live writer's current segment.
+    fn limit(&self) -> Option<u64> {
+        let p = *self.progress.as_ref()?.borrow();
+        (p.segment == self.index).then_some(p.len)
+    }
+
+    fn segment_complete(&self) -> bool {
+        match &self.progress {
+            None => true,
+            Some(rx) => {
+                let p = *rx.borrow();
+                p.segment > self.index || p.ended
+            }
+        }
+    }
+
+    /// Opens the next segment that exists; a jump over missing ones queues nothing here,
+    /// but is reported by [`SpoolReader::read_next`] through the first record's header.
+    fn advance(&mut self) -> io::Result<bool> {
+        let Some(next) = self.next_existing()? else {
+            return Ok(false);
+        };
+        if self.index != 0 && next != self.index + 1 {
+            // Missing segments: the gap's extent comes from the next record's header.
+            let mut file = File::open(segment_path(&self.dir, next))?;
+            let mut hb = [0u8; HEADER_BYTES];
+            if read_full(&mut file, &mut hb)? == HEADER_BYTES {
+                let h = Header::parse(&hb);
+                let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
+                let next_seq = if is_output { h.seq } else { h.seq + 1 };
+                if next_seq > self.last_seq + 1 {
+                    self.pending_gap = Some(Gap {
+                        after_seq: self.last_seq,
+                        next_seq,
+                        bytes: h.total.saturating_sub(self.total_seen),
+                    });
+                }
+            }
+        }
+        self.index = next;
+        self.file = Some(File::open(segment_path(&self.dir, next))?);
+        self.pos = 0;
+        Ok(true)
+    }
+
+    fn next_existing(&self) -> io::Result<Option<u32>> {
+        let wanted = self.index + 1;
+        match File::open(segment_path(&self.dir, wanted)) {
+            Ok(_) => return Ok(Some(wanted)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut best: Option<u32> = None;
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if n > self.index && best.is_none_or(|b| n < b) {
+                best = Some(n);
+            }
+        }
+        Ok(best)
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}

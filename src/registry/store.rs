@@ -1,0 +1,260 @@
+//! The registry's SQLite database, `<state>/ccx.db`: one row per job (its record as JSON,
+//! plus the columns queries need) and the hooks' kv store.
+//!
+//! Writes go through one writer thread that commits them in batches (one transaction per
+//! wake-up), so a job never waits for the disk; readers that must see every write so far
+//! call [`Store::flush`] first. Reads use their own connection (WAL: readers and the writer
+//! do not block each other).
+
+use crate::protocol::{JobRecord, JobState};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ended_at REAL,
+    idempotency_key TEXT UNIQUE,
+    request_hash TEXT,
+    identity TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
+CREATE TABLE IF NOT EXISTS kv (
+    hook TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (hook, key)
+);
+";
+
+/// A job row as the writer stores it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub record: JobRecord,
+    pub request_hash: Option<String>,
+    /// The recorded process identity (JSON), while the job may have processes.
+    pub identity: Option<String>,
+}
+
+enum Op {
+    Put(Box<Row>),
+    KvSet(String, String, Vec<u8>),
+    KvDelete(String, String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The database: a writer thread and a read connection.
+pub struct Store {
+    tx: Mutex<std_mpsc::Sender<Op>>,
+    read: Arc<Mutex<Connection>>,
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating) the database at `path` and starts its writer thread.
+    pub fn open(path: &Path) -> rusqlite::Result<Store> {
+        let writer = open(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let read = open(path)?;
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("ccx-registry".into())
+            .spawn(move || write_loop(writer, rx))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Store {
+            tx: Mutex::new(tx),
+            read: Arc::new(Mutex::new(read)),
+        })
+    }
+
+    fn send(&self, op: Op) {
+        let _ = self.tx.lock().unwrap_or_else(|e| e.into_inner()).send(op);
+    }
+
+    /// Stores a job's row (insert or replace), asynchronously.
+    pub fn put(&self, row: Row) {
+        self.send(Op::Put(Box::new(row)));
+    }
+
+    pub fn kv_set(&self, hook: &str, key: &str, value: Vec<u8>) {
+        self.send(Op::KvSet(hook.into(), key.into(), value));
+    }
+
+    pub fn kv_delete(&self, hook: &str, key: &str) {
+        self.send(Op::KvDelete(hook.into(), key.into()));
+    }
+
+    /// Waits until every write sent before this call is committed.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Op::Flush(tx));
+        let _ = rx.await;
+    }
+
+    /// Runs `f` on the read connection, off the async workers.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> rusqlite::Result<T> {
+        let conn = self.read.clone();
+        tokio::task::spawn_blocking(move || f(&conn.lock().unwrap_or_else(|e| e.into_inner())))
+            .await
+            .unwrap_or_else(|e| Err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+    }
+
+    /// Runs `f` on the read connection on this thread (startup only).
+    pub fn read_now<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        f(&self.read.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let mut acks = Vec::new();
+        let result = (|| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            for op in batch {
+                match op {
+                    Op::Put(row) => put_row(&tx, &row)?,
+                    Op::KvSet(hook, key, value) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO kv (hook, key, value) VALUES (?1, ?2, ?3)",
+                        )?
+                        .execute(params![hook, key, value])?;
+                    }
+                    Op::KvDelete(hook, key) => {
+                        tx.prepare_cached("DELETE FROM kv WHERE hook = ?1 AND key = ?2")?
+                            .execute(params![hook, key])?;
+                    }
+                    Op::Flush(ack) => acks.push(ack),
+                }
+            }
+            tx.commit()
+        })();
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the job registry could not commit; records may be missing");
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn put_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+    let r = &row.record;
+    let json = serde_json::to_string(r).expect("records serialize");
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO jobs
+         (job_id, status, created_at, ended_at, idempotency_key, request_hash, identity, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![
+        &*r.job_id,
+        r.status.as_str(),
+        r.created_at,
+        r.ended_at,
+        r.idempotency_key,
+        row.request_hash,
+        row.identity,
+        json
+    ])?;
+    Ok(())
+}
+
+fn parse_record(json: String) -> rusqlite::Result<JobRecord> {
+    serde_json::from_str(&json).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+/// One job's record.
+pub fn get(conn: &Connection, job_id: &str) -> rusqlite::Result<Option<JobRecord>> {
+    conn.prepare_cached("SELECT record FROM jobs WHERE job_id = ?1")?
+        .query_row(params![job_id], |r| r.get::<_, String>(0))
+        .optional()?
+        .map(parse_record)
+        .transpose()
+}
+
+/// Records, newest first.
+pub fn list(
+    conn: &Connection,
+    status: Option<JobState>,
+    limit: usize,
+) -> rusqlite::Result<Vec<JobRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record FROM jobs WHERE (?1 IS NULL OR status = ?1)
+         ORDER BY created_at DESC, job_id DESC LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![status.map(|s| s.as_str()), limit as i64], |r| {
+        r.get::<_, String>(0)
+    })?;
+    rows.map(|r| r.and_then(parse_record)).collect()
+}
+
+/// Jobs not ended, with their recorded process identity (JSON) if they had a process.
+pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<(JobRecord, Option<String>)>> {
+    let mut stmt = conn.prepare(
+        "SELECT record, identity FROM jobs WHERE status IN ('queued', 'running', 'paused')",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
+    rows.map(|r| r.and_then(|(rec, id)| Ok((parse_record(rec)?, id))))
+        .collect()
+}
+
+/// The job an idempotency key names, with its request hash.
+pub fn by_idempotency_key(
+    conn: &Connection,
+    key: &str,
+) -> rusqlite::Result<Option<(String, Option<String>)>> {
+    conn.prepare_cached("SELECT job_id, request_hash FROM jobs WHERE idempotency_key = ?1")?
+        .query_row(params![key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()
+}
+
+/// Deletes ended jobs beyond the newest `keep` or that ended before `before` (Unix seconds);
+/// returns their ids (their spools go too).
+pub fn prune(conn: &Connection, keep: u64, before: f64) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare(
+        "DELETE FROM jobs WHERE ended_at IS NOT NULL AND (ended_at < ?1 OR job_id IN (
+             SELECT job_id FROM jobs WHERE ended_at IS NOT NULL
+             ORDER BY ended_at DESC LIMIT -1 OFFSET ?2))
+         RETURNING job_id",
+    )?;
+    let rows = stmt.query_map(params![before, keep as i64], |r| r.get::<_, String>(0))?;
+    rows.collect()
+}
+
+/// Every kv entry (hook, key, value).
+pub fn kv_all(conn: &Connection) -> rusqlite::Result<Vec<(String, String, Vec<u8>)>> {
+    let mut stmt = conn.prepare("SELECT hook, key, value FROM kv")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    rows.collect()
+}
