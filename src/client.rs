@@ -7,9 +7,11 @@
 //! [`exec`] is `ccx exec`: one job, its output copied to the caller's writers, an exit code.
 
 use crate::protocol::{
-    Control, ControlParams, ControlType, ErrorObject, Execute, ExecuteParams, ExecuteResult, JobId,
-    JobStatus, Method, Notification, ServerFrame, Stream, encode_request,
+    Attach, AttachParams, AttachResult, Control, ControlParams, ControlType, ErrorObject, Execute,
+    ExecuteParams, ExecuteResult, JobId, JobStatus, Method, Notification, OutputEncoding,
+    ServerFrame, Stream, encode_request,
 };
+use base64::Engine;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -177,23 +179,57 @@ impl Client {
     /// Sends `execute` and returns the job's event stream once the server has answered.
     pub async fn execute(&mut self, params: &ExecuteParams) -> Result<JobStream<'_>, ClientError> {
         let id = self.send::<Execute>(params).await?;
-        // Events of a job that failed to spawn (and hook warnings) can overtake the reply.
+        let (accepted, early) = self.reply_and_early::<ExecuteResult>(id, "execute").await?;
+        let job_id = accepted.job_id().clone();
+        Ok(self.stream(accepted, job_id, early))
+    }
+
+    /// Sends `attach` and returns the replay as a job stream (its `accepted` is `existing`),
+    /// with the `attach` result.
+    pub async fn attach(
+        &mut self,
+        params: &AttachParams,
+    ) -> Result<(AttachResult, JobStream<'_>), ClientError> {
+        let id = self.send::<Attach>(params).await?;
+        let (result, early) = self.reply_and_early::<AttachResult>(id, "attach").await?;
+        let job_id = result.job_id.clone();
+        let accepted = ExecuteResult::Existing {
+            job_id: job_id.clone(),
+        };
+        Ok((result, self.stream(accepted, job_id, early)))
+    }
+
+    /// Waits for the reply to request `id`, keeping the notifications that overtake it (a job
+    /// that failed to spawn, hook warnings).
+    async fn reply_and_early<T: serde::de::DeserializeOwned>(
+        &mut self,
+        id: u64,
+        method: &str,
+    ) -> Result<(T, VecDeque<Notification>), ClientError> {
         let mut early = VecDeque::new();
-        let accepted: ExecuteResult = loop {
+        loop {
             match self.next_frame().await? {
                 ServerFrame::Reply { id: got, result } if got == json!(id) => {
                     let value = result.map_err(ClientError::Refused)?;
-                    break serde_json::from_value(value).map_err(|e| {
-                        ClientError::Protocol(format!("bad `execute` result: {e}"))
+                    let answer = serde_json::from_value(value).map_err(|e| {
+                        ClientError::Protocol(format!("bad `{method}` result: {e}"))
                     })?;
+                    return Ok((answer, early));
                 }
                 ServerFrame::Reply { .. } => {}
                 ServerFrame::Notification(n) => early.push_back(n),
             }
-        };
-        let job_id = accepted.job_id().clone();
+        }
+    }
+
+    fn stream(
+        &mut self,
+        accepted: ExecuteResult,
+        job_id: JobId,
+        mut early: VecDeque<Notification>,
+    ) -> JobStream<'_> {
         early.retain(|n| n.job_id() == Some(&job_id));
-        Ok(JobStream {
+        JobStream {
             canceller: Canceller {
                 writer: self.writer.clone(),
                 next_id: self.next_id.clone(),
@@ -204,7 +240,7 @@ impl Client {
             job_id,
             early,
             done: false,
-        })
+        }
     }
 }
 
@@ -330,7 +366,22 @@ pub async fn exec<O: Write, E: Write>(
     interrupt: impl Future<Output = ()>,
 ) -> Result<u8, ExecFailure> {
     let mut client = Client::connect(&opts.url, opts.token.as_deref()).await?;
-    let mut job = client.execute(&opts.params).await?;
+    let job = client.execute(&opts.params).await?;
+    follow(job, out, err, interrupt, true, None).await
+}
+
+/// Writes a job's output to `out`/`err` as it arrives (base64 decoded) until its
+/// `process.completed`, and returns the exit code that stands for it. `interrupt` cancels
+/// the job (`cancel_on_interrupt`) or just stops following it (exit 130). `until_seq`: stop,
+/// exit 0, after the output with this `seq` (a snapshot of a running job's log).
+pub async fn follow<O: Write, E: Write>(
+    mut job: JobStream<'_>,
+    out: &mut O,
+    err: &mut E,
+    interrupt: impl Future<Output = ()>,
+    cancel_on_interrupt: bool,
+    until_seq: Option<u64>,
+) -> Result<u8, ExecFailure> {
     let canceller = job.canceller();
     let mut cancel_sent = false;
     tokio::pin!(interrupt);
@@ -338,6 +389,9 @@ pub async fn exec<O: Write, E: Write>(
         let event = tokio::select! {
             e = job.next() => e?,
             _ = &mut interrupt, if !cancel_sent => {
+                if !cancel_on_interrupt {
+                    return Ok(EXIT_CANCELED);
+                }
                 cancel_sent = true;
                 canceller.cancel().await?;
                 continue;
@@ -354,7 +408,14 @@ pub async fn exec<O: Write, E: Write>(
                     Stream::Stderr => err,
                     Stream::Stdout => out,
                 };
-                let written = w.write_all(o.data.as_bytes()).and_then(|_| w.flush());
+                let bytes = match o.encoding {
+                    OutputEncoding::Base64 => base64::engine::general_purpose::STANDARD
+                        .decode(&o.data)
+                        .map_err(|e| ClientError::Protocol(format!("bad base64 output: {e}")))?,
+                    OutputEncoding::Utf8 => o.data.into_bytes(),
+                };
+                let written = w.write_all(&bytes).and_then(|_| w.flush());
+                let seq = o.seq;
                 if let Err(e) = written
                     && e.kind() == io::ErrorKind::BrokenPipe
                     && o.stream == Stream::Stdout
@@ -374,12 +435,24 @@ pub async fn exec<O: Write, E: Write>(
                     .await;
                     return Ok(EXIT_BROKEN_PIPE);
                 }
+                if until_seq.is_some_and(|last| seq >= last) {
+                    return Ok(0);
+                }
             }
             Notification::HookWarning(w) => {
                 let _ = writeln!(
                     err,
                     "ccx: hook `{}` failed ({}): {}",
                     w.hook, w.kind, w.message
+                );
+            }
+            Notification::OutputGap(g) => {
+                let _ = writeln!(
+                    err,
+                    "ccx: [{} bytes of output not kept here (seq {} to {})]",
+                    g.bytes,
+                    g.after_seq + 1,
+                    g.next_seq.saturating_sub(1)
                 );
             }
             Notification::Completed(c) => return Ok(completion_exit_code(&c, err)),

@@ -190,12 +190,8 @@ async fn a_bounded_spool_keeps_head_and_tail_and_says_what_it_dropped() {
         1_000_000,
         "head + gap + tail = everything"
     );
-    // The bound holds to within one read (64 KiB) at the head's end and at the tail's start.
-    assert!(
-        replay.stdout_bytes <= 3 * 65536,
-        "{}",
-        replay.stdout_bytes
-    );
+    // The bound holds to within about one read (64 KiB) at each end of each half.
+    assert!(replay.stdout_bytes <= 4 * 65536, "{}", replay.stdout_bytes);
     let rec = ws.call("get_job", json!({"job_id": job_id})).await["result"].clone();
     assert_eq!(rec["output_gap"]["next_seq"], next, "{rec}");
 
@@ -210,8 +206,12 @@ async fn a_bounded_spool_keeps_head_and_tail_and_says_what_it_dropped() {
         .await;
     assert_eq!(r["result"]["next_seq"], next, "{r}");
     let tail = receive(&mut ws, &job_id).await;
-    assert!(tail.gaps.is_empty());
-    assert_eq!(tail.chunks[0].0, next);
+    assert!(tail.gaps.is_empty(), "{:?}", tail.gaps);
+    assert_eq!(
+        tail.chunks.first().map(|c| c.0),
+        Some(next),
+        "{tail:?} {gap}"
+    );
 }
 
 /// The processes whose environment carries `CCX_JOB_ID=<job_id>`.
@@ -405,4 +405,54 @@ fn a_second_server_on_the_same_state_directory_refuses_to_start() {
         err.contains("in use by another ccx server") && err.contains("state"),
         "{err}"
     );
+}
+
+#[test]
+fn the_cli_detaches_attaches_lists_and_cancels() {
+    let dir = scratch();
+    let (_server, url) = serve(dir.path(), "", &[]);
+    let ccx = |args: &[&str]| {
+        // The subcommand (one or two words), `--url`, then the rest.
+        let n = if args[0] == "jobs" { 2 } else { 1 };
+        std::process::Command::new(crate::util::CCX)
+            .args(&args[..n])
+            .args(["--url", &url])
+            .args(&args[n..])
+            .env_remove("CCX_TOKEN")
+            .output()
+            .unwrap()
+    };
+    // Binary output, a pause, and an exit code: `attach` reproduces all three.
+    let out = ccx(&["exec", "-d", "--", "printf 'a\\377b'; sleep 0.5; exit 3"]);
+    assert!(out.status.success(), "{out:?}");
+    let job_id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(job_id.len(), 36, "{job_id}");
+    let out = ccx(&["attach", &job_id]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout, b"a\xffb", "every byte, exactly");
+    let out = ccx(&["logs", &job_id]);
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"a\xffb"[..])
+    );
+
+    let out = ccx(&["jobs", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&job_id) && l.contains("failed")),
+        "{text}"
+    );
+    let out = ccx(&["jobs", "show", &job_id]);
+    let rec: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rec["exit_code"], 3);
+
+    let out = ccx(&["exec", "-d", "--", "sleep 30"]);
+    let sleeper = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = ccx(&["jobs", "cancel", &sleeper]);
+    assert!(out.status.success(), "{out:?}");
+    let out = ccx(&["attach", &sleeper]);
+    assert_eq!(out.status.code(), Some(130), "canceled: {out:?}");
+    let out = ccx(&["attach", "no-such-job"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
 }

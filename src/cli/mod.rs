@@ -42,6 +42,14 @@ enum Command {
     /// the server (a hook's deny, bad request); 126 could not be started; 130 canceled (Ctrl-C);
     /// 69 the server could not be reached or the connection broke.
     Exec(ExecArgs),
+    /// Follow a job from the start (or `--after-seq N`) to its end; exits with its exit code.
+    /// Ctrl-C stops following; the job goes on.
+    Attach(jobs_cmd::AttachArgs),
+    /// A job's retained output; `--follow` keeps following it to its end.
+    Logs(jobs_cmd::LogsArgs),
+    /// List, show and cancel the jobs in a server's registry.
+    #[command(subcommand)]
+    Jobs(jobs_cmd::JobsCommand),
     /// Inspect, check, switch and try out hooks.
     #[command(subcommand)]
     Hooks(HooksCommand),
@@ -180,6 +188,9 @@ struct ExecArgs {
     /// Environment variable for the command, as KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Start the job detached, print its id and exit 0 (`ccx attach ID` follows it).
+    #[arg(long, short = 'd')]
+    detach: bool,
     /// The command line, run by the server's shell. One argument is passed through as it is
     /// (`ccx exec -- 'ls | wc -l'`); several are joined with shell quoting, so each stays one
     /// word (`ccx exec -- printf '%s\n' 'a b'`).
@@ -219,6 +230,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Exec(args) => exec(args).await,
+            Command::Attach(args) => jobs_cmd::attach(args).await,
+            Command::Logs(args) => jobs_cmd::logs(args).await,
+            Command::Jobs(cmd) => jobs_cmd::run(cmd).await,
             Command::Hooks(cmd) => hooks_cmd::run(cmd).await,
             Command::Mcp(args) => mcp(args).await,
             Command::Health { url, timeout } => Ok(health(&url, timeout).await),
@@ -227,6 +241,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 mod hooks_cmd;
+mod jobs_cmd;
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let path = args.config.or_else(|| {
@@ -351,9 +366,15 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
             timeout: args.timeout,
             cwd: args.cwd,
             env: (!env.is_empty()).then_some(env),
+            detach: args.detach,
+            // Every byte exactly: the output is written to our stdout as it came.
+            output_encoding: Some(ccx::protocol::OutputEncoding::Base64),
             ..Default::default()
         },
     };
+    if args.detach {
+        return exec_detached(&opts).await;
+    }
     let interrupt = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -362,6 +383,29 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
     match client::exec(&opts, &mut out, &mut err, interrupt).await {
         Ok(code) => Ok(ExitCode::from(code)),
         Err(failure) => {
+            eprintln!("ccx: {failure}");
+            Ok(ExitCode::from(failure.exit_code()))
+        }
+    }
+}
+
+/// `ccx exec --detach`: starts the job, prints its id, exits 0.
+async fn exec_detached(opts: &ExecOptions) -> Result<ExitCode> {
+    let mut client = match client::Client::connect(&opts.url, opts.token.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            let failure = client::ExecFailure::from(e);
+            eprintln!("ccx: {failure}");
+            return Ok(ExitCode::from(failure.exit_code()));
+        }
+    };
+    match client.call::<ccx::protocol::Execute>(&opts.params).await {
+        Ok(result) => {
+            println!("{}", result.job_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let failure = client::ExecFailure::from(e);
             eprintln!("ccx: {failure}");
             Ok(ExitCode::from(failure.exit_code()))
         }

@@ -62,6 +62,9 @@ pub struct AttachResult {
     pub status: JobState,
     /// The `seq` of the first `process.output` the replay can bring.
     pub next_seq: u64,
+    /// The last `seq` read from the job so far (what a client that does not follow waits for).
+    #[serde(default)]
+    pub last_seq: u64,
 }
 
 /// Params naming one job.

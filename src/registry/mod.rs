@@ -18,7 +18,7 @@ pub use replay::Replay;
 
 use crate::config::StateConfig;
 use crate::events::{Completion, Event, JobId};
-use crate::protocol::{JobRecord, JobState, OutputEncoding, OutputGap, RpcError};
+use crate::protocol::{AttachResult, JobRecord, JobState, OutputEncoding, OutputGap, RpcError};
 use anyhow::{Context, Result};
 use reap::ProcessIdentity;
 use serde::Serialize;
@@ -102,6 +102,8 @@ struct Live {
     progress: Option<watch::Receiver<Progress>>,
     spool_dir: PathBuf,
     detached: AtomicBool,
+    /// The last `seq` read from the job.
+    last_seq: AtomicU64,
 }
 
 impl Default for Registry {
@@ -270,6 +272,7 @@ impl Registry {
             progress: Some(writer.subscribe()),
             spool_dir,
             detached: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
         });
         inner
             .live
@@ -392,17 +395,25 @@ impl Registry {
     ) -> Result<Replay, RpcError> {
         let inner = self.inner()?;
         let live = inner.live.lock().expect("lock").get(job_id).cloned();
-        let (record, progress, gap, dir) = match &live {
+        let (record, progress, gap, dir, last_seq) = match &live {
             Some(l) => {
                 let record = l.record.lock().expect("lock").clone();
                 let gap = spool::read_gap(&l.spool_dir).map(|g| gap_note(&record.job_id, g));
-                (record, l.progress.clone(), gap, l.spool_dir.clone())
+                let last_seq = l.last_seq.load(Ordering::Relaxed);
+                (
+                    record,
+                    l.progress.clone(),
+                    gap,
+                    l.spool_dir.clone(),
+                    last_seq,
+                )
             }
             None => {
                 let record = self.get(job_id).await?;
                 let dir = inner.spool_root.join(job_id);
                 let gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
-                (record, None, gap, dir)
+                let last_seq = record.last_seq;
+                (record, None, gap, dir, last_seq)
             }
         };
         let after = after_seq.unwrap_or(0);
@@ -419,6 +430,12 @@ impl Registry {
             }
             next_seq = g.next_seq;
         }
+        let result = AttachResult {
+            job_id: record.job_id.clone(),
+            status: record.status,
+            next_seq,
+            last_seq,
+        };
         Ok(Replay::new(
             inner.clone(),
             record,
@@ -426,7 +443,7 @@ impl Registry {
             progress,
             after_seq,
             encoding,
-            next_seq,
+            result,
         ))
     }
 
@@ -634,6 +651,7 @@ impl JobLog {
     /// Appends one read of output (`bytes` empty: the stream's end) to the spool.
     pub fn output(&self, stdout: bool, seq: u64, offset: u64, bytes: &[u8]) {
         let Some(l) = &self.inner else { return };
+        l.live.last_seq.store(seq, Ordering::Relaxed);
         let mut spool = l.spool.lock().expect("lock");
         let had_error = spool.error().is_some();
         spool.output(stdout, seq, offset, bytes);
@@ -715,7 +733,7 @@ impl JobLog {
             r.execution_time = Some(c.execution_time);
             r.pid = c.pid.or(r.pid);
             r.pgid = c.pgid.or(r.pgid);
-            r.last_seq = last_seq;
+            r.last_seq = last_seq.max(l.live.last_seq.load(Ordering::Relaxed));
             r.output_gap = gap.map(|g| gap_note(&r.job_id, g));
             r.spool_error = spool_error;
         }

@@ -34,16 +34,12 @@ impl Replay {
         progress: Option<watch::Receiver<Progress>>,
         after_seq: Option<u64>,
         encoding: Option<OutputEncoding>,
-        next_seq: u64,
+        result: AttachResult,
     ) -> Replay {
         let job_id = record.job_id.clone();
         Replay {
             inner,
-            result: AttachResult {
-                job_id: job_id.clone(),
-                status: record.status,
-                next_seq,
-            },
+            result,
             reader: SpoolReader::open(dir, progress, after_seq),
             encoder: OutputEncoder::new(job_id.clone(), encoding.unwrap_or(record.output_encoding)),
             job_id,

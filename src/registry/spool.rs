@@ -230,8 +230,10 @@ impl SpoolWriter {
                 .filter(|s| !s.head)
                 .map(|s| s.len)
                 .sum();
+            // The new (empty) segment and the full one before it always stay: the tail keeps
+            // the newest output even when one read is larger than its budget.
             let tail_count = self.segments.iter().filter(|s| !s.head).count();
-            if tail <= self.tail_budget || tail_count < 2 {
+            if tail <= self.tail_budget || tail_count <= 2 {
                 break;
             }
             let pos = self
@@ -524,4 +526,106 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes `sizes` as stdout reads, then both streams' ends; returns the reader's items.
+    fn roundtrip(max: u64, sizes: &[usize]) -> (Vec<Item>, Option<Gap>) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter::create(dir.path().join("job"), max);
+        let mut seq = 0;
+        let mut offset = 0;
+        for (i, n) in sizes.iter().enumerate() {
+            seq += 1;
+            w.output(true, seq, offset, &vec![i as u8; *n]);
+            offset += *n as u64;
+        }
+        w.event(br#"{"method":"process.paused","params":{"job_id":"j","status":"paused"}}"#);
+        w.output(true, seq + 1, offset, &[]);
+        w.output(false, seq + 2, 0, &[]);
+        w.finish();
+        assert!(w.error().is_none(), "{:?}", w.error());
+        let mut r = SpoolReader::open(dir.path().join("job"), None, None);
+        let mut items = Vec::new();
+        while let Some(item) = r.read_next().unwrap() {
+            items.push(item);
+        }
+        (items, w.gap())
+    }
+
+    fn output_bytes(items: &[Item]) -> u64 {
+        items
+            .iter()
+            .map(|i| match i {
+                Item::Output { bytes, .. } => bytes.len() as u64,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn everything_comes_back_in_order_when_it_fits() {
+        let (items, gap) = roundtrip(1 << 20, &[10, 20, 30]);
+        assert_eq!(gap, None);
+        let seqs: Vec<u64> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Output { seq, .. } => Some(*seq),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        assert_eq!(output_bytes(&items), 60);
+        assert!(
+            matches!(items[3], Item::Event(_)),
+            "the event keeps its place"
+        );
+    }
+
+    #[test]
+    fn head_gap_and_tail_add_up_and_the_tail_keeps_the_newest_read() {
+        // Reads larger than a segment (16 KiB) and than half the budget (32 KiB).
+        let sizes = [65536, 65536, 1000, 65536, 65536, 7, 65536];
+        let total: u64 = sizes.iter().map(|n| *n as u64).sum();
+        let (items, gap) = roundtrip(65536, &sizes);
+        let gap = gap.expect("a gap");
+        let found: Vec<&Gap> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Gap(g) => Some(g),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(*found[0], gap);
+        assert_eq!(output_bytes(&items) + gap.bytes, total);
+        let last_data = items.iter().rev().find_map(|i| match i {
+            Item::Output { bytes, seq, .. } if !bytes.is_empty() => Some(*seq),
+            _ => None,
+        });
+        assert_eq!(
+            last_data,
+            Some(sizes.len() as u64),
+            "the newest read is kept"
+        );
+    }
+
+    #[test]
+    fn a_reader_can_start_after_a_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = SpoolWriter::create(dir.path().join("job"), 1 << 20);
+        for seq in 1..=5 {
+            w.output(seq % 2 == 0, seq, 0, b"x");
+        }
+        w.finish();
+        let mut r = SpoolReader::open(dir.path().join("job"), None, Some(3));
+        let mut seqs = Vec::new();
+        while let Some(Item::Output { seq, .. }) = r.read_next().unwrap() {
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, [4, 5]);
+    }
 }
