@@ -71,6 +71,22 @@ impl App {
             cache_max_bytes: sandbox.cache_max_bytes,
         })
         .context("cannot start the hook runtime")?;
+        if registry.is_on() {
+            // The hooks' kv stores live in the registry's database: hooks remember across
+            // restarts.
+            let seed = registry
+                .kv_load()
+                .into_iter()
+                .filter_map(|(h, k, v)| Some((h, k, String::from_utf8(v).ok()?)))
+                .collect();
+            let reg = registry.clone();
+            host.persist_kv(
+                seed,
+                Arc::new(move |hook: &str, key: &str, value: &str| {
+                    reg.kv_store(hook, key, Some(value.as_bytes().to_vec()))
+                }),
+            );
+        }
         let exec = Executor::loading(config.execution.clone(), registry);
         exec.registry()
             .spawn_pruner(std::time::Duration::from_secs(600));
@@ -320,6 +336,7 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
     [
         ("server.listen", a.listen != b.listen),
         ("server.token", a.token != b.token),
+        ("server.tokens", a.tokens != b.tokens),
         ("server.max_sessions", a.max_sessions != b.max_sessions),
         (
             "server.max_frame_bytes",

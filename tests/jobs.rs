@@ -456,3 +456,72 @@ fn the_cli_detaches_attaches_lists_and_cancels() {
     let out = ccx(&["attach", "no-such-job"]);
     assert_eq!(out.status.code(), Some(125), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_remember_across_restarts() {
+    let dir = scratch();
+    let hooks =
+        "[[hooks]]\nname = \"counter\"\npath = \"{test-hook}\"\nconfig = { mode = \"counter\" }\n";
+    let count = |url: String| async move {
+        let mut ws = Ws::connect(&url).await;
+        let events = ws
+            .run_or_error(json!({"command": "echo $COUNT"}))
+            .await
+            .unwrap();
+        events
+            .iter()
+            .find(|e| e["method"] == "process.output")
+            .map(|e| e["params"]["data"].as_str().unwrap().trim().to_string())
+            .unwrap()
+    };
+    let (mut server, url) = serve(dir.path(), hooks, &[]);
+    assert_eq!(count(url.clone()).await, "1");
+    assert_eq!(count(url).await, "2");
+    // A graceful stop (SIGTERM), then a new process on the same state directory.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    server.0.wait().unwrap();
+    let (_server, url) = serve(dir.path(), hooks, &[]);
+    assert_eq!(count(url).await, "3", "the count went on where it stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_name_the_token_and_mask_secret_variables() {
+    let dir = scratch();
+    let rest = "[[server.tokens]]\nlabel = \"ci\"\ntoken = \"tok-ci-1\"\n\n\
+                [[server.tokens]]\nlabel = \"agent\"\ntoken = \"tok-agent-2\"\n";
+    let (_server, url) = serve(dir.path(), rest, &[]);
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_string();
+    let (code, _) = crate::util::http(&addr, "GET", "/ws?token=wrong", &[], "").await;
+    assert_eq!(code, 401);
+    let mut ws = Ws::connect(&format!("{url}?token=tok-agent-2")).await;
+    let env = json!({"GITHUB_TOKEN": "ghp_secret", "MODE": "fast"});
+    let r = ws
+        .call(
+            "execute",
+            json!({"command": "echo $GITHUB_TOKEN", "env": env}),
+        )
+        .await;
+    let job_id = r["result"]["job_id"].as_str().unwrap().to_string();
+    let events = ws.collect(&job_id).await;
+    assert!(
+        events.iter().any(|e| e["params"]["data"] == "ghp_secret\n"),
+        "the command still sees the value"
+    );
+    let rec = ws.call("get_job", json!({"job_id": job_id})).await["result"].clone();
+    assert_eq!(rec["token_label"], "agent", "{rec}");
+    assert_eq!(rec["env"]["GITHUB_TOKEN"], "***", "{rec}");
+    assert_eq!(rec["env"]["MODE"], "fast");
+    assert!(rec["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    let db = std::fs::read(dir.path().join("state/ccx.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("state/ccx.db-wal")).unwrap_or_default();
+    let needle = b"ghp_secret";
+    for bytes in [&db, &wal] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "the secret never reaches the store"
+        );
+    }
+}

@@ -257,7 +257,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.server.listen = listen;
     }
     // Refuse an exposed, unauthenticated address before spending time on hooks.
-    server::check_exposure(config.server.listen, config.server.token.is_some())?;
+    server::check_exposure(config.server.listen, config.server.has_auth())?;
     // Before listening: a second server on the same state directory stops here, and the
     // jobs a crashed predecessor left are settled before new ones start.
     let registry = Registry::open(&config.state)?;
@@ -265,8 +265,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     // Listens at once; the hooks load in the background (`/health` says `starting`).
-    let app = App::start(config, registry)?;
+    let app = App::start(config, registry.clone())?;
     app.serve(listener, shutdown_signal()).await?;
+    registry.flush().await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -12,8 +12,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod secrets;
 mod state;
 mod watch;
+pub use secrets::{DEFAULT_SECRET_ENV, DEFAULT_TOKEN_LABEL, MASK, NamedToken, is_secret, mask_env};
 pub use state::{STATE_DIR_ENV, StateConfig, default_state_dir};
 pub use watch::watch_config;
 
@@ -85,6 +87,7 @@ struct RawServer {
     max_frame_bytes: Option<usize>,
     token: Option<String>,
     token_file: Option<PathBuf>,
+    tokens: Option<Vec<secrets::RawToken>>,
     allowed_origins: Option<Vec<String>>,
     watch_interval: Option<f64>,
 }
@@ -99,6 +102,7 @@ struct RawExecution {
     max_queue: Option<usize>,
     pass_env: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
+    secret_env: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -169,8 +173,11 @@ pub struct ServerConfig {
     pub max_sessions: usize,
     /// Largest request frame accepted; a larger one gets an error reply.
     pub max_frame_bytes: usize,
-    /// Shared secret clients must present; `None` allows loopback listening only.
+    /// Shared secret clients must present (label `default`); `None` (and no `tokens`)
+    /// allows loopback listening only.
     pub token: Option<String>,
+    /// `[[server.tokens]]`: more clients, each with its own token and label.
+    pub tokens: Vec<NamedToken>,
     /// `Origin` header values accepted from browsers; any other Origin is refused.
     pub allowed_origins: Vec<String>,
     /// How often the config file and hook files are checked for changes; `None`: never
@@ -201,6 +208,28 @@ pub struct ExecConfig {
     /// How long a job waits for its generation's hooks to finish loading (`[sandbox]
     /// load_timeout`) before it is refused with `-32006`.
     pub hooks_load_timeout: Duration,
+    /// Globs of variable names whose values are masked (`***`) wherever a request is stored
+    /// or logged (job records); see [`DEFAULT_SECRET_ENV`].
+    pub secret_env: Vec<String>,
+}
+
+impl ServerConfig {
+    /// Whether clients must present a token.
+    pub fn has_auth(&self) -> bool {
+        self.token.is_some() || !self.tokens.is_empty()
+    }
+
+    /// Every accepted token with its label: `server.token` as `default`, then `tokens`.
+    pub fn credentials(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.token
+            .iter()
+            .map(|t| (DEFAULT_TOKEN_LABEL, t.as_str()))
+            .chain(
+                self.tokens
+                    .iter()
+                    .map(|t| (t.label.as_str(), t.token.as_str())),
+            )
+    }
 }
 
 impl Default for ServerConfig {
@@ -210,6 +239,7 @@ impl Default for ServerConfig {
             max_sessions: 100,
             max_frame_bytes: 1 << 20,
             token: None,
+            tokens: Vec::new(),
             allowed_origins: Vec::new(),
             watch_interval: Some(Duration::from_secs(1)),
             mcp: McpConfig::default(),
@@ -228,6 +258,7 @@ impl Default for ExecConfig {
             pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             hooks_load_timeout: Duration::from_secs(60),
+            secret_env: DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect(),
         }
     }
 }
@@ -282,6 +313,9 @@ impl Config {
         if cfg.server.token.as_deref() == Some("") {
             bail!("server.token is empty");
         }
+        if let Some(tokens) = s.tokens {
+            cfg.server.tokens = secrets::tokens(tokens, &base)?;
+        }
         if let Some(origins) = s.allowed_origins {
             cfg.server.allowed_origins = origins;
         }
@@ -319,6 +353,9 @@ impl Config {
         }
         if let Some(list) = e.pass_env {
             cfg.execution.pass_env = list;
+        }
+        if let Some(patterns) = e.secret_env {
+            cfg.execution.secret_env = secrets::secret_env(patterns)?;
         }
         if let Some(env) = e.env {
             if let Some(k) = env.keys().find(|k| !valid_env_name(k)) {

@@ -183,7 +183,7 @@ impl Session {
                 job_id: job_id.clone(),
                 command: request.command.clone(),
                 cwd: request.cwd.clone(),
-                env: request.env.clone(),
+                env: crate::config::mask_env(&cfg.secret_env, &request.env),
                 timeout: request.timeout.map(|t| t.as_secs_f64()),
                 peer: self.inner.origin.peer.clone(),
                 token_label: self.inner.origin.token_label.clone(),

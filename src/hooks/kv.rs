@@ -1,7 +1,9 @@
 //! The per-hook key/value store behind `host.kv-get` / `host.kv-set`.
 //!
 //! One store per hook *name*, owned by the [`super::HookHost`], so values survive across calls
-//! and across reloads of the hook set, but not across restarts. Bounds keep a hook from growing
+//! and across reloads of the hook set; with [`super::HookHost::persist_kv`] (as `ccx serve`
+//! sets up, in the job registry's database) they survive restarts too, so a hook can learn
+//! from past runs. Bounds keep a hook from growing
 //! the server's memory without end; a `kv-set` past a bound is ignored with a warning in the log
 //! rather than trapping, so a hook that over-stores degrades (it reads back an older value or
 //! none) instead of failing every call that touches the store.
@@ -18,18 +20,49 @@ pub const KV_MAX_VALUE_BYTES: usize = 64 * 1024;
 /// Most bytes (keys plus values) one hook may store in total.
 pub const KV_MAX_TOTAL_BYTES: usize = 4 * 1024 * 1024;
 
+/// Where a store's writes are kept beyond the process: called with (hook, key, value) after
+/// each accepted `kv-set`; it must not block (the registry queues the write).
+pub type KvPersist = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
 /// One hook's values. Guarded by a std `Mutex`: every operation is a short map access that
 /// never awaits, so an async mutex would only add cost.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct KvStore {
     map: HashMap<String, String>,
     bytes: usize,
+    /// The hook's name and where its writes persist, if they do.
+    persist: Option<(String, KvPersist)>,
+}
+
+impl std::fmt::Debug for KvStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvStore")
+            .field("keys", &self.map.len())
+            .field("bytes", &self.bytes)
+            .field("persistent", &self.persist.is_some())
+            .finish()
+    }
 }
 
 /// Shared handle to one hook's store.
 pub(crate) type SharedKv = Arc<Mutex<KvStore>>;
 
 impl KvStore {
+    /// A store whose accepted writes go to `persist` too.
+    pub(crate) fn persistent(hook: &str, persist: KvPersist) -> KvStore {
+        KvStore {
+            persist: Some((hook.to_string(), persist)),
+            ..KvStore::default()
+        }
+    }
+
+    /// Loads a persisted value (no write-back); values past the bounds are skipped.
+    pub(crate) fn seed(&mut self, key: String, value: String) {
+        let persist = self.persist.take();
+        let _ = self.set(key, value);
+        self.persist = persist;
+    }
+
     pub(crate) fn get(&self, key: &str) -> Option<String> {
         self.map.get(key).cloned()
     }
@@ -59,6 +92,9 @@ impl KvStore {
             ));
         }
         self.bytes = new_total;
+        if let Some((hook, persist)) = &self.persist {
+            persist(hook, &key, &value);
+        }
         self.map.insert(key, value);
         Ok(())
     }

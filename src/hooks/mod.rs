@@ -53,7 +53,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use cache::{LoadSource, default_cache_dir};
 pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS};
 pub use capture::OUTPUT_CAP_BYTES;
-pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES};
+pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES, KvPersist};
 pub use load::LoadError;
 pub use run_once::{RunFailure, RunInput, RunReport, run_once};
 pub use set::HookSet;
@@ -278,6 +278,7 @@ pub struct HookHost {
     pooling: bool,
     counters: std::sync::Mutex<std::collections::HashMap<String, Arc<stats::HookCounters>>>,
     kv: std::sync::Mutex<std::collections::HashMap<String, kv::SharedKv>>,
+    kv_persist: std::sync::Mutex<Option<KvPersist>>,
 }
 
 impl std::fmt::Debug for HookHost {
@@ -358,6 +359,7 @@ impl HookHost {
             pooling,
             counters: Default::default(),
             kv: Default::default(),
+            kv_persist: Default::default(),
         }))
     }
 
@@ -383,7 +385,33 @@ impl HookHost {
 
     fn kv_for(&self, hook: &str) -> kv::SharedKv {
         let mut map = self.kv.lock().unwrap_or_else(|e| e.into_inner());
-        map.entry(hook.to_string()).or_default().clone()
+        let persist = self
+            .kv_persist
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        map.entry(hook.to_string())
+            .or_insert_with(|| {
+                Arc::new(std::sync::Mutex::new(match persist {
+                    Some(p) => kv::KvStore::persistent(hook, p),
+                    None => kv::KvStore::default(),
+                }))
+            })
+            .clone()
+    }
+
+    /// Makes the hooks' kv stores outlive the process: `seed` holds the values persisted
+    /// before (hook, key, value), and `persist` takes every accepted write from now on. Call
+    /// it before any hook is loaded (stores made earlier stay in memory only).
+    pub fn persist_kv(&self, seed: Vec<(String, String, String)>, persist: KvPersist) {
+        *self.kv_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(persist);
+        for (hook, key, value) in seed {
+            let store = self.kv_for(&hook);
+            store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .seed(key, value);
+        }
     }
 }
 

@@ -196,6 +196,13 @@ impl Registry {
         })
     }
 
+    /// Waits until every record and kv write so far is committed (before the process exits).
+    pub async fn flush(&self) {
+        if let Some(i) = &self.inner {
+            i.store.flush().await;
+        }
+    }
+
     /// Whether records are kept.
     pub fn is_on(&self) -> bool {
         self.inner.is_some()

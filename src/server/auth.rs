@@ -42,7 +42,8 @@ pub(super) async fn guard(
             return refuse(StatusCode::FORBIDDEN, "origin not allowed");
         }
     }
-    if let Some(expected) = &state.config.token {
+    let mut request = request;
+    if state.config.has_auth() {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -53,14 +54,30 @@ pub(super) async fn guard(
                     .ok()
                     .and_then(|Query(mut q)| q.remove("token"))
             });
-        match presented {
-            Some(p) if token_matches(p.trim(), expected) => {}
-            Some(_) => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
-            None => return refuse(StatusCode::UNAUTHORIZED, "missing token"),
+        let Some(presented) = presented else {
+            return refuse(StatusCode::UNAUTHORIZED, "missing token");
+        };
+        // Every token is compared, so the time taken does not say which one matched.
+        let mut label = None;
+        for (l, expected) in state.config.credentials() {
+            if token_matches(presented.trim(), expected) && label.is_none() {
+                label = Some(l.to_string());
+            }
+        }
+        match label {
+            Some(l) => {
+                request.extensions_mut().insert(TokenLabel(l));
+            }
+            None => return refuse(StatusCode::UNAUTHORIZED, "invalid token"),
         }
     }
     next.run(request).await
 }
+
+/// The label of the token a request presented (`default` for `server.token`), set by
+/// [`guard`] for the handlers behind it.
+#[derive(Debug, Clone)]
+pub struct TokenLabel(pub String);
 
 /// Compares without an early exit (`subtle`), so timing says nothing about where a guess went
 /// wrong. Only the length may leak, which a fixed-format token does not hide anyway.

@@ -95,7 +95,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         state.exec.clone(),
         state.hooks.clone(),
         state.config.mcp.clone(),
-        state.config.token.is_some(),
+        state.config.has_auth(),
         state.sessions.clone(),
         state.shutdown.child_token(),
     );
@@ -121,7 +121,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let addr = listener.local_addr()?;
-    check_exposure(addr, state.config.token.is_some())?;
+    check_exposure(addr, state.config.has_auth())?;
     info!(%addr, "listening");
     let token = state.shutdown.clone();
     let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();

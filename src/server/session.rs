@@ -37,6 +37,7 @@ const HARD_FRAME_FACTOR: usize = 4;
 pub(super) async fn ws_handler(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    label: Option<axum::Extension<super::auth::TokenLabel>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let hard_limit = state
@@ -56,7 +57,7 @@ pub(super) async fn ws_handler(
                     state.active.fetch_add(1, Ordering::Relaxed);
                     let origin = Origin {
                         peer: Some(peer.to_string()),
-                        token_label: state.config.token.as_ref().map(|_| "default".to_string()),
+                        token_label: label.map(|axum::Extension(l)| l.0),
                     };
                     run_session(state.clone(), socket, id, origin)
                         .instrument(span)
