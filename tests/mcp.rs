@@ -4,6 +4,7 @@
 //! real hook components, real processes. Each scenario is its own test per transport, so one
 //! failure does not hide the others.
 
+use crate::mcp_jobs::job_tools_work;
 use crate::util::*;
 use rmcp::model::{
     CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, NotificationMetaObject,
@@ -30,7 +31,7 @@ config = { mode = "deny-if-contains", needle = "forbidden", "note.checked" = "ye
 "#;
 
 /// An MCP client that hands every progress notification to the test.
-struct Recorder {
+pub(crate) struct Recorder {
     progress: mpsc::UnboundedSender<ProgressNotificationParam>,
 }
 
@@ -51,7 +52,7 @@ impl ClientHandler for Recorder {
     }
 }
 
-type Client = RunningService<RoleClient, Recorder>;
+pub(crate) type Client = RunningService<RoleClient, Recorder>;
 
 fn recorder() -> (Recorder, mpsc::UnboundedReceiver<ProgressNotificationParam>) {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -98,7 +99,7 @@ fn call(tool: &'static str, args: Value) -> CallToolRequestParams {
     CallToolRequestParams::new(tool).with_arguments(args.as_object().unwrap().clone())
 }
 
-async fn call_tool(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
+pub(crate) async fn call_tool(client: &Client, tool: &'static str, args: Value) -> CallToolResult {
     tokio::time::timeout(WAIT, client.peer().call_tool(call(tool, args)))
         .await
         .expect("tool answered in time")
@@ -112,16 +113,30 @@ fn text(r: &CallToolResult) -> String {
         .collect()
 }
 
-fn structured(r: &CallToolResult) -> &Value {
+pub(crate) fn structured(r: &CallToolResult) -> &Value {
     r.structured_content.as_ref().expect("structured content")
 }
 
 async fn lists_the_three_tools_with_schemas(session: &mut Session) {
     let client = &session.client;
     let tools = client.peer().list_all_tools().await.unwrap();
-    let names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
-    assert_eq!(names, ["execute", "execute_task_list", "hook_status"]);
-    let execute = &tools[0];
+    let mut names: Vec<&str> = tools.iter().map(|t| t.name.as_ref()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "execute",
+            "execute_task_list",
+            "hook_status",
+            "job_cancel",
+            "job_list",
+            "job_output",
+            "job_start",
+            "job_wait"
+        ]
+    );
+    let tool = |name: &str| tools.iter().find(|t| t.name == name).unwrap();
+    let execute = tool("execute");
     assert!(
         execute
             .description
@@ -137,7 +152,7 @@ async fn lists_the_three_tools_with_schemas(session: &mut Session) {
             "{key}: {schema}"
         );
     }
-    let list = Value::Object((*tools[1].input_schema).clone());
+    let list = Value::Object((*tool("execute_task_list").input_schema).clone());
     assert_eq!(list["properties"]["tasks"]["type"], "array", "{list}");
 }
 
@@ -337,8 +352,8 @@ async fn hook_status_lists_the_hooks(session: &mut Session) {
 }
 
 /// A connected MCP client, its progress notifications, and what must live as long as it.
-struct Session {
-    client: Client,
+pub(crate) struct Session {
+    pub(crate) client: Client,
     progress: mpsc::UnboundedReceiver<ProgressNotificationParam>,
     /// The server behind `/mcp` or `ccx mcp --url`.
     server: Option<AppServer>,
@@ -430,6 +445,7 @@ scenarios!(Session::stdio_local {
     stdio_local_reports_progress_while_a_command_runs: progress_is_reported_while_a_command_runs,
     stdio_local_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
     stdio_local_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+    stdio_local_job_tools_start_page_wait_and_cancel: job_tools_work,
 });
 
 scenarios!(Session::http {
@@ -443,6 +459,7 @@ scenarios!(Session::http {
     http_reports_progress_while_a_command_runs: progress_is_reported_while_a_command_runs,
     http_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
     http_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+    http_job_tools_start_page_wait_and_cancel: job_tools_work,
 });
 
 scenarios!(Session::stdio_remote {
@@ -456,6 +473,7 @@ scenarios!(Session::stdio_remote {
         progress_is_reported_while_a_command_runs_remote,
     stdio_remote_cancellation_kills_the_process_group: a_canceled_call_kills_the_process_group,
     stdio_remote_hook_status_lists_the_hooks: hook_status_lists_the_hooks,
+    stdio_remote_job_tools_start_page_wait_and_cancel: job_tools_work,
 });
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

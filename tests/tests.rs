@@ -27,5 +27,6 @@ mod hooks_runtime;
 mod hooks_server;
 mod jobs;
 mod mcp;
+mod mcp_jobs;
 mod restructure;
 mod server;

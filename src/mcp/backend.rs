@@ -5,6 +5,7 @@
 //! Both sides turn what a job reports into the same [`JobReport`] through a [`Collector`],
 //! which keeps each stream's head and tail only, so memory stays bounded.
 
+use super::job_ops::JobOps;
 use super::output::HeadTail;
 use crate::client::{Client, ClientError};
 use crate::events::{Completion, Event, HookReport, HookWarning, PreHooks, Started, Stream};
@@ -99,8 +100,8 @@ pub enum JobError {
     Unavailable(String),
 }
 
-/// Runs jobs for the MCP tools.
-pub trait Backend: Send + Sync + 'static {
+/// Runs jobs for the MCP tools (and, through [`JobOps`], handles detached ones).
+pub trait Backend: JobOps + Send + Sync + 'static {
     /// Runs `spec` to its end. `progress` is updated as the job shows signs of life; when
     /// `cancel` fires the job is canceled (its process group killed) and the report, with
     /// status `canceled`, is returned once the job has ended.
@@ -227,6 +228,10 @@ pub struct Local {
 }
 
 impl Local {
+    pub(super) fn exec(&self) -> &Arc<Executor> {
+        &self.exec
+    }
+
     pub fn new(exec: Arc<Executor>, hook_status: Option<HookStatusFn>) -> Local {
         Local { exec, hook_status }
     }
@@ -344,7 +349,7 @@ impl Remote {
         Remote { url, token }
     }
 
-    async fn connect(&self) -> Result<Client, JobError> {
+    pub(super) async fn connect(&self) -> Result<Client, JobError> {
         Client::connect(&self.url, self.token.as_deref())
             .await
             .map_err(remote_error)
@@ -352,7 +357,7 @@ impl Remote {
 }
 
 /// A client failure as the tools report it: a refusal names the hook when a hook denied.
-fn remote_error(e: ClientError) -> JobError {
+pub(super) fn remote_error(e: ClientError) -> JobError {
     match e {
         ClientError::Refused(obj) => {
             let data = obj.data.as_ref();

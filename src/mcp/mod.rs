@@ -18,6 +18,8 @@
 //! `max_output_bytes / 2` bytes with the number of bytes left out stated.
 
 pub mod backend;
+pub mod job_ops;
+mod job_tools;
 mod output;
 pub mod tools;
 

@@ -73,7 +73,7 @@ impl CcxTools {
             backend,
             config,
             calls: TaskTracker::new(),
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::job_router(),
             _permit: None,
         }
     }
@@ -83,6 +83,10 @@ impl CcxTools {
     pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> CcxTools {
         self._permit = Some(Arc::new(permit));
         self
+    }
+
+    pub(super) fn backend(&self) -> &dyn Backend {
+        &*self.backend
     }
 
     /// Tool calls still running.
@@ -239,7 +243,9 @@ impl CcxTools {
     name = "ccx",
     instructions = "ccx runs shell commands on its host, each in its own process group, \
         through sandboxed pre/post hooks that may deny, change or annotate them. Use `execute` \
-        for one command, `execute_task_list` for a sequence, `hook_status` to see the hooks."
+        for one command, `execute_task_list` for a sequence, `hook_status` to see the hooks. \
+        For anything long, `job_start` returns a job id at once; then `job_output`, `job_wait`, \
+        `job_cancel` and `job_list`."
 )]
 impl ServerHandler for CcxTools {}
 
