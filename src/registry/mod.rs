@@ -466,8 +466,8 @@ impl Registry {
             .read(move |c| store::prune(c, keep, before))
             .await
             .map_err(|e| internal("pruning jobs", e))?;
-        for id in &ids {
-            let _ = std::fs::remove_dir_all(inner.spool_root.join(id));
+        if !ids.is_empty() {
+            spool::remove(&inner.spool_root, &ids.iter().cloned().collect());
         }
         Ok(ids.len())
     }
@@ -551,7 +551,12 @@ impl Inner {
     /// `reap`) and record them `lost`.
     fn recover(&self) -> rusqlite::Result<()> {
         let unfinished = self.store.read_now(store::unfinished)?;
-        for (mut record, identity) in unfinished {
+        for Row {
+            mut record,
+            request_hash,
+            identity,
+        } in unfinished
+        {
             let ident: Option<ProcessIdentity> = identity
                 .as_deref()
                 .and_then(|j| serde_json::from_str(j).ok());
@@ -574,11 +579,13 @@ impl Inner {
                 killed.len()
             ));
             record.output_gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
-            self.store.put(Row {
+            // Written now: the first request after the start must see `lost`.
+            let row = Row {
                 record,
-                request_hash: None,
+                request_hash,
                 identity: None,
-            });
+            };
+            self.store.read_now(|c| store::put_row(c, &row))?;
         }
         Ok(())
     }
@@ -750,13 +757,21 @@ impl JobLog {
         if l.live.detached.load(Ordering::Acquire) {
             l.reg.detached.fetch_sub(1, Ordering::AcqRel);
         }
-        l.reg.put(&l.live);
-        // Readers find the ended job in the database once this write is committed.
-        let reg = l.reg.clone();
+        // Readers find the ended job in the database once this write is committed; until
+        // then, here.
+        let reg = Arc::downgrade(&l.reg);
         let id = l.live.record.lock().expect("lock").job_id.clone();
-        tokio::spawn(async move {
-            reg.store.flush().await;
-            reg.live.lock().expect("lock").remove(&id);
-        });
+        l.reg.store.put_then(
+            Row {
+                record: l.live.record.lock().expect("lock").clone(),
+                request_hash: l.live.request_hash.clone(),
+                identity: None,
+            },
+            Box::new(move || {
+                if let Some(reg) = reg.upgrade() {
+                    reg.live.lock().expect("lock").remove(&id);
+                }
+            }),
+        );
     }
 }

@@ -56,8 +56,13 @@ pub fn identify(pid: u32) -> Option<ProcessIdentity> {
 /// This boot's id (`/proc/sys/kernel/random/boot_id`, trimmed), or None where `/proc` is
 /// unavailable.
 pub fn boot_id() -> Option<String> {
-    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    Some(id.trim().to_string()).filter(|id| !id.is_empty())
+    // It cannot change while this process lives: read it once.
+    static ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        Some(id.trim().to_string()).filter(|id| !id.is_empty())
+    })
+    .clone()
 }
 
 /// What `reap` found and did.

@@ -1,10 +1,12 @@
 //! The registry's SQLite database, `<state>/ccx.db`: one row per job (its record as JSON,
 //! plus the columns queries need) and the hooks' kv store.
 //!
-//! Writes go through one writer thread that commits them in batches (one transaction per
-//! wake-up), so a job never waits for the disk; readers that must see every write so far
-//! call [`Store::flush`] first. Reads use their own connection (WAL: readers and the writer
-//! do not block each other).
+//! Writes go through one writer thread that commits them in batches, so a job never waits
+//! for the disk: it gathers writes for up to [`BATCH_WINDOW`] after the first, keeps only the
+//! newest row of each job (a short job's queued → running → ended become one write), and
+//! commits them in one transaction. Readers that must see every write so far call
+//! [`Store::flush`] first (which ends the window at once). Reads use their own connection
+//! (WAL: readers and the writer do not block each other).
 
 use crate::protocol::{JobRecord, JobState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -44,8 +46,14 @@ pub struct Row {
     pub identity: Option<String>,
 }
 
+/// How long the writer gathers writes before it commits them.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
+
+/// Runs after the write it came with is committed.
+pub type OnCommit = Box<dyn FnOnce() + Send>;
+
 enum Op {
-    Put(Box<Row>),
+    Put(Box<Row>, Option<OnCommit>),
     KvSet(String, String, Vec<u8>),
     KvDelete(String, String),
     Flush(oneshot::Sender<()>),
@@ -88,7 +96,12 @@ impl Store {
 
     /// Stores a job's row (insert or replace), asynchronously.
     pub fn put(&self, row: Row) {
-        self.send(Op::Put(Box::new(row)));
+        self.send(Op::Put(Box::new(row), None));
+    }
+
+    /// Stores a job's row, then runs `on_commit` once it is committed.
+    pub fn put_then(&self, row: Row, on_commit: OnCommit) {
+        self.send(Op::Put(Box::new(row), Some(on_commit)));
     }
 
     pub fn kv_set(&self, hook: &str, key: &str, value: Vec<u8>) {
@@ -128,19 +141,37 @@ impl Store {
 
 fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
     while let Ok(first) = rx.recv() {
+        // Sleep through the window rather than wake for each write: senders then never
+        // wake this thread, which matters on a busy machine.
+        if !matches!(first, Op::Flush(_)) {
+            std::thread::sleep(BATCH_WINDOW);
+        }
         let mut batch = vec![first];
-        while batch.len() < 512 {
+        while batch.len() < 4096 {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
+        // Only the newest row of each job is written.
+        let mut newest: std::collections::HashMap<Arc<str>, usize> = Default::default();
+        for (i, op) in batch.iter().enumerate() {
+            if let Op::Put(row, _) = op {
+                newest.insert(row.record.job_id.clone(), i);
+            }
+        }
         let mut acks = Vec::new();
+        let mut callbacks = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            for op in batch {
+            for (i, op) in batch.into_iter().enumerate() {
                 match op {
-                    Op::Put(row) => put_row(&tx, &row)?,
+                    Op::Put(row, on_commit) => {
+                        if newest.get(&row.record.job_id) == Some(&i) {
+                            put_row(&tx, &row)?;
+                        }
+                        callbacks.extend(on_commit);
+                    }
                     Op::KvSet(hook, key, value) => {
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO kv (hook, key, value) VALUES (?1, ?2, ?3)",
@@ -159,13 +190,17 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
         if let Err(e) = result {
             tracing::error!(error = %e, "the job registry could not commit; records may be missing");
         }
+        for f in callbacks {
+            f();
+        }
         for ack in acks {
             let _ = ack.send(());
         }
     }
 }
 
-fn put_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
+/// Writes one row now, on `conn` (startup, before the writer has anything queued).
+pub fn put_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
     let r = &row.record;
     let json = serde_json::to_string(r).expect("records serialize");
     conn.prepare_cached(
@@ -217,16 +252,29 @@ pub fn list(
     rows.map(|r| r.and_then(parse_record)).collect()
 }
 
-/// Jobs not ended, with their recorded process identity (JSON) if they had a process.
-pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<(JobRecord, Option<String>)>> {
+/// Jobs not ended, with their request hash and recorded process identity (JSON).
+pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
     let mut stmt = conn.prepare(
-        "SELECT record, identity FROM jobs WHERE status IN ('queued', 'running', 'paused')",
+        "SELECT record, request_hash, identity FROM jobs
+         WHERE status IN ('queued', 'running', 'paused')",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, Option<String>>(1)?,
+            r.get::<_, Option<String>>(2)?,
+        ))
     })?;
-    rows.map(|r| r.and_then(|(rec, id)| Ok((parse_record(rec)?, id))))
-        .collect()
+    rows.map(|r| {
+        r.and_then(|(rec, request_hash, identity)| {
+            Ok(Row {
+                record: parse_record(rec)?,
+                request_hash,
+                identity,
+            })
+        })
+    })
+    .collect()
 }
 
 /// The job an idempotency key names, with its request hash.

@@ -1,0 +1,122 @@
+//! Helpers the server and jobs benchmarks share: a release `ccx serve` on a free port, a raw
+//! WebSocket client, and percentiles.
+
+use crate::util;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Starts `ccx serve` with `config` on a free port; returns it, its URL and the time from
+/// spawn until `/health` says it is ready (every hook loaded; it listens long before).
+pub fn start_server(
+    dir: &std::path::Path,
+    tag: &str,
+    config: &str,
+) -> (std::process::Child, String, Duration) {
+    let cfg = dir.join(format!("{tag}.toml"));
+    std::fs::write(&cfg, config).unwrap();
+    let started = Instant::now();
+    let (child, addr, _) = util::spawn_ccx_serve(
+        env!("CARGO_BIN_EXE_ccx"),
+        &cfg,
+        &[("RUST_LOG", "warn,ccx::server=info")],
+    );
+    while health(&addr)["status"] != "healthy" {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (child, format!("ws://{addr}/ws"), started.elapsed())
+}
+
+/// `GET /health` over a plain blocking socket.
+pub fn health(addr: &str) -> Value {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    serde_json::from_str(body).unwrap_or(Value::Null)
+}
+
+pub async fn connect(url: &str) -> Ws {
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .expect("connect");
+    let hello = ws.next().await.unwrap().unwrap();
+    assert!(hello.to_text().unwrap().contains("\"connected\""));
+    ws
+}
+
+pub async fn send_execute(ws: &mut Ws, id: u64, command: &str) {
+    let msg =
+        json!({"jsonrpc": "2.0", "id": id, "method": "execute", "params": {"command": command}});
+    ws.send(Message::Text(msg.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Reads until `process.completed`; returns the sum of `stdout_bytes` it reports and the
+/// payload bytes of output notifications seen.
+pub async fn until_completed(ws: &mut Ws) -> (u64, u64) {
+    let mut seen = 0u64;
+    loop {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        // Output notifications are the bulk: count them without a full parse.
+        if t.starts_with("{\"jsonrpc\":\"2.0\",\"method\":\"process.output\"") {
+            seen += t.len() as u64;
+            continue;
+        }
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "process.completed" {
+            assert_ne!(v["params"]["status"], "denied");
+            return (v["params"]["stdout_bytes"].as_u64().unwrap_or(0), seen);
+        }
+        if let Some(e) = v.get("error") {
+            panic!("server error: {e}");
+        }
+    }
+}
+
+pub async fn round_trips(url: &str, n: usize) -> Vec<Duration> {
+    let mut ws = connect(url).await;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        send_execute(&mut ws, i as u64, "true").await;
+        until_completed(&mut ws).await;
+        out.push(start.elapsed());
+    }
+    out.sort();
+    out
+}
+
+pub async fn throughput(url: &str, bytes: u64) -> (f64, u64) {
+    let mut ws = connect(url).await;
+    let line = "a".repeat(1023);
+    let cmd = format!("yes {line} | head -c {bytes}");
+    let start = Instant::now();
+    send_execute(&mut ws, 1, &cmd).await;
+    let (reported, _) = until_completed(&mut ws).await;
+    (start.elapsed().as_secs_f64(), reported)
+}
+
+pub fn pct(sorted: &[Duration], p: usize) -> Duration {
+    sorted[((sorted.len() - 1) * p) / 100]
+}
+
+pub fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
