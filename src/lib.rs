@@ -5,26 +5,30 @@
 //! one terminal event.
 //!
 //! # Layout
-//! Data flows one way: `faces → executor → (hooks, jobs) → events → faces`.
+//! Data flows one way: `faces → executor → (hooks, jobs) → events → (registry, faces)`.
 //! - [`protocol`]: every wire message as a type, both directions (requests, replies,
 //!   notifications), the error enum with its code table, and the JSON Schema generated from
 //!   them (`docs/protocol.schema.json`). Pure data and parsing, no I/O.
 //! - [`config`]: the TOML file, parsed strictly and validated into [`Config`].
 //! - [`events`]: what a job reports ([`Event`]: the notification types themselves); the
 //!   executor's output, anyone's input.
-//! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap. Never touches a socket
-//!   or hooks.
+//! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap. Never touches a socket,
+//!   the registry or hooks (its output goes through an `OutputTap` the executor supplies).
+//! - [`registry`]: the job registry (SQLite) and the output spools under `[state] dir`;
+//!   `attach` replays from it; after a crash it kills what a previous run's jobs left and
+//!   records them `lost`. Knows events and records, not sockets.
 //! - [`hooks`]: the wasmtime host — engine, hook set generations, per-call sandbox with fuel,
 //!   deadline and memory limits, counters, kv store, compiled-artifact cache. Never touches
 //!   processes.
 //! - [`executor`]: the one place a job's lifecycle lives: per-session queue, one generation
-//!   (config + hooks) per job, hook points, spawn, exactly one terminal event. Every face
-//!   drives it; none re-implements it.
+//!   (config + hooks) per job, hook points, spawn, exactly one terminal event, every event
+//!   recorded in the registry; detached jobs, and `control`/`detach` of any job by id. Every
+//!   face drives it; none re-implements it.
 //! - faces: [`server`] (axum router, auth, one session per WebSocket) and [`mcp`] (the MCP
 //!   tools over stdio and Streamable HTTP). They turn requests into executor calls and events
 //!   into messages; they know nothing of processes or wasm.
 //! - [`client`]: the one WebSocket client (typed job stream + cancel handle) behind
-//!   `ccx exec`, `ccx mcp --url` and the tests.
+//!   `ccx exec`, `ccx attach`, `ccx logs`, `ccx jobs`, `ccx mcp --url` and the tests.
 //! - [`app`]: the composition root — builds the hook host, the executor, the reload loop and
 //!   the faces for `ccx serve` and `ccx mcp`. Only the CLI imports it.
 //! - [`scaffold`]: the project templates behind `ccx hooks new`.
