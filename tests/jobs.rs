@@ -525,3 +525,56 @@ async fn records_name_the_token_and_mask_secret_variables() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_past_retain_jobs_are_pruned_with_their_spools() {
+    let dir = scratch();
+    let rest = "[state]\nretain_jobs = 2\n";
+    let (mut server, url) = serve(dir.path(), rest, &[]);
+    let mut ws = Ws::connect(&url).await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        let events = ws
+            .run_or_error(json!({"command": format!("echo job-{i}")}))
+            .await
+            .unwrap();
+        ids.push(events[0]["params"]["job_id"].as_str().unwrap().to_string());
+    }
+    let spool = dir.path().join("state/spool");
+    let spooled = |id: &str| {
+        std::fs::read_dir(&spool)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(id))
+    };
+    assert!(ids.iter().all(|id| spooled(id)));
+    // The pruner runs at every start (and every 10 minutes).
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    server.0.wait().unwrap();
+    let (_server, url) = serve(dir.path(), rest, &[]);
+    let mut ws = Ws::connect(&url).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let listed = ws.call("list_jobs", json!({})).await;
+        let jobs: Vec<String> = listed["result"]["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["job_id"].as_str().unwrap().to_string())
+            .collect();
+        // Records go first, then their spools.
+        if jobs.len() == 2 && !spooled(&ids[0]) && !spooled(&ids[1]) {
+            assert_eq!(
+                jobs,
+                [ids[3].clone(), ids[2].clone()],
+                "the newest two, newest first"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{jobs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(spooled(&ids[3]), "kept jobs keep their spools");
+    let r = ws.call("get_job", json!({"job_id": ids[0]})).await;
+    assert_eq!(r["error"]["code"], -32002, "{r}");
+}
