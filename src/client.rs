@@ -1,4 +1,6 @@
-//! The one WebSocket client: `ccx exec`, `ccx mcp --url` and the tests all use it.
+//! The one WebSocket client: `ccx exec`, `ccx attach`, `ccx logs`, `ccx jobs`, `ccx mcp --url`
+//! and the tests all use it. (Just over 500 lines: the client, and the one loop that turns a
+//! job stream into output and an exit code, kept next to the exit-code table it applies.)
 //!
 //! [`Client::connect`] opens a session (with the token) and waits for `connected`;
 //! [`Client::execute`] sends one `execute` and returns a [`JobStream`] of that job's typed

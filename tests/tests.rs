@@ -13,7 +13,9 @@
 //! - `executor_lifecycle`: the executor's job lifecycle with plain-Rust hooks: panics, waiting
 //!   for hooks, one terminal event.
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
-//! - `jobs`: detach, attach and replay, the registry across a crash, idempotency keys.
+//! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
+//! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
+//! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 
@@ -26,6 +28,7 @@ mod hooks_loading;
 mod hooks_runtime;
 mod hooks_server;
 mod jobs;
+mod jobs_admin;
 mod mcp;
 mod mcp_jobs;
 mod restructure;

@@ -1,3 +1,6 @@
+//! (Over 500 lines with its tests, on purpose: the format, its writer and its reader must agree
+//! byte for byte, so they live, and are tested, together.)
+//!
 //! A job's output spool: the bytes its clients receive, exactly, with their `seq` boundaries,
 //! in append-only segment files `<state>/spool/<job_id>.<n>.seg` (flat: no directory per job,
 //! one metadata operation less on every job's path).

@@ -1,0 +1,248 @@
+//! One job's handle on the registry ([`JobLog`]): the executor feeds it the job's events and
+//! output; the record follows from them, and the output goes to the spool.
+
+use super::reap;
+use super::spool::SpoolWriter;
+use super::store::Row;
+use super::{Inner, Live, NewJob, Registry, gap_note, now};
+use crate::events::{Completion, Event};
+use crate::protocol::{JobRecord, JobState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+impl Registry {
+    /// Records a new (queued) job and returns its log.
+    pub fn create(&self, job: NewJob) -> JobLog {
+        let Some(inner) = &self.inner else {
+            return JobLog::default();
+        };
+        let record = JobRecord {
+            job_id: job.job_id.clone(),
+            status: JobState::Queued,
+            created_at: now(),
+            started_at: None,
+            ended_at: None,
+            command: job.command,
+            command_run: None,
+            cwd: job.cwd,
+            env: job.env,
+            peer: job.peer,
+            token_label: job.token_label,
+            session_id: job.session_id,
+            detached: job.detached,
+            output_encoding: job.output_encoding,
+            idempotency_key: job.idempotency_key,
+            timeout: job.timeout,
+            pid: None,
+            pgid: None,
+            exit_code: None,
+            signal: None,
+            error: None,
+            pre_hooks: None,
+            denied_by: None,
+            denied_reason: None,
+            post_hooks: Vec::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_sha256: None,
+            stderr_sha256: None,
+            execution_time: None,
+            last_seq: 0,
+            output_gap: None,
+            spool_error: None,
+        };
+        let spool_dir = inner.spool_root.join(&*job.job_id);
+        let writer = SpoolWriter::create(spool_dir.clone(), inner.cfg.max_output_bytes_per_job);
+        if let Some(e) = writer.error() {
+            inner.spool_failed(e);
+        }
+        let live = Arc::new(Live {
+            record: Mutex::new(record),
+            request_hash: job.request_hash,
+            identity: Mutex::new(None),
+            progress: Some(writer.subscribe()),
+            spool_dir,
+            detached: AtomicBool::new(false),
+            last_seq: AtomicU64::new(0),
+        });
+        inner
+            .live
+            .lock()
+            .expect("lock")
+            .insert(job.job_id.clone(), live.clone());
+        inner.put(&live);
+        let log = JobLog {
+            inner: Some(Arc::new(LogInner {
+                reg: inner.clone(),
+                live,
+                spool: Mutex::new(writer),
+            })),
+        };
+        if job.detached {
+            // Checked by the caller against the limit first.
+            log.mark_detached();
+        }
+        log
+    }
+}
+
+/// One job's handle on the registry: the executor feeds it the job's events and output.
+/// The default value (registry off) records nothing.
+#[derive(Clone, Default)]
+pub struct JobLog {
+    inner: Option<Arc<LogInner>>,
+}
+
+struct LogInner {
+    reg: Arc<Inner>,
+    live: Arc<Live>,
+    spool: Mutex<SpoolWriter>,
+}
+
+impl JobLog {
+    /// Marks the job detached (counted against `max_detached` until it ends). `false` if it
+    /// already was.
+    pub fn mark_detached(&self) -> bool {
+        let Some(l) = &self.inner else { return false };
+        if l.live.detached.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        l.reg.detached.fetch_add(1, Ordering::AcqRel);
+        l.live.record.lock().expect("lock").detached = true;
+        l.reg.put(&l.live);
+        true
+    }
+
+    /// Whether the job outlives its connection.
+    pub fn is_detached(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_some_and(|l| l.live.detached.load(Ordering::Acquire))
+    }
+
+    /// Records the identity of the job's process right after spawning it.
+    pub fn spawned(&self, pid: u32, pgid: i32) {
+        let Some(l) = &self.inner else { return };
+        let ident = reap::identify(pid).map(|mut i| {
+            i.pgid = pgid;
+            i
+        });
+        *l.live.identity.lock().expect("lock") = ident.and_then(|i| serde_json::to_string(&i).ok());
+        let mut r = l.live.record.lock().expect("lock");
+        r.pid = Some(pid);
+        r.pgid = Some(pgid);
+    }
+
+    /// Appends one read of output (`bytes` empty: the stream's end) to the spool.
+    pub fn output(&self, stdout: bool, seq: u64, offset: u64, bytes: &[u8]) {
+        let Some(l) = &self.inner else { return };
+        l.live.last_seq.store(seq, Ordering::Relaxed);
+        let mut spool = l.spool.lock().expect("lock");
+        let had_error = spool.error().is_some();
+        spool.output(stdout, seq, offset, bytes);
+        if !had_error && let Some(e) = spool.error() {
+            l.reg.spool_failed(e);
+        }
+    }
+
+    /// Records a job event: spooled (except the terminal one, which the record carries), and
+    /// the record updated from it.
+    pub fn event(&self, event: &Event) {
+        let Some(l) = &self.inner else { return };
+        if !matches!(event, Event::Completed(_)) {
+            let json = serde_json::to_vec(event).expect("events serialize");
+            let mut spool = l.spool.lock().expect("lock");
+            let had_error = spool.error().is_some();
+            spool.event(&json);
+            if !had_error && let Some(e) = spool.error() {
+                l.reg.spool_failed(e);
+            }
+        }
+        let changed = {
+            let mut r = l.live.record.lock().expect("lock");
+            match event {
+                Event::Started(s) => {
+                    r.status = JobState::Running;
+                    r.started_at = Some(now());
+                    r.command_run = Some(s.command.clone());
+                    r.pid = Some(s.pid);
+                    r.pgid = Some(s.pgid);
+                    r.timeout = Some(s.timeout);
+                    r.pre_hooks = s.hooks.clone();
+                    true
+                }
+                Event::Paused(_) => {
+                    r.status = JobState::Paused;
+                    true
+                }
+                Event::Resumed(_) => {
+                    r.status = JobState::Running;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if changed {
+            l.reg.put(&l.live);
+        }
+        if let Event::Completed(c) = event {
+            self.finish(l, c);
+        }
+    }
+
+    fn finish(&self, l: &LogInner, c: &Completion) {
+        // The record is final before the spool says it has ended: a replay that sees the end
+        // reads the record next.
+        let mut spool = l.spool.lock().expect("lock");
+        let (spool_error, gap, last_seq) = {
+            (
+                spool.error().map(str::to_string),
+                spool.gap(),
+                spool.totals().1,
+            )
+        };
+        {
+            let mut r = l.live.record.lock().expect("lock");
+            r.status = c.status.into();
+            r.ended_at = Some(now());
+            r.exit_code = c.exit_code;
+            r.signal = c.signal;
+            r.error = c.error.clone();
+            r.denied_by = c.hook.clone();
+            r.denied_reason = c.reason.clone();
+            r.post_hooks = c.hooks.clone();
+            r.stdout_bytes = c.stdout_bytes;
+            r.stderr_bytes = c.stderr_bytes;
+            r.stdout_sha256 = c.stdout_sha256.clone();
+            r.stderr_sha256 = c.stderr_sha256.clone();
+            r.execution_time = Some(c.execution_time);
+            r.pid = c.pid.or(r.pid);
+            r.pgid = c.pgid.or(r.pgid);
+            r.last_seq = last_seq.max(l.live.last_seq.load(Ordering::Relaxed));
+            r.output_gap = gap.map(|g| gap_note(&r.job_id, g));
+            r.spool_error = spool_error;
+        }
+        spool.finish();
+        drop(spool);
+        *l.live.identity.lock().expect("lock") = None;
+        if l.live.detached.load(Ordering::Acquire) {
+            l.reg.detached.fetch_sub(1, Ordering::AcqRel);
+        }
+        // Readers find the ended job in the database once this write is committed; until
+        // then, here.
+        let reg = Arc::downgrade(&l.reg);
+        let id = l.live.record.lock().expect("lock").job_id.clone();
+        l.reg.store.put_then(
+            Row {
+                record: l.live.record.lock().expect("lock").clone(),
+                request_hash: l.live.request_hash.clone(),
+                identity: None,
+            },
+            Box::new(move || {
+                if let Some(reg) = reg.upgrade() {
+                    reg.live.lock().expect("lock").remove(&id);
+                }
+            }),
+        );
+    }
+}
