@@ -16,6 +16,7 @@
 //! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
+//! - `mcp_python`: the same tools driven by the official MCP Python SDK at both revisions.
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 
@@ -31,5 +32,6 @@ mod jobs;
 mod jobs_admin;
 mod mcp;
 mod mcp_jobs;
+mod mcp_python;
 mod restructure;
 mod server;
