@@ -17,6 +17,7 @@
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
 //! - `mcp_python`: the same tools driven by the official MCP Python SDK at both revisions.
+//! - `mcp_tasks`: `execute` as an MCP task for clients of the Tasks extension.
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 
@@ -33,5 +34,6 @@ mod jobs_admin;
 mod mcp;
 mod mcp_jobs;
 mod mcp_python;
+mod mcp_tasks;
 mod restructure;
 mod server;

@@ -21,6 +21,7 @@ pub mod backend;
 pub mod job_ops;
 mod job_tools;
 mod output;
+mod tasks;
 pub mod tools;
 
 pub use backend::{Backend, HookStatusFn, JobError, JobReport, JobSpec, Local, Remote};

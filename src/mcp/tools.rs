@@ -59,6 +59,8 @@ pub struct CcxTools {
     /// Tool calls in flight, so a stdio server can let their jobs end before it exits.
     calls: TaskTracker,
     tool_router: ToolRouter<CcxTools>,
+    /// `execute` calls run as tasks for clients that declare the tasks extension.
+    tasks: rmcp::task_manager::TaskManager,
     /// The server's session permit an HTTP MCP session holds while it lives (`max_sessions`).
     _permit: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
@@ -74,6 +76,7 @@ impl CcxTools {
             config,
             calls: TaskTracker::new(),
             tool_router: Self::tool_router() + Self::job_router(),
+            tasks: rmcp::task_manager::TaskManager::new(),
             _permit: None,
         }
     }
@@ -87,6 +90,21 @@ impl CcxTools {
 
     pub(super) fn backend(&self) -> &dyn Backend {
         &*self.backend
+    }
+
+    pub(super) fn tasks(&self) -> &rmcp::task_manager::TaskManager {
+        &self.tasks
+    }
+
+    /// `execute`'s arguments as a job.
+    pub(super) fn job_spec(&self, args: &ExecuteArgs) -> JobSpec {
+        JobSpec {
+            command: args.command.clone(),
+            timeout: args.timeout,
+            cwd: args.cwd.clone(),
+            env: args.env.clone().unwrap_or_default(),
+            output_limit: self.config.max_output_bytes,
+        }
     }
 
     /// Tool calls still running.
@@ -111,28 +129,10 @@ impl CcxTools {
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let _call = self.calls.token();
-        let spec = JobSpec {
-            command: args.command,
-            timeout: args.timeout,
-            cwd: args.cwd,
-            env: args.env.unwrap_or_default(),
-            output_limit: self.config.max_output_bytes,
-        };
+        let spec = self.job_spec(&args);
         let command = spec.command.clone();
         let result = self.run_job(spec, &ctx, Instant::now(), "").await;
-        Ok(match result {
-            Ok(report) => {
-                let text = report_text(&command, &report);
-                let mut r = if report.error.is_some() {
-                    CallToolResult::error(vec![ContentBlock::text(text)])
-                } else {
-                    CallToolResult::success(vec![ContentBlock::text(text)])
-                };
-                r.structured_content = Some(to_json(&report));
-                r
-            }
-            Err(e) => refusal(&e),
-        })
+        Ok(execute_result(&command, result))
     }
 
     #[tool(
@@ -238,16 +238,85 @@ impl CcxTools {
     }
 }
 
-#[tool_handler(
-    router = self.tool_router,
-    name = "ccx",
-    instructions = "ccx runs shell commands on its host, each in its own process group, \
-        through sandboxed pre/post hooks that may deny, change or annotate them. Use `execute` \
-        for one command, `execute_task_list` for a sequence, `hook_status` to see the hooks. \
-        For anything long, `job_start` returns a job id at once; then `job_output`, `job_wait`, \
-        `job_cancel` and `job_list`."
-)]
-impl ServerHandler for CcxTools {}
+// `call_tool` and `get_info` are written out below (tasks); the macro adds `list_tools` and
+// `get_tool` from the router.
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for CcxTools {
+    async fn call_tool(
+        &self,
+        request: rmcp::model::CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::CallToolResponse, McpError> {
+        if let Some(task) = self.execute_as_task(&request, &context) {
+            return task;
+        }
+        let tcc = rmcp::handler::server::tool::ToolCallContext::new(self, request, context);
+        self.tool_router.call(tcc).await
+    }
+
+    fn get_info(&self) -> rmcp::model::ServerConfig {
+        rmcp::model::ServerConfig::new(
+            rmcp::model::ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tasks()
+                .build(),
+        )
+        .with_server_info(rmcp::model::Implementation::new(
+            "ccx",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .with_instructions(INSTRUCTIONS.to_string())
+    }
+
+    async fn get_task(
+        &self,
+        request: rmcp::model::GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::GetTaskResult, McpError> {
+        self.task_status(&request.task_id)
+    }
+
+    async fn update_task(
+        &self,
+        request: rmcp::model::UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: rmcp::model::CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+}
+
+/// What the server tells a client about itself when it connects.
+const INSTRUCTIONS: &str = "ccx runs shell commands on its host, each in its own process \
+    group, through sandboxed pre/post hooks that may deny, change or annotate them. Use \
+    `execute` for one command (a task, for clients that support tasks), `execute_task_list` \
+    for a sequence, `hook_status` to see the hooks. For anything long, `job_start` returns a \
+    job id at once; then `job_output`, `job_wait`, `job_cancel` and `job_list`.";
+
+/// The result of an `execute` call: the report as text and structured content, or the refusal.
+pub(super) fn execute_result(command: &str, result: Result<JobReport, JobError>) -> CallToolResult {
+    match result {
+        Ok(report) => {
+            let text = report_text(command, &report);
+            let mut r = if report.error.is_some() {
+                CallToolResult::error(vec![ContentBlock::text(text)])
+            } else {
+                CallToolResult::success(vec![ContentBlock::text(text)])
+            };
+            r.structured_content = Some(to_json(&report));
+            r
+        }
+        Err(e) => refusal(&e),
+    }
+}
 
 impl CcxTools {
     /// Runs one job, sending progress notifications (if the request carried a progress
