@@ -324,3 +324,26 @@ async fn a_state_directory_that_cannot_be_written_leaves_jobs_running_and_health
     let r = ws.call("list_jobs", json!({})).await;
     assert_eq!(r["error"]["code"], -32008, "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_in_utf8_is_the_live_text_even_with_a_character_cut_off_at_the_end() {
+    let dir = scratch();
+    let (_server, url) = serve(dir.path(), "", &[]);
+    let mut ws = Ws::connect(&url).await;
+    // "a€b" whole, then a euro sign missing its last byte at the very end.
+    let cmd = "printf 'a\\342\\202\\254b'; sleep 0.2; printf '\\342\\202'";
+    let text = |events: &[Value]| -> String {
+        events
+            .iter()
+            .filter(|e| e["method"] == "process.output")
+            .map(|e| e["params"]["data"].as_str().unwrap())
+            .collect()
+    };
+    let live = ws.run_or_error(json!({"command": cmd})).await.unwrap();
+    let job_id = live[0]["params"]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(text(&live), "a€b\u{FFFD}");
+    let r = ws.call("attach", json!({"job_id": job_id})).await;
+    assert!(r["result"].is_object(), "{r}");
+    let replayed = ws.collect(&job_id).await;
+    assert_eq!(text(&replayed), "a€b\u{FFFD}");
+}

@@ -260,3 +260,46 @@ fn a_second_server_on_the_same_state_directory_refuses_to_start() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_detached_bounds_detached_jobs_and_a_graceful_stop_ends_them() {
+    let dir = scratch();
+    let (mut server, url) = serve(dir.path(), "[state]\nmax_detached = 1\n", &[]);
+    let mut a = Ws::connect(&url).await;
+    let first = a
+        .call("execute", json!({"command": "sleep 30", "detach": true}))
+        .await;
+    let job_id = first["result"]["job_id"].as_str().unwrap().to_string();
+    let mut b = Ws::connect(&url).await;
+    let second = b
+        .call("execute", json!({"command": "sleep 30", "detach": true}))
+        .await;
+    assert_eq!(second["error"]["code"], -32007, "{second}");
+    // An attached job on another connection cannot be detached past the limit either.
+    let r = b.call("execute", json!({"command": "sleep 30"})).await;
+    let attached = r["result"]["job_id"].as_str().unwrap().to_string();
+    let r = b.call("detach", json!({"job_id": attached})).await;
+    assert_eq!(r["error"]["code"], -32007, "{r}");
+    drop(a);
+    drop(b);
+    // SIGTERM: the detached job ends too, with its record saying so.
+    unsafe { libc::kill(server.0.id() as i32, libc::SIGTERM) };
+    server.0.wait().unwrap();
+    let (_server, url) = serve(dir.path(), "", &[]);
+    let mut ws = Ws::connect(&url).await;
+    let rec = ws.call("get_job", json!({"job_id": job_id})).await["result"].clone();
+    assert_eq!(
+        rec["status"], "canceled",
+        "a graceful stop ends detached jobs: {rec}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+        std::fs::read(e.path().join("environ"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .any(|kv| kv == format!("CCX_JOB_ID={job_id}").as_bytes())
+    }) {
+        assert!(Instant::now() < deadline, "the job's processes are gone");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

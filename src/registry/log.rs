@@ -133,9 +133,14 @@ impl JobLog {
         r.pgid = Some(pgid);
     }
 
-    /// Appends one read of output (`bytes` empty: the stream's end) to the spool.
+    /// Appends one read of output to the spool.
     pub fn output(&self, stdout: bool, seq: u64, offset: u64, bytes: &[u8]) {
         let Some(l) = &self.inner else { return };
+        // The end of a stream (no bytes) is not stored: a replay flushes what is left of a
+        // split character when it reaches the job's end.
+        if bytes.is_empty() {
+            return;
+        }
         l.live.last_seq.store(seq, Ordering::Relaxed);
         let mut spool = l.spool.lock().expect("lock");
         let had_error = spool.error().is_some();

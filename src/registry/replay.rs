@@ -21,6 +21,9 @@ pub struct Replay {
     reader: SpoolReader,
     encoder: OutputEncoder,
     writer_ended: bool,
+    /// Per stream (stdout, stderr): the last output's `seq` and the offset after it, where a
+    /// character left incomplete at the stream's end is flushed.
+    stream_end: [(u64, u64); 2],
     /// Set once the spool is read to its end; then come the final gap (if output is
     /// missing) and the terminal event.
     tail: Option<Vec<Event>>,
@@ -44,6 +47,7 @@ impl Replay {
             encoder: OutputEncoder::new(job_id.clone(), encoding.unwrap_or(record.output_encoding)),
             job_id,
             writer_ended: false,
+            stream_end: [(0, 0); 2],
             tail: None,
         }
     }
@@ -103,6 +107,7 @@ impl Replay {
                 } else {
                     Stream::Stderr
                 };
+                self.stream_end[usize::from(!stdout)] = (seq, offset + bytes.len() as u64);
                 self.encoder
                     .encode(stream, seq, offset, &bytes)
                     .map(Event::Output)
@@ -115,6 +120,13 @@ impl Replay {
     async fn end(&mut self) {
         let record = self.final_record().await;
         let mut tail = Vec::new();
+        // A character cut off by the end of its stream becomes U+FFFD, as it did live.
+        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+            let (seq, offset) = self.stream_end[i];
+            if let Some(o) = self.encoder.encode(stream, seq, offset, &[]) {
+                tail.push(Event::Output(o));
+            }
+        }
         let (last_seq, seen) = self.reader.position();
         let total = record.stdout_bytes + record.stderr_bytes;
         if total > seen {
