@@ -206,3 +206,44 @@ pub struct JobRecord {
     /// Why its output could not be spooled to disk, if it could not.
     pub spool_error: Option<String>,
 }
+
+impl JobRecord {
+    /// A record with only its id, state, creation time and command; everything else empty.
+    pub fn new(job_id: JobId, status: JobState, created_at: f64, command: String) -> JobRecord {
+        JobRecord {
+            job_id,
+            status,
+            created_at,
+            started_at: None,
+            ended_at: None,
+            command,
+            command_run: None,
+            cwd: None,
+            env: BTreeMap::new(),
+            peer: None,
+            token_label: None,
+            session_id: None,
+            detached: false,
+            output_encoding: OutputEncoding::Utf8,
+            idempotency_key: None,
+            timeout: None,
+            pid: None,
+            pgid: None,
+            exit_code: None,
+            signal: None,
+            error: None,
+            pre_hooks: None,
+            denied_by: None,
+            denied_reason: None,
+            post_hooks: Vec::new(),
+            stdout_bytes: 0,
+            stderr_bytes: 0,
+            stdout_sha256: None,
+            stderr_sha256: None,
+            execution_time: None,
+            last_seq: 0,
+            output_gap: None,
+            spool_error: None,
+        }
+    }
+}

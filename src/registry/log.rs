@@ -16,41 +16,16 @@ impl Registry {
         let Some(inner) = &self.inner else {
             return JobLog::default();
         };
-        let record = JobRecord {
-            job_id: job.job_id.clone(),
-            status: JobState::Queued,
-            created_at: now(),
-            started_at: None,
-            ended_at: None,
-            command: job.command,
-            command_run: None,
-            cwd: job.cwd,
-            env: job.env,
-            peer: job.peer,
-            token_label: job.token_label,
-            session_id: job.session_id,
-            detached: job.detached,
-            output_encoding: job.output_encoding,
-            idempotency_key: job.idempotency_key,
-            timeout: job.timeout,
-            pid: None,
-            pgid: None,
-            exit_code: None,
-            signal: None,
-            error: None,
-            pre_hooks: None,
-            denied_by: None,
-            denied_reason: None,
-            post_hooks: Vec::new(),
-            stdout_bytes: 0,
-            stderr_bytes: 0,
-            stdout_sha256: None,
-            stderr_sha256: None,
-            execution_time: None,
-            last_seq: 0,
-            output_gap: None,
-            spool_error: None,
-        };
+        let mut record = JobRecord::new(job.job_id.clone(), JobState::Queued, now(), job.command);
+        record.cwd = job.cwd;
+        record.env = job.env;
+        record.peer = job.peer;
+        record.token_label = job.token_label;
+        record.session_id = job.session_id;
+        record.detached = job.detached;
+        record.output_encoding = job.output_encoding;
+        record.idempotency_key = job.idempotency_key;
+        record.timeout = job.timeout;
         let spool_dir = inner.spool_root.join(&*job.job_id);
         let writer = SpoolWriter::create(spool_dir.clone(), inner.cfg.max_output_bytes_per_job);
         if let Some(e) = writer.error() {

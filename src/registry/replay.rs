@@ -195,39 +195,7 @@ pub(super) fn completion(r: JobRecord) -> Completion {
 }
 
 fn record_of(c: Completion) -> JobRecord {
-    JobRecord {
-        job_id: c.job_id,
-        status: JobState::Lost,
-        created_at: 0.0,
-        started_at: None,
-        ended_at: None,
-        command: String::new(),
-        command_run: None,
-        cwd: None,
-        env: Default::default(),
-        peer: None,
-        token_label: None,
-        session_id: None,
-        detached: false,
-        output_encoding: OutputEncoding::Utf8,
-        idempotency_key: None,
-        timeout: None,
-        pid: None,
-        pgid: None,
-        exit_code: None,
-        signal: None,
-        error: c.error,
-        pre_hooks: None,
-        denied_by: None,
-        denied_reason: None,
-        post_hooks: Vec::new(),
-        stdout_bytes: 0,
-        stderr_bytes: 0,
-        stdout_sha256: None,
-        stderr_sha256: None,
-        execution_time: None,
-        last_seq: 0,
-        output_gap: None,
-        spool_error: None,
-    }
+    let mut r = JobRecord::new(c.job_id, JobState::Lost, 0.0, String::new());
+    r.error = c.error;
+    r
 }
