@@ -40,7 +40,8 @@ enum Command {
     ///
     /// Exit codes: the command's own; 128+N if a signal ended it; 124 timed out; 125 refused by
     /// the server (a hook's deny, bad request); 126 could not be started; 130 canceled (Ctrl-C);
-    /// 69 the server could not be reached or the connection broke.
+    /// 69 the server could not be reached or the connection broke; 75 the job was lost (the
+    /// server crashed while it ran).
     Exec(ExecArgs),
     /// Follow a job from the start (or `--after-seq N`) to its end; exits with its exit code.
     /// Ctrl-C stops following; the job goes on.
