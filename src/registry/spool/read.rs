@@ -1,0 +1,262 @@
+//! Reading a spool back ([`SpoolReader`]): one per `attach`, living as long as its replay,
+//! while the writer (in `mod.rs`, with the format) lives as long as the job.
+
+use super::{Gap, HEADER_BYTES, KIND_STDERR, KIND_STDOUT, Progress, segment_path};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use tokio::sync::watch;
+
+/// One record read back.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item {
+    Output {
+        stdout: bool,
+        seq: u64,
+        offset: u64,
+        bytes: Vec<u8>,
+    },
+    /// A notification as JSON.
+    Event(Vec<u8>),
+    /// Segments were missing here.
+    Gap(Gap),
+}
+
+struct Header {
+    len: u32,
+    kind: u8,
+    seq: u64,
+    offset: u64,
+    total: u64,
+}
+
+impl Header {
+    fn parse(b: &[u8; HEADER_BYTES]) -> Header {
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
+        Header {
+            len: u32::from_le_bytes(b[0..4].try_into().expect("4 bytes")),
+            kind: b[4],
+            seq: u64_at(5),
+            offset: u64_at(13),
+            total: u64_at(21),
+        }
+    }
+}
+
+/// Reads a spool from the start, skipping output up to `after_seq`. For a live job it reads
+/// only what [`Progress`] has published; [`SpoolReader::read_next`] returns `None` when it has
+/// caught up, and [`SpoolReader::wait`] waits for more.
+pub struct SpoolReader {
+    dir: PathBuf,
+    index: u32,
+    file: Option<File>,
+    pos: u64,
+    progress: Option<watch::Receiver<Progress>>,
+    after_seq: u64,
+    /// Whether records are skipped as at or before `after_seq` (only at the start).
+    skipping: bool,
+    last_seq: u64,
+    total_seen: u64,
+    /// Found when crossing missing segments; returned before the next record.
+    pending_gap: Option<Gap>,
+}
+
+impl SpoolReader {
+    /// A reader of the spool in `dir`; `progress`: the live writer's, `None` for a job that
+    /// has ended. `after_seq: None` reads everything.
+    pub fn open(
+        dir: PathBuf,
+        progress: Option<watch::Receiver<Progress>>,
+        after_seq: Option<u64>,
+    ) -> SpoolReader {
+        SpoolReader {
+            dir,
+            index: 0,
+            file: None,
+            pos: 0,
+            progress,
+            after_seq: after_seq.unwrap_or(0),
+            skipping: after_seq.is_some(),
+            last_seq: after_seq.unwrap_or(0),
+            total_seen: 0,
+            pending_gap: None,
+        }
+    }
+
+    /// The last `seq` read (or skipped), and the output bytes before the next record.
+    pub fn position(&self) -> (u64, u64) {
+        (self.last_seq, self.total_seen)
+    }
+
+    /// The next record available now; `Ok(None)` when caught up (live) or at the end.
+    pub fn read_next(&mut self) -> io::Result<Option<Item>> {
+        loop {
+            if self.file.is_none() && !self.advance()? {
+                return Ok(None);
+            }
+            if let Some(gap) = self.pending_gap.take() {
+                self.skipping = false;
+                self.last_seq = gap.next_seq - 1;
+                self.total_seen += gap.bytes;
+                return Ok(Some(Item::Gap(gap)));
+            }
+            let limit = self.limit();
+            let complete = self.segment_complete();
+            let file = self.file.as_mut().expect("opened");
+            if let Some(limit) = limit
+                && self.pos + HEADER_BYTES as u64 > limit
+            {
+                // Caught up with a live writer in its current segment.
+                return Ok(None);
+            }
+            let mut hb = [0u8; HEADER_BYTES];
+            if read_full(file, &mut hb)? < HEADER_BYTES {
+                // End of this segment (or a torn record after a crash).
+                if complete {
+                    self.file = None;
+                    continue;
+                }
+                file.seek(SeekFrom::Start(self.pos))?;
+                return Ok(None);
+            }
+            let h = Header::parse(&hb);
+            let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
+            let skip = self.skipping
+                && if is_output {
+                    h.seq <= self.after_seq
+                } else {
+                    h.seq < self.after_seq
+                };
+            let end = self.pos + HEADER_BYTES as u64 + u64::from(h.len);
+            if skip {
+                file.seek(SeekFrom::Start(end))?;
+                self.pos = end;
+                self.total_seen = h.total + if is_output { u64::from(h.len) } else { 0 };
+                continue;
+            }
+            self.skipping = false;
+            let mut payload = vec![0u8; h.len as usize];
+            if read_full(file, &mut payload)? < payload.len() {
+                // A torn record: the end of what was written.
+                self.file = None;
+                return Ok(None);
+            }
+            self.pos = end;
+            if is_output {
+                self.last_seq = h.seq;
+                self.total_seen = h.total + u64::from(h.len);
+                return Ok(Some(Item::Output {
+                    stdout: h.kind == KIND_STDOUT,
+                    seq: h.seq,
+                    offset: h.offset,
+                    bytes: payload,
+                }));
+            }
+            return Ok(Some(Item::Event(payload)));
+        }
+    }
+
+    /// Waits until more may be readable; `false` once the writer has ended (read to the end,
+    /// then stop).
+    pub async fn wait(&mut self) -> bool {
+        match self.progress.as_mut() {
+            Some(rx) => {
+                if rx.borrow_and_update().ended {
+                    return false;
+                }
+                rx.changed().await.is_ok()
+            }
+            None => false,
+        }
+    }
+
+    /// The readable length of the current segment, for a live writer's current segment.
+    fn limit(&self) -> Option<u64> {
+        let p = *self.progress.as_ref()?.borrow();
+        (p.segment == self.index).then_some(p.len)
+    }
+
+    fn segment_complete(&self) -> bool {
+        match &self.progress {
+            None => true,
+            Some(rx) => {
+                let p = *rx.borrow();
+                p.segment > self.index || p.ended
+            }
+        }
+    }
+
+    /// Opens the next segment that exists; a jump over missing ones queues nothing here,
+    /// but is reported by [`SpoolReader::read_next`] through the first record's header.
+    fn advance(&mut self) -> io::Result<bool> {
+        let Some(next) = self.next_existing()? else {
+            return Ok(false);
+        };
+        if self.index != 0 && next != self.index + 1 {
+            // Missing segments: the gap's extent comes from the next record's header.
+            let mut file = File::open(segment_path(&self.dir, next))?;
+            let mut hb = [0u8; HEADER_BYTES];
+            if read_full(&mut file, &mut hb)? == HEADER_BYTES {
+                let h = Header::parse(&hb);
+                let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
+                let next_seq = if is_output { h.seq } else { h.seq + 1 };
+                if next_seq > self.last_seq + 1 {
+                    self.pending_gap = Some(Gap {
+                        after_seq: self.last_seq,
+                        next_seq,
+                        bytes: h.total.saturating_sub(self.total_seen),
+                    });
+                }
+            }
+        }
+        self.index = next;
+        self.file = Some(File::open(segment_path(&self.dir, next))?);
+        self.pos = 0;
+        Ok(true)
+    }
+
+    fn next_existing(&self) -> io::Result<Option<u32>> {
+        let wanted = self.index + 1;
+        match File::open(segment_path(&self.dir, wanted)) {
+            Ok(_) => return Ok(Some(wanted)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let mut best: Option<u32> = None;
+        let (Some(dir), Some(job)) = (
+            self.dir.parent(),
+            self.dir.file_name().and_then(|n| n.to_str()),
+        ) else {
+            return Ok(None);
+        };
+        let prefix = format!("{job}.");
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let Some(n) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&prefix))
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if n > self.index && best.is_none_or(|b| n < b) {
+                best = Some(n);
+            }
+        }
+        Ok(best)
+    }
+}
+
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
