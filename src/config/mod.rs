@@ -210,7 +210,7 @@ pub struct ExecConfig {
     pub hooks_load_timeout: Duration,
     /// Globs of variable names whose values are masked (`***`) wherever a request is stored
     /// or logged (job records); see [`DEFAULT_SECRET_ENV`].
-    pub secret_env: Vec<String>,
+    pub secret_env: Vec<glob::Pattern>,
 }
 
 impl ServerConfig {
@@ -258,7 +258,10 @@ impl Default for ExecConfig {
             pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
             hooks_load_timeout: Duration::from_secs(60),
-            secret_env: DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect(),
+            secret_env: DEFAULT_SECRET_ENV
+                .iter()
+                .map(|s| glob::Pattern::new(s).expect("the default globs are valid"))
+                .collect(),
         }
     }
 }

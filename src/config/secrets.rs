@@ -83,28 +83,32 @@ pub(super) fn tokens(raw: Vec<RawToken>, base: &Path) -> Result<Vec<NamedToken>>
     Ok(out)
 }
 
-/// Validates `secret_env` globs (`*`, `?`, `[…]`; matched without regard to case).
-pub(super) fn secret_env(patterns: Vec<String>) -> Result<Vec<String>> {
-    for p in &patterns {
-        glob::Pattern::new(p)
-            .with_context(|| format!("execution.secret_env: `{p}` is not a valid glob"))?;
-    }
-    Ok(patterns)
+/// Compiles `secret_env` globs (`*`, `?`, `[…]`; matched without regard to case), once, when
+/// the config is read.
+pub(super) fn secret_env(patterns: Vec<String>) -> Result<Vec<glob::Pattern>> {
+    patterns
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p)
+                .with_context(|| format!("execution.secret_env: `{p}` is not a valid glob"))
+        })
+        .collect()
 }
 
 /// Whether `name` matches one of the `secret_env` globs.
-pub fn is_secret(patterns: &[String], name: &str) -> bool {
+pub fn is_secret(patterns: &[glob::Pattern], name: &str) -> bool {
     let opts = glob::MatchOptions {
         case_sensitive: false,
         ..Default::default()
     };
-    patterns
-        .iter()
-        .any(|p| glob::Pattern::new(p).is_ok_and(|p| p.matches_with(name, opts)))
+    patterns.iter().any(|p| p.matches_with(name, opts))
 }
 
 /// `env` with the values of secret names replaced by [`MASK`].
-pub fn mask_env(patterns: &[String], env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+pub fn mask_env(
+    patterns: &[glob::Pattern],
+    env: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     env.iter()
         .map(|(k, v)| {
             let v = if is_secret(patterns, k) {
@@ -123,7 +127,8 @@ mod tests {
 
     #[test]
     fn secret_names_are_masked_by_glob_in_any_case() {
-        let pats: Vec<String> = DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect();
+        let pats = super::secret_env(DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect())
+            .unwrap();
         let env: BTreeMap<String, String> = [
             ("GITHUB_TOKEN", "ghp_x"),
             ("aws_secret_access_key", "y"),
