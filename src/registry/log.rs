@@ -35,7 +35,7 @@ impl Registry {
             record: Mutex::new(record),
             request_hash: job.request_hash,
             identity: Mutex::new(None),
-            progress: Some(writer.subscribe()),
+            progress: writer.subscribe(),
             spool_dir,
             detached: AtomicBool::new(false),
             last_seq: AtomicU64::new(0),
@@ -178,7 +178,7 @@ impl JobLog {
             (
                 spool.error().map(str::to_string),
                 spool.gap(),
-                spool.totals().1,
+                spool.last_seq(),
             )
         };
         {

@@ -102,7 +102,7 @@ struct Live {
     record: Mutex<JobRecord>,
     request_hash: Option<String>,
     identity: Mutex<Option<String>>,
-    progress: Option<watch::Receiver<Progress>>,
+    progress: watch::Receiver<Progress>,
     spool_dir: PathBuf,
     detached: AtomicBool,
     /// The last `seq` read from the job.
@@ -338,7 +338,7 @@ impl Registry {
                 let last_seq = l.last_seq.load(Ordering::Relaxed);
                 (
                     record,
-                    l.progress.clone(),
+                    Some(l.progress.clone()),
                     gap,
                     l.spool_dir.clone(),
                     last_seq,

@@ -154,9 +154,9 @@ impl SpoolWriter {
         self.gap
     }
 
-    /// Output bytes written (both streams), and the last `seq`.
-    pub fn totals(&self) -> (u64, u64) {
-        (self.total, self.last_seq)
+    /// The last `seq` written.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
     }
 
     /// Appends one read of output.
