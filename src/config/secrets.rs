@@ -127,8 +127,8 @@ mod tests {
 
     #[test]
     fn secret_names_are_masked_by_glob_in_any_case() {
-        let pats = super::secret_env(DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect())
-            .unwrap();
+        let pats =
+            super::secret_env(DEFAULT_SECRET_ENV.iter().map(|s| s.to_string()).collect()).unwrap();
         let env: BTreeMap<String, String> = [
             ("GITHUB_TOKEN", "ghp_x"),
             ("aws_secret_access_key", "y"),

@@ -32,6 +32,19 @@ pub struct JobSpec {
     pub output_limit: usize,
 }
 
+impl JobSpec {
+    /// The `execute` params that ask a server for this job.
+    pub fn params(self) -> ExecuteParams {
+        ExecuteParams {
+            command: self.command,
+            timeout: self.timeout,
+            cwd: self.cwd,
+            env: (!self.env.is_empty()).then_some(self.env),
+            ..Default::default()
+        }
+    }
+}
+
 /// What a running job has shown so far; the tools turn it into progress notifications.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobProgress {
@@ -383,16 +396,11 @@ impl Backend for Remote {
     ) -> BoxFuture<'_, Result<JobReport, JobError>> {
         Box::pin(async move {
             let mut client = self.connect().await?;
-            let params = ExecuteParams {
-                command: spec.command,
-                timeout: spec.timeout,
-                cwd: spec.cwd,
-                env: (!spec.env.is_empty()).then_some(spec.env),
-                ..Default::default()
-            };
+            let limit = spec.output_limit;
+            let params = spec.params();
             let mut job = client.execute(&params).await.map_err(remote_error)?;
             let canceller = job.canceller();
-            let mut collector = Collector::new(spec.output_limit, progress);
+            let mut collector = Collector::new(limit, progress);
             let mut cancel_sent = false;
             loop {
                 let event = tokio::select! {

@@ -102,12 +102,8 @@ impl JobOps for Remote {
         Box::pin(async move {
             let mut client = self.connect().await?;
             let params = ExecuteParams {
-                command: spec.command,
-                timeout: spec.timeout,
-                cwd: spec.cwd,
-                env: (!spec.env.is_empty()).then_some(spec.env),
                 detach: true,
-                ..Default::default()
+                ..spec.params()
             };
             let r = client
                 .call::<Execute>(&params)
