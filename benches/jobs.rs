@@ -8,7 +8,8 @@
 //! - the state directory's size after 10,000 jobs (database and spools);
 //! - `attach` replay speed of a finished 1 GB job, in MB/s.
 //!
-//! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes.
+//! Prints a Markdown table (pasted into the README). `CCX_BENCH_QUICK=1` shrinks the sizes;
+//! `CCX_BENCH_RTT_ONLY=1` measures the round trips alone (more rounds) and stops there.
 
 #[path = "support/common.rs"]
 mod common;
@@ -24,6 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 fn main() {
     let quick = std::env::var_os("CCX_BENCH_QUICK").is_some();
+    let rtt_only = std::env::var_os("CCX_BENCH_RTT_ONLY").is_some();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -45,12 +47,18 @@ fn main() {
     let rows = rt.block_on(async {
         let mut rows: Vec<(String, String)> = Vec::new();
         // Round trips, alternating.
-        let (rounds, per) = if quick { (4, 50) } else { (10, 200) };
+        let (rounds, per) = match (quick, rtt_only) {
+            (true, _) => (4, 50),
+            (false, false) => (10, 200),
+            (false, true) => (30, 200),
+        };
         let (mut rtt_on, mut rtt_off) = (Vec::new(), Vec::new());
+        let (on_cpu, off_cpu) = (cpu_time(on.id()), cpu_time(off.id()));
         for _ in 0..rounds {
             rtt_off.extend(round_trips(&off_url, per).await);
             rtt_on.extend(round_trips(&on_url, per).await);
         }
+        let (on_cpu, off_cpu) = (cpu_time(on.id()) - on_cpu, cpu_time(off.id()) - off_cpu);
         rtt_on.sort();
         rtt_off.sort();
         let n = rounds * per;
@@ -71,7 +79,14 @@ fn main() {
                 (pct(&rtt_on, 50).as_secs_f64() / pct(&rtt_off, 50).as_secs_f64() - 1.0) * 100.0
             ),
         ));
+        rows.push((
+            "server CPU time per `execute \"true\"`, registry off / on".into(),
+            format!("{} / {}", us(off_cpu / n as u32), us(on_cpu / n as u32)),
+        ));
 
+        if rtt_only {
+            return rows;
+        }
         // Throughput, alternating, best of three each.
         let (mut best_on, mut best_off) = (f64::MAX, f64::MAX);
         for _ in 0..3 {
@@ -114,6 +129,10 @@ fn main() {
     let _ = off.wait();
     let _ = on.kill();
     let _ = on.wait();
+    if rtt_only {
+        print_table(rows);
+        return;
+    }
 
     // The store's size per 10,000 jobs, on a fresh state directory.
     let jobs = if quick { 1000 } else { 10_000 };
@@ -139,10 +158,28 @@ fn main() {
         ),
     ));
 
+    print_table(rows);
+}
+
+fn print_table(rows: Vec<(String, String)>) {
     println!("| measurement | result |\n|---|---|");
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (fields 14
+/// and 15, in clock ticks; proc(5)), assuming the usual 100 ticks per second.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
 }
 
 async fn call(ws: &mut Ws, method: &str, params: Value) -> Value {

@@ -196,9 +196,10 @@ async fn ended_jobs_past_retain_jobs_are_pruned_with_their_spools() {
     let (mut server, url) = serve(dir.path(), rest, &[]);
     let mut ws = Ws::connect(&url).await;
     let mut ids = Vec::new();
+    // Each outlives the 10 ms its spool may stay in memory, so each has files.
     for i in 0..4 {
         let events = ws
-            .run_or_error(json!({"command": format!("echo job-{i}")}))
+            .run_or_error(json!({"command": format!("echo job-{i}; sleep 0.2")}))
             .await
             .unwrap();
         ids.push(events[0]["params"]["job_id"].as_str().unwrap().to_string());

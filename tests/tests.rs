@@ -14,6 +14,7 @@
 //!   for hooks, one terminal event.
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
 //! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
+//! - `spool`: a short job's spool kept in its record; a spool that fails in mid-job.
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
 //! - `mcp_python`: the same tools driven by the official MCP Python SDK at both revisions.
@@ -37,3 +38,4 @@ mod mcp_python;
 mod mcp_tasks;
 mod restructure;
 mod server;
+mod spool;

@@ -1,14 +1,44 @@
 //! One job's handle on the registry ([`JobLog`]): the executor feeds it the job's events and
-//! output; the record follows from them, and the output goes to the spool.
+//! output; the record follows from them, and the output goes to the spool. The spiller
+//! ([`start_spiller`]) writes out the in-memory spools of jobs that outlive
+//! [`INLINE_WINDOW`].
 
 use super::reap;
-use super::spool::SpoolWriter;
+use super::spool::{INLINE_WINDOW, SpoolWriter};
 use super::store::Row;
 use super::{Inner, Live, NewJob, Registry, gap_note, now};
 use crate::events::{Completion, Event};
 use crate::protocol::{JobRecord, JobState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+/// A job whose spool may need writing out at `due`.
+pub(super) type SpillDue = (Instant, Weak<LogInner>);
+
+/// Starts the thread that writes out, [`INLINE_WINDOW`] after each job's start, the spool
+/// of every job still running then. Jobs arrive in start order, so their due times are in
+/// order too; the thread sleeps only while one is pending, and ends with the registry.
+pub(super) fn start_spiller() -> std::io::Result<mpsc::Sender<SpillDue>> {
+    let (tx, rx) = mpsc::channel::<SpillDue>();
+    std::thread::Builder::new()
+        .name("ccx-spool".into())
+        .spawn(move || {
+            while let Ok((due, job)) = rx.recv() {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                if let Some(l) = job.upgrade() {
+                    let mut spool = l.spool.lock().expect("lock");
+                    let had_error = spool.error().is_some();
+                    spool.persist();
+                    if !had_error && let Some(e) = spool.error() {
+                        l.reg.spool_failed(e);
+                    }
+                }
+            }
+        })?;
+    Ok(tx)
+}
 
 impl Registry {
     /// Records a new (queued) job and returns its log.
@@ -28,10 +58,8 @@ impl Registry {
         record.timeout = job.timeout;
         let spool_dir = inner.spool_root.join(&*job.job_id);
         let writer = SpoolWriter::create(spool_dir.clone(), inner.cfg.max_output_bytes_per_job);
-        if let Some(e) = writer.error() {
-            inner.spool_failed(e);
-        }
         let live = Arc::new(Live {
+            inline: writer.inline(),
             record: Mutex::new(record),
             request_hash: job.request_hash,
             identity: Mutex::new(None),
@@ -46,12 +74,16 @@ impl Registry {
             .expect("lock")
             .insert(job.job_id.clone(), live.clone());
         inner.put(&live);
+        let log_inner = Arc::new(LogInner {
+            reg: inner.clone(),
+            live,
+            spool: Mutex::new(writer),
+        });
+        let _ = inner
+            .spiller
+            .send((Instant::now() + INLINE_WINDOW, Arc::downgrade(&log_inner)));
         let log = JobLog {
-            inner: Some(Arc::new(LogInner {
-                reg: inner.clone(),
-                live,
-                spool: Mutex::new(writer),
-            })),
+            inner: Some(log_inner),
         };
         if job.detached {
             // Checked by the caller against the limit first.
@@ -68,7 +100,7 @@ pub struct JobLog {
     inner: Option<Arc<LogInner>>,
 }
 
-struct LogInner {
+pub(super) struct LogInner {
     reg: Arc<Inner>,
     live: Arc<Live>,
     spool: Mutex<SpoolWriter>,
@@ -202,7 +234,7 @@ impl JobLog {
             r.output_gap = gap.map(|g| gap_note(&r.job_id, g));
             r.spool_error = spool_error;
         }
-        spool.finish();
+        let kept = spool.finish();
         drop(spool);
         *l.live.identity.lock().expect("lock") = None;
         if l.live.detached.load(Ordering::Acquire) {
@@ -217,6 +249,7 @@ impl JobLog {
                 record: l.live.record.lock().expect("lock").clone(),
                 request_hash: l.live.request_hash.clone(),
                 identity: None,
+                spool: kept,
             },
             Box::new(move || {
                 if let Some(reg) = reg.upgrade() {

@@ -93,6 +93,8 @@ struct Inner {
     spool_errors: AtomicU64,
     last_spool_error: Mutex<Option<String>>,
     boot_id: Option<String>,
+    /// Jobs whose in-memory spool the spiller writes out if they are still running.
+    spiller: std::sync::mpsc::Sender<log::SpillDue>,
     /// Held for the registry's life: a second server on the same directory is refused.
     _lock: std::fs::File,
 }
@@ -103,6 +105,8 @@ struct Live {
     request_hash: Option<String>,
     identity: Mutex<Option<String>>,
     progress: watch::Receiver<Progress>,
+    /// The spool's segment 1 while it is in memory.
+    inline: spool::SharedInline,
     spool_dir: PathBuf,
     detached: AtomicBool,
     /// The last `seq` read from the job.
@@ -181,6 +185,7 @@ impl Registry {
             spool_errors: AtomicU64::new(0),
             last_spool_error: Mutex::new(None),
             boot_id: reap::boot_id(),
+            spiller: log::start_spiller().context("starting the spool thread")?,
             _lock: lock,
         });
         inner
@@ -331,7 +336,7 @@ impl Registry {
     ) -> Result<Replay, RpcError> {
         let inner = self.inner()?;
         let live = inner.live.lock().expect("lock").get(job_id).cloned();
-        let (record, progress, gap, dir, last_seq) = match &live {
+        let (record, progress, gap, dir, last_seq, inline) = match &live {
             Some(l) => {
                 let record = l.record.lock().expect("lock").clone();
                 let gap = spool::read_gap(&l.spool_dir).map(|g| gap_note(&record.job_id, g));
@@ -342,6 +347,7 @@ impl Registry {
                     gap,
                     l.spool_dir.clone(),
                     last_seq,
+                    Some(l.inline.clone()),
                 )
             }
             None => {
@@ -349,7 +355,13 @@ impl Registry {
                 let dir = inner.spool_root.join(job_id);
                 let gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
                 let last_seq = record.last_seq;
-                (record, None, gap, dir, last_seq)
+                let id = job_id.to_string();
+                let kept = inner
+                    .store
+                    .read(move |c| store::kept_spool(c, &id))
+                    .await
+                    .map_err(|e| internal("reading a job's spool", e))?;
+                (record, None, gap, dir, last_seq, kept.map(spool::kept))
             }
         };
         let after = after_seq.unwrap_or(0);
@@ -375,9 +387,7 @@ impl Registry {
         Ok(Replay::new(
             inner.clone(),
             record,
-            dir,
-            progress,
-            after_seq,
+            spool::SpoolReader::open(dir, progress, after_seq, inline),
             encoding,
             result,
         ))
@@ -467,6 +477,7 @@ impl Inner {
             record: live.record.lock().expect("lock").clone(),
             request_hash: live.request_hash.clone(),
             identity: live.identity.lock().expect("lock").clone(),
+            spool: None,
         });
     }
 

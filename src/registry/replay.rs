@@ -2,14 +2,12 @@
 //! what follows, then its `process.completed` — each exactly once, in `seq` order, in the
 //! notification shapes of a live job.
 
-use super::spool::{Item, Progress, SpoolReader};
+use super::spool::{Item, SpoolReader};
 use super::{Inner, gap_note, store};
 use crate::events::{Completion, Event, JobId, JobStatus};
 use crate::protocol::output::OutputEncoder;
 use crate::protocol::{AttachResult, JobRecord, JobState, OutputEncoding, OutputGap, Stream};
-use std::path::PathBuf;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tracing::warn;
 
 /// A replay in progress; [`Replay::next`] yields its notifications, `None` after the
@@ -30,12 +28,11 @@ pub struct Replay {
 }
 
 impl Replay {
+    /// A replay of `record`'s job through `reader` (opened at the `after_seq` asked for).
     pub(super) fn new(
         inner: Arc<Inner>,
         record: JobRecord,
-        dir: PathBuf,
-        progress: Option<watch::Receiver<Progress>>,
-        after_seq: Option<u64>,
+        reader: SpoolReader,
         encoding: Option<OutputEncoding>,
         result: AttachResult,
     ) -> Replay {
@@ -43,7 +40,7 @@ impl Replay {
         Replay {
             inner,
             result,
-            reader: SpoolReader::open(dir, progress, after_seq),
+            reader,
             encoder: OutputEncoder::new(job_id.clone(), encoding.unwrap_or(record.output_encoding)),
             job_id,
             writer_ended: false,

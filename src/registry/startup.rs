@@ -18,6 +18,7 @@ impl Inner {
             mut record,
             request_hash,
             identity,
+            ..
         } in unfinished
         {
             let ident: Option<ProcessIdentity> = identity
@@ -37,16 +38,24 @@ impl Inner {
             let dir = self.spool_root.join(&*record.job_id);
             record.status = JobState::Lost;
             record.ended_at = Some(now());
-            record.error = Some(format!(
+            let mut error = format!(
                 "the server stopped while the job ran; {} of its processes were left and killed at the next start",
                 killed.len()
-            ));
+            );
+            if !spool::on_disk(&dir) {
+                error.push_str(&format!(
+                    "; its output was lost with the server (a job's first {} ms of output is held in memory)",
+                    spool::INLINE_WINDOW.as_millis()
+                ));
+            }
+            record.error = Some(error);
             record.output_gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
             // Written now: the first request after the start must see `lost`.
             let row = Row {
                 record,
                 request_hash,
                 identity: None,
+                spool: None,
             };
             self.store.read_now(|c| store::put_row(c, &row))?;
         }

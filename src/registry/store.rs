@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     idempotency_key TEXT UNIQUE,
     request_hash TEXT,
     identity TEXT,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    spool BLOB
 );
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs(created_at);
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status);
@@ -44,6 +45,8 @@ pub struct Row {
     pub request_hash: Option<String>,
     /// The recorded process identity (JSON), while the job may have processes.
     pub identity: Option<String>,
+    /// The job's whole spool, when it never left memory (see `spool`'s module notes).
+    pub spool: Option<Vec<u8>>,
 }
 
 /// How long the writer gathers writes before it commits them.
@@ -78,6 +81,7 @@ impl Store {
     pub fn open(path: &Path) -> rusqlite::Result<Store> {
         let writer = open(path)?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         let read = open(path)?;
         let (tx, rx) = std_mpsc::channel();
         std::thread::Builder::new()
@@ -137,6 +141,18 @@ impl Store {
     ) -> rusqlite::Result<T> {
         f(&self.read.lock().unwrap_or_else(|e| e.into_inner()))
     }
+}
+
+/// Brings a database from an older ccx up to [`SCHEMA`].
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    // Before short jobs' spools were kept in their rows.
+    let has_spool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('jobs') WHERE name = 'spool'")?
+        .exists([])?;
+    if !has_spool {
+        conn.execute_batch("ALTER TABLE jobs ADD COLUMN spool BLOB")?;
+    }
+    Ok(())
 }
 
 fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
@@ -205,8 +221,9 @@ pub fn put_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
     let json = serde_json::to_string(r).expect("records serialize");
     conn.prepare_cached(
         "INSERT OR REPLACE INTO jobs
-         (job_id, status, created_at, ended_at, idempotency_key, request_hash, identity, record)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         (job_id, status, created_at, ended_at, idempotency_key, request_hash, identity, record,
+          spool)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         &*r.job_id,
@@ -216,7 +233,8 @@ pub fn put_row(conn: &Connection, row: &Row) -> rusqlite::Result<()> {
         r.idempotency_key,
         row.request_hash,
         row.identity,
-        json
+        json,
+        row.spool
     ])?;
     Ok(())
 }
@@ -234,6 +252,15 @@ pub fn get(conn: &Connection, job_id: &str) -> rusqlite::Result<Option<JobRecord
         .optional()?
         .map(parse_record)
         .transpose()
+}
+
+/// The spool kept in a job's row (a job that never spilled to files), if any.
+pub fn kept_spool(conn: &Connection, job_id: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    Ok(conn
+        .prepare_cached("SELECT spool FROM jobs WHERE job_id = ?1")?
+        .query_row(params![job_id], |r| r.get::<_, Option<Vec<u8>>>(0))
+        .optional()?
+        .flatten())
 }
 
 /// Records, newest first.
@@ -271,6 +298,7 @@ pub fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Row>> {
                 record: parse_record(rec)?,
                 request_hash,
                 identity,
+                spool: None,
             })
         })
     })

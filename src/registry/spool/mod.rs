@@ -18,6 +18,16 @@
 //! so a reader never sees half of one; a crash can leave a torn last record, which readers
 //! treat as the end.
 //!
+//! # Short jobs stay off the file system
+//! Segment 1 starts in memory ([`Inline`]): creating a file per job costs more than the rest
+//! of the registry's work on a short job (ext4's inode allocation; measured in the README).
+//! It is written out ("spilled") to its file once it holds more than [`INLINE_MAX`] bytes,
+//! or when the registry's spiller finds the job still running [`INLINE_WINDOW`] after its
+//! start. A job that ends before either keeps its whole spool in its database row instead
+//! (the writer's [`SpoolWriter::finish`] hands it over). The price: a crash (`kill -9`) loses
+//! the output of jobs younger than [`INLINE_WINDOW`], as the record's batch window loses
+//! their newest record writes.
+//!
 //! # Bound
 //! The first segments, up to half of `max_bytes`, are the head and always kept; of the rest
 //! only the newest segments within the other half are kept. Dropping the oldest tail segment
@@ -29,6 +39,8 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::watch;
 
 mod read;
@@ -48,6 +60,32 @@ pub struct Progress {
     /// The writer is done: the job ended, or the spool failed (`failed`).
     pub ended: bool,
     pub failed: bool,
+}
+
+/// The most of a spool held in memory, bytes of records.
+pub const INLINE_MAX: u64 = 32 << 10;
+
+/// How long a running job's spool may stay in memory.
+pub const INLINE_WINDOW: Duration = Duration::from_millis(10);
+
+/// Segment 1 while it is in memory, shared by the writer and the live job's readers.
+#[derive(Debug, Default)]
+pub struct Inline {
+    /// The segment's records, as the file would hold them.
+    pub bytes: Vec<u8>,
+    /// Written out to segment 1's file (then `bytes` is empty): read the file.
+    pub spilled: bool,
+}
+
+/// [`Inline`] as writer and readers share it.
+pub type SharedInline = Arc<Mutex<Inline>>;
+
+/// A whole spool kept in memory (an ended job's, from its row), for [`SpoolReader::open`].
+pub fn kept(bytes: Vec<u8>) -> SharedInline {
+    Arc::new(Mutex::new(Inline {
+        bytes,
+        spilled: false,
+    }))
 }
 
 /// Output between head and tail that is no longer kept.
@@ -83,6 +121,11 @@ pub struct SpoolWriter {
     error: Option<String>,
     buf: Vec<u8>,
     progress: watch::Sender<Progress>,
+    /// Segment 1 in memory; `in_memory` while records still go there.
+    inline: SharedInline,
+    in_memory: bool,
+    inline_max: u64,
+    ended: bool,
 }
 
 /// `base` is `<state>/spool/<job_id>`; a segment is `<base>.<index>.seg`.
@@ -111,7 +154,7 @@ pub fn remove(dir: &Path, jobs: &std::collections::HashSet<String>) {
 
 impl SpoolWriter {
     /// Starts a spool at `dir` (`<state>/spool/<job_id>`; the folder must exist) that keeps
-    /// about `max_bytes` of output.
+    /// about `max_bytes` of output. It starts in memory: no file is touched until it spills.
     pub fn create(dir: PathBuf, max_bytes: u64) -> SpoolWriter {
         let segment_max = (max_bytes / 8).clamp(16 << 10, 64 << 20);
         let (progress, _) = watch::channel(Progress::default());
@@ -129,14 +172,44 @@ impl SpoolWriter {
             error: None,
             buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024),
             progress,
+            inline: SharedInline::default(),
+            in_memory: true,
+            inline_max: INLINE_MAX.min(segment_max),
+            ended: false,
         };
-        if let Err(e) = w.open_segment(1) {
-            w.fail(format!(
+        w.push_segment(1);
+        w
+    }
+
+    /// Segment 1 in memory, for the live job's readers.
+    pub fn inline(&self) -> SharedInline {
+        self.inline.clone()
+    }
+
+    /// Writes segment 1 out to its file if it is still in memory (the job outlived
+    /// [`INLINE_WINDOW`]). A failure stops the spool as any write error does.
+    pub fn persist(&mut self) {
+        if self.in_memory
+            && !self.ended
+            && self.error.is_none()
+            && let Err(e) = self.spill()
+        {
+            self.fail(format!(
                 "cannot create the spool in {}: {e}",
-                w.dir.display()
+                self.dir.display()
             ));
         }
-        w
+    }
+
+    fn spill(&mut self) -> io::Result<()> {
+        let mut m = self.inline.lock().expect("lock");
+        let mut file = File::create_new(segment_path(&self.dir, 1))?;
+        file.write_all(&m.bytes)?;
+        m.spilled = true;
+        m.bytes = Vec::new();
+        self.in_memory = false;
+        self.file = Some(file);
+        Ok(())
     }
 
     /// A receiver that tracks what readers may read.
@@ -175,10 +248,17 @@ impl SpoolWriter {
         self.append(KIND_EVENT, self.last_seq, 0, json);
     }
 
-    /// The job has ended: readers that reach the end are done.
-    pub fn finish(&mut self) {
+    /// The job has ended: readers that reach the end are done. Returns the whole spool if it
+    /// never left memory, for the job's database row.
+    pub fn finish(&mut self) -> Option<Vec<u8>> {
         self.file = None;
+        self.ended = true;
+        let kept = {
+            let m = self.inline.lock().expect("lock");
+            (!m.spilled).then(|| m.bytes.clone())
+        };
         self.progress.send_modify(|p| p.ended = true);
+        kept
     }
 
     fn append(&mut self, kind: u8, seq: u64, offset: u64, payload: &[u8]) {
@@ -209,11 +289,28 @@ impl SpoolWriter {
         self.buf.extend_from_slice(&offset.to_le_bytes());
         self.buf.extend_from_slice(&self.total.to_le_bytes());
         self.buf.extend_from_slice(payload);
+        if self.in_memory {
+            let mut m = self.inline.lock().expect("lock");
+            if (m.bytes.len() + self.buf.len()) as u64 <= self.inline_max {
+                m.bytes.extend_from_slice(&self.buf);
+                drop(m);
+                self.published(seq);
+                return Ok(());
+            }
+            drop(m);
+            self.spill()?;
+        }
         let file = self
             .file
             .as_mut()
             .ok_or_else(|| io::Error::other("closed"))?;
         file.write_all(&self.buf)?;
+        self.published(seq);
+        Ok(())
+    }
+
+    /// Counts the record in `buf` as written, and tells readers.
+    fn published(&mut self, seq: u64) {
         let seg = self.segments.back_mut().expect("a segment is open");
         seg.len += self.buf.len() as u64;
         seg.last_seq = seg.last_seq.max(seq);
@@ -222,13 +319,17 @@ impl SpoolWriter {
             p.segment = segment;
             p.len = len;
         });
-        Ok(())
     }
 
     fn open_segment(&mut self, index: u32) -> io::Result<()> {
         let file = File::create_new(segment_path(&self.dir, index))?;
-        let head = self.head_bytes < self.head_budget;
         self.file = Some(file);
+        self.push_segment(index);
+        Ok(())
+    }
+
+    fn push_segment(&mut self, index: u32) {
+        let head = self.head_bytes < self.head_budget;
         self.segments.push_back(Segment {
             index,
             len: 0,
@@ -236,12 +337,14 @@ impl SpoolWriter {
             last_seq: self.last_seq,
             output_bytes: 0,
         });
-        Ok(())
     }
 
     /// Closes the full segment, opens the next, and drops the oldest tail segments beyond
     /// the tail budget.
     fn rotate(&mut self) -> io::Result<()> {
+        if self.in_memory {
+            self.spill()?;
+        }
         let full = self.segments.back().expect("a segment is open");
         if full.head {
             self.head_bytes += full.len;
@@ -296,6 +399,11 @@ impl SpoolWriter {
     }
 }
 
+/// Whether the spool at `dir` has reached the disk (its first segment exists).
+pub fn on_disk(dir: &Path) -> bool {
+    segment_path(dir, 1).exists()
+}
+
 /// The gap recorded in a spool directory, if any (for a job whose writer is gone).
 pub fn read_gap(dir: &Path) -> Option<Gap> {
     let text = std::fs::read_to_string(gap_path(dir)).ok()?;
@@ -308,104 +416,4 @@ pub fn read_gap(dir: &Path) -> Option<Gap> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Writes `sizes` as stdout reads, then both streams' ends; returns the reader's items.
-    fn roundtrip(max: u64, sizes: &[usize]) -> (Vec<Item>, Option<Gap>) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::create(dir.path().join("job"), max);
-        assert!(w.error().is_none());
-        let mut seq = 0;
-        let mut offset = 0;
-        for (i, n) in sizes.iter().enumerate() {
-            seq += 1;
-            w.output(true, seq, offset, &vec![i as u8; *n]);
-            offset += *n as u64;
-        }
-        w.event(br#"{"method":"process.paused","params":{"job_id":"j","status":"paused"}}"#);
-        w.output(true, seq + 1, offset, &[]);
-        w.output(false, seq + 2, 0, &[]);
-        w.finish();
-        assert!(w.error().is_none(), "{:?}", w.error());
-        let mut r = SpoolReader::open(dir.path().join("job"), None, None);
-        let mut items = Vec::new();
-        while let Some(item) = r.read_next().unwrap() {
-            items.push(item);
-        }
-        (items, w.gap())
-    }
-
-    fn output_bytes(items: &[Item]) -> u64 {
-        items
-            .iter()
-            .map(|i| match i {
-                Item::Output { bytes, .. } => bytes.len() as u64,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    #[test]
-    fn everything_comes_back_in_order_when_it_fits() {
-        let (items, gap) = roundtrip(1 << 20, &[10, 20, 30]);
-        assert_eq!(gap, None);
-        let seqs: Vec<u64> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Output { seq, .. } => Some(*seq),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(seqs, [1, 2, 3, 4, 5]);
-        assert_eq!(output_bytes(&items), 60);
-        assert!(
-            matches!(items[3], Item::Event(_)),
-            "the event keeps its place"
-        );
-    }
-
-    #[test]
-    fn head_gap_and_tail_add_up_and_the_tail_keeps_the_newest_read() {
-        // Reads larger than a segment (16 KiB) and than half the budget (32 KiB).
-        let sizes = [65536, 65536, 1000, 65536, 65536, 7, 65536];
-        let total: u64 = sizes.iter().map(|n| *n as u64).sum();
-        let (items, gap) = roundtrip(65536, &sizes);
-        let gap = gap.expect("a gap");
-        let found: Vec<&Gap> = items
-            .iter()
-            .filter_map(|i| match i {
-                Item::Gap(g) => Some(g),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(*found[0], gap);
-        assert_eq!(output_bytes(&items) + gap.bytes, total);
-        let last_data = items.iter().rev().find_map(|i| match i {
-            Item::Output { bytes, seq, .. } if !bytes.is_empty() => Some(*seq),
-            _ => None,
-        });
-        assert_eq!(
-            last_data,
-            Some(sizes.len() as u64),
-            "the newest read is kept"
-        );
-    }
-
-    #[test]
-    fn a_reader_can_start_after_a_seq() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut w = SpoolWriter::create(dir.path().join("job"), 1 << 20);
-        for seq in 1..=5 {
-            w.output(seq % 2 == 0, seq, 0, b"x");
-        }
-        w.finish();
-        let mut r = SpoolReader::open(dir.path().join("job"), None, Some(3));
-        let mut seqs = Vec::new();
-        while let Some(Item::Output { seq, .. }) = r.read_next().unwrap() {
-            seqs.push(seq);
-        }
-        assert_eq!(seqs, [4, 5]);
-    }
-}
+mod tests;

@@ -1,10 +1,11 @@
 //! Reading a spool back ([`SpoolReader`]): one per `attach`, living as long as its replay,
 //! while the writer (in `mod.rs`, with the format) lives as long as the job.
 
-use super::{Gap, HEADER_BYTES, KIND_STDERR, KIND_STDOUT, Progress, segment_path};
+use super::{Gap, HEADER_BYTES, KIND_STDERR, KIND_STDOUT, Progress, SharedInline, segment_path};
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use tokio::sync::watch;
 
 /// One record read back.
@@ -43,13 +44,52 @@ impl Header {
     }
 }
 
+/// Where the current segment's bytes are read from.
+enum Source {
+    File(File),
+    /// Segment 1 in memory; becomes `File` once the writer has spilled it.
+    Memory(SharedInline),
+}
+
+impl Source {
+    /// Reads up to `buf.len()` bytes at `pos` of the segment; fewer only at its end.
+    fn read_at(&mut self, dir: &Path, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        if let Source::Memory(shared) = self {
+            let m = shared.lock().expect("lock");
+            if !m.spilled {
+                let from = (pos as usize).min(m.bytes.len());
+                let n = buf.len().min(m.bytes.len() - from);
+                buf[..n].copy_from_slice(&m.bytes[from..from + n]);
+                return Ok(n);
+            }
+            drop(m);
+            *self = Source::File(File::open(segment_path(dir, 1))?);
+        }
+        let Source::File(file) = self else {
+            unreachable!("switched above")
+        };
+        let mut got = 0;
+        while got < buf.len() {
+            match file.read_at(&mut buf[got..], pos + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(got)
+    }
+}
+
 /// Reads a spool from the start, skipping output up to `after_seq`. For a live job it reads
 /// only what [`Progress`] has published; [`SpoolReader::read_next`] returns `None` when it has
 /// caught up, and [`SpoolReader::wait`] waits for more.
 pub struct SpoolReader {
     dir: PathBuf,
+    /// Segment 1 while in memory (a live job's), or the whole spool (kept in the job's row).
+    inline: Option<SharedInline>,
     index: u32,
-    file: Option<File>,
+    file: Option<Source>,
     pos: u64,
     progress: Option<watch::Receiver<Progress>>,
     after_seq: u64,
@@ -63,14 +103,17 @@ pub struct SpoolReader {
 
 impl SpoolReader {
     /// A reader of the spool in `dir`; `progress`: the live writer's, `None` for a job that
-    /// has ended. `after_seq: None` reads everything.
+    /// has ended; `inline`: segment 1 in memory (the writer's, or the bytes kept in an ended
+    /// job's row). `after_seq: None` reads everything.
     pub fn open(
         dir: PathBuf,
         progress: Option<watch::Receiver<Progress>>,
         after_seq: Option<u64>,
+        inline: Option<SharedInline>,
     ) -> SpoolReader {
         SpoolReader {
             dir,
+            inline,
             index: 0,
             file: None,
             pos: 0,
@@ -110,13 +153,12 @@ impl SpoolReader {
                 return Ok(None);
             }
             let mut hb = [0u8; HEADER_BYTES];
-            if read_full(file, &mut hb)? < HEADER_BYTES {
+            if file.read_at(&self.dir, self.pos, &mut hb)? < HEADER_BYTES {
                 // End of this segment (or a torn record after a crash).
                 if complete {
                     self.file = None;
                     continue;
                 }
-                file.seek(SeekFrom::Start(self.pos))?;
                 return Ok(None);
             }
             let h = Header::parse(&hb);
@@ -129,14 +171,14 @@ impl SpoolReader {
                 };
             let end = self.pos + HEADER_BYTES as u64 + u64::from(h.len);
             if skip {
-                file.seek(SeekFrom::Start(end))?;
                 self.pos = end;
                 self.total_seen = h.total + if is_output { u64::from(h.len) } else { 0 };
                 continue;
             }
             self.skipping = false;
             let mut payload = vec![0u8; h.len as usize];
-            if read_full(file, &mut payload)? < payload.len() {
+            let at = self.pos + HEADER_BYTES as u64;
+            if file.read_at(&self.dir, at, &mut payload)? < payload.len() {
                 // A torn record: the end of what was written.
                 self.file = None;
                 return Ok(None);
@@ -194,9 +236,9 @@ impl SpoolReader {
         };
         if self.index != 0 && next != self.index + 1 {
             // Missing segments: the gap's extent comes from the next record's header.
-            let mut file = File::open(segment_path(&self.dir, next))?;
+            let mut file = Source::File(File::open(segment_path(&self.dir, next))?);
             let mut hb = [0u8; HEADER_BYTES];
-            if read_full(&mut file, &mut hb)? == HEADER_BYTES {
+            if file.read_at(&self.dir, 0, &mut hb)? == HEADER_BYTES {
                 let h = Header::parse(&hb);
                 let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
                 let next_seq = if is_output { h.seq } else { h.seq + 1 };
@@ -210,13 +252,25 @@ impl SpoolReader {
             }
         }
         self.index = next;
-        self.file = Some(File::open(segment_path(&self.dir, next))?);
+        self.file = Some(match (&self.inline, next) {
+            (Some(inline), 1) => Source::Memory(inline.clone()),
+            _ => Source::File(File::open(segment_path(&self.dir, next))?),
+        });
         self.pos = 0;
         Ok(true)
     }
 
     fn next_existing(&self) -> io::Result<Option<u32>> {
         let wanted = self.index + 1;
+        if let Some(inline) = &self.inline {
+            if wanted == 1 {
+                return Ok(Some(1));
+            }
+            if !inline.lock().expect("lock").spilled {
+                // Never left memory: segment 1 was the whole spool.
+                return Ok(None);
+            }
+        }
         match File::open(segment_path(&self.dir, wanted)) {
             Ok(_) => return Ok(Some(wanted)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -246,17 +300,4 @@ impl SpoolReader {
         }
         Ok(best)
     }
-}
-
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
 }

@@ -1,0 +1,129 @@
+//! The spool's writer and reader together, on a real folder.
+use super::*;
+
+/// Writes `sizes` as stdout reads, then both streams' ends; returns the reader's items.
+fn roundtrip(max: u64, sizes: &[usize]) -> (Vec<Item>, Option<Gap>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = SpoolWriter::create(dir.path().join("job"), max);
+    assert!(w.error().is_none());
+    let mut seq = 0;
+    let mut offset = 0;
+    for (i, n) in sizes.iter().enumerate() {
+        seq += 1;
+        w.output(true, seq, offset, &vec![i as u8; *n]);
+        offset += *n as u64;
+    }
+    w.event(br#"{"method":"process.paused","params":{"job_id":"j","status":"paused"}}"#);
+    w.output(true, seq + 1, offset, &[]);
+    w.output(false, seq + 2, 0, &[]);
+    let kept_bytes = w.finish();
+    assert!(w.error().is_none(), "{:?}", w.error());
+    let mut r = SpoolReader::open(dir.path().join("job"), None, None, kept_bytes.map(kept));
+    let mut items = Vec::new();
+    while let Some(item) = r.read_next().unwrap() {
+        items.push(item);
+    }
+    (items, w.gap())
+}
+
+fn output_bytes(items: &[Item]) -> u64 {
+    items
+        .iter()
+        .map(|i| match i {
+            Item::Output { bytes, .. } => bytes.len() as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
+#[test]
+fn everything_comes_back_in_order_when_it_fits() {
+    let (items, gap) = roundtrip(1 << 20, &[10, 20, 30]);
+    assert_eq!(gap, None);
+    let seqs: Vec<u64> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Output { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(output_bytes(&items), 60);
+    assert!(
+        matches!(items[3], Item::Event(_)),
+        "the event keeps its place"
+    );
+}
+
+#[test]
+fn head_gap_and_tail_add_up_and_the_tail_keeps_the_newest_read() {
+    // Reads larger than a segment (16 KiB) and than half the budget (32 KiB).
+    let sizes = [65536, 65536, 1000, 65536, 65536, 7, 65536];
+    let total: u64 = sizes.iter().map(|n| *n as u64).sum();
+    let (items, gap) = roundtrip(65536, &sizes);
+    let gap = gap.expect("a gap");
+    let found: Vec<&Gap> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Gap(g) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(*found[0], gap);
+    assert_eq!(output_bytes(&items) + gap.bytes, total);
+    let last_data = items.iter().rev().find_map(|i| match i {
+        Item::Output { bytes, seq, .. } if !bytes.is_empty() => Some(*seq),
+        _ => None,
+    });
+    assert_eq!(
+        last_data,
+        Some(sizes.len() as u64),
+        "the newest read is kept"
+    );
+}
+
+#[test]
+fn a_reader_can_start_after_a_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = SpoolWriter::create(dir.path().join("job"), 1 << 20);
+    for seq in 1..=5 {
+        w.output(seq % 2 == 0, seq, 0, b"x");
+    }
+    let kept_bytes = w.finish();
+    assert!(kept_bytes.is_some(), "five bytes stay in memory");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "no file for a short spool"
+    );
+    let mut r = SpoolReader::open(dir.path().join("job"), None, Some(3), kept_bytes.map(kept));
+    let mut seqs = Vec::new();
+    while let Some(Item::Output { seq, .. }) = r.read_next().unwrap() {
+        seqs.push(seq);
+    }
+    assert_eq!(seqs, [4, 5]);
+}
+
+#[test]
+fn a_live_reader_follows_segment_one_from_memory_into_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("job");
+    let mut w = SpoolWriter::create(base.clone(), 1 << 20);
+    let mut r = SpoolReader::open(base.clone(), Some(w.subscribe()), None, Some(w.inline()));
+    w.output(true, 1, 0, b"first");
+    let Some(Item::Output { bytes, .. }) = r.read_next().unwrap() else {
+        panic!("the first record, from memory")
+    };
+    assert_eq!(bytes, b"first");
+    assert_eq!(r.read_next().unwrap(), None, "caught up");
+    w.persist();
+    assert!(segment_path(&base, 1).exists(), "spilled to its file");
+    // More than fits in memory afterwards goes to the file too.
+    w.output(true, 2, 5, &vec![7u8; 40 << 10]);
+    let Some(Item::Output { seq, bytes, .. }) = r.read_next().unwrap() else {
+        panic!("the second record, from the file")
+    };
+    assert_eq!((seq, bytes.len()), (2, 40 << 10));
+    assert_eq!(w.finish(), None, "nothing kept in memory once spilled");
+    assert_eq!(r.read_next().unwrap(), None);
+}
