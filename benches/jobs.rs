@@ -95,6 +95,7 @@ fn main() {
         // (`sync`): otherwise the writeback of the runs before throttles this one's spool
         // writes to the disk's speed, whichever server it is.
         let (mut best_on, mut best_off) = (f64::MAX, f64::MAX);
+        let (on_cpu, off_cpu) = (cpu_time(on.id()), cpu_time(off.id()));
         for _ in 0..3 {
             unsafe { libc::sync() };
             let (s, got) = throughput(&off_url, big).await;
@@ -105,6 +106,7 @@ fn main() {
             assert_eq!(got, big);
             best_on = best_on.min(s);
         }
+        let (on_cpu, off_cpu) = (cpu_time(on.id()) - on_cpu, cpu_time(off.id()) - off_cpu);
         let mb = big as f64 / 1e6;
         rows.push((
             format!(
@@ -118,6 +120,14 @@ fn main() {
                 "{:.0} MB/s ({:.0}% of off)",
                 mb / best_on,
                 best_off / best_on * 100.0
+            ),
+        ));
+        rows.push((
+            "server CPU time per GB of output, registry off / on".into(),
+            format!(
+                "{:.2} s / {:.2} s",
+                off_cpu.as_secs_f64() / (3.0 * mb / 1000.0),
+                on_cpu.as_secs_f64() / (3.0 * mb / 1000.0)
             ),
         ));
 

@@ -423,6 +423,10 @@ impl SessionInner {
     /// hearing.
     pub(super) async fn emit(&self, log: &JobLog, event: Event) {
         log.event(&event);
+        if matches!(event, Event::Completed(_)) {
+            // A client that attaches on `process.completed` finds the final spool.
+            log.settled().await;
+        }
         let _ = self.events.send(event).await;
     }
 

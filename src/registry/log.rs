@@ -29,10 +29,9 @@ pub(super) fn start_spiller() -> std::io::Result<mpsc::Sender<SpillDue>> {
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
                 if let Some(l) = job.upgrade() {
                     let mut spool = l.spool.lock().expect("lock");
-                    let had_error = spool.error().is_some();
                     spool.persist();
-                    if !had_error && let Some(e) = spool.error() {
-                        l.reg.spool_failed(e);
+                    if let Some(e) = spool.take_new_error() {
+                        l.reg.spool_failed(&e);
                     }
                 }
             }
@@ -57,7 +56,11 @@ impl Registry {
         record.idempotency_key = job.idempotency_key;
         record.timeout = job.timeout;
         let spool_dir = inner.spool_root.join(&*job.job_id);
-        let writer = SpoolWriter::create(spool_dir.clone(), inner.cfg.max_output_bytes_per_job);
+        let writer = SpoolWriter::create(
+            spool_dir.clone(),
+            inner.cfg.max_output_bytes_per_job,
+            inner.spool_io.clone(),
+        );
         let live = Arc::new(Live {
             inline: writer.inline(),
             record: Mutex::new(record),
@@ -127,6 +130,14 @@ impl JobLog {
             .is_some_and(|l| l.live.detached.load(Ordering::Acquire))
     }
 
+    /// Waits until the job's spool is written to its end (after its terminal event; at
+    /// once for a spool that stayed in memory).
+    pub async fn settled(&self) {
+        let Some(l) = &self.inner else { return };
+        let mut progress = l.live.progress.clone();
+        let _ = progress.wait_for(|p| p.ended).await;
+    }
+
     /// Records the identity of the job's process right after spawning it.
     pub fn spawned(&self, pid: u32, pgid: i32) {
         let Some(l) = &self.inner else { return };
@@ -150,10 +161,9 @@ impl JobLog {
         }
         l.live.last_seq.store(seq, Ordering::Relaxed);
         let mut spool = l.spool.lock().expect("lock");
-        let had_error = spool.error().is_some();
         spool.output(stdout, seq, offset, bytes);
-        if !had_error && let Some(e) = spool.error() {
-            l.reg.spool_failed(e);
+        if let Some(e) = spool.take_new_error() {
+            l.reg.spool_failed(&e);
         }
     }
 
@@ -164,10 +174,9 @@ impl JobLog {
         if !matches!(event, Event::Completed(_)) {
             let json = serde_json::to_vec(event).expect("events serialize");
             let mut spool = l.spool.lock().expect("lock");
-            let had_error = spool.error().is_some();
             spool.event(&json);
-            if !had_error && let Some(e) = spool.error() {
-                l.reg.spool_failed(e);
+            if let Some(e) = spool.take_new_error() {
+                l.reg.spool_failed(&e);
             }
         }
         let changed = {
@@ -206,13 +215,7 @@ impl JobLog {
         // The record is final before the spool says it has ended: a replay that sees the end
         // reads the record next.
         let mut spool = l.spool.lock().expect("lock");
-        let (spool_error, gap, last_seq) = {
-            (
-                spool.error().map(str::to_string),
-                spool.gap(),
-                spool.last_seq(),
-            )
-        };
+        let (spool_error, gap, last_seq) = { (spool.error(), spool.gap(), spool.last_seq()) };
         {
             let mut r = l.live.record.lock().expect("lock");
             r.status = c.status.into();
@@ -234,28 +237,38 @@ impl JobLog {
             r.output_gap = gap.map(|g| gap_note(&r.job_id, g));
             r.spool_error = spool_error;
         }
-        let kept = spool.finish();
-        drop(spool);
         *l.live.identity.lock().expect("lock") = None;
         if l.live.detached.load(Ordering::Acquire) {
             l.reg.detached.fetch_sub(1, Ordering::AcqRel);
         }
-        // Readers find the ended job in the database once this write is committed; until
-        // then, here.
-        let reg = Arc::downgrade(&l.reg);
-        let id = l.live.record.lock().expect("lock").job_id.clone();
-        l.reg.store.put_then(
-            Row {
-                record: l.live.record.lock().expect("lock").clone(),
-                request_hash: l.live.request_hash.clone(),
-                identity: None,
-                spool: kept,
-            },
-            Box::new(move || {
-                if let Some(reg) = reg.upgrade() {
-                    reg.live.lock().expect("lock").remove(&id);
-                }
-            }),
-        );
+        // The row is written once the spool's last write is done (readers of an ended job
+        // read its files); readers find the job in the database once the row is committed,
+        // until then here.
+        let (live, reg) = (l.live.clone(), l.reg.clone());
+        spool.finish(move |closed| {
+            if let Some(e) = &closed.new_error {
+                reg.spool_failed(e);
+            }
+            let record = {
+                let mut r = live.record.lock().expect("lock");
+                r.spool_error = closed.error;
+                r.clone()
+            };
+            let id = record.job_id.clone();
+            let weak = Arc::downgrade(&reg);
+            reg.store.put_then(
+                Row {
+                    record,
+                    request_hash: live.request_hash.clone(),
+                    identity: None,
+                    spool: closed.kept,
+                },
+                Box::new(move || {
+                    if let Some(reg) = weak.upgrade() {
+                        reg.live.lock().expect("lock").remove(&id);
+                    }
+                }),
+            );
+        });
     }
 }

@@ -95,6 +95,8 @@ struct Inner {
     boot_id: Option<String>,
     /// Jobs whose in-memory spool the spiller writes out if they are still running.
     spiller: std::sync::mpsc::Sender<log::SpillDue>,
+    /// The thread that does the spools' file operations.
+    spool_io: spool::Io,
     /// Held for the registry's life: a second server on the same directory is refused.
     _lock: std::fs::File,
 }
@@ -186,6 +188,7 @@ impl Registry {
             last_spool_error: Mutex::new(None),
             boot_id: reap::boot_id(),
             spiller: log::start_spiller().context("starting the spool thread")?,
+            spool_io: spool::Io::start().context("starting the spool I/O thread")?,
             _lock: lock,
         });
         inner
@@ -207,6 +210,9 @@ impl Registry {
     /// Waits until every record and kv write so far is committed (before the process exits).
     pub async fn flush(&self) {
         if let Some(i) = &self.inner {
+            // Spools first: a job's last write queues its row.
+            let io = i.spool_io.clone();
+            let _ = tokio::task::spawn_blocking(move || io.flush()).await;
             i.store.flush().await;
         }
     }

@@ -36,14 +36,15 @@
 //! header of the next record it finds.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
+mod io;
 mod read;
+pub use io::Io;
+use io::{Op, Shared};
 pub use read::{Item, SpoolReader};
 
 pub const HEADER_BYTES: usize = 29;
@@ -105,24 +106,33 @@ struct Segment {
     output_bytes: u64,
 }
 
-/// Appends one job's records. Errors never reach the job: the first one is kept
-/// ([`SpoolWriter::error`]) and the spool stops there.
+/// A spool's state once its job has ended and every write is done.
+pub struct Closed {
+    /// The whole spool, if it never left memory (for the job's database row).
+    pub kept: Option<Vec<u8>>,
+    /// The first error, if any.
+    pub error: Option<String>,
+    /// The same, if nobody has been told of it yet ([`SpoolWriter::take_new_error`]).
+    pub new_error: Option<String>,
+}
+
+/// Appends one job's records: keeps the accounts (segments, head, tail, gap) itself and
+/// leaves the file operations to the [`Io`] thread. Errors never reach the job: the first
+/// one is kept ([`SpoolWriter::error`]) and the spool stops there.
 pub struct SpoolWriter {
     dir: PathBuf,
     segment_max: u64,
     head_budget: u64,
     tail_budget: u64,
-    file: Option<File>,
     segments: VecDeque<Segment>,
     head_bytes: u64,
     total: u64,
     last_seq: u64,
     gap: Option<Gap>,
-    error: Option<String>,
     buf: Vec<u8>,
-    progress: watch::Sender<Progress>,
-    /// Segment 1 in memory; `in_memory` while records still go there.
-    inline: SharedInline,
+    shared: Arc<Shared>,
+    io: Io,
+    /// Records still go to segment 1 in memory.
     in_memory: bool,
     inline_max: u64,
     ended: bool,
@@ -154,25 +164,23 @@ pub fn remove(dir: &Path, jobs: &std::collections::HashSet<String>) {
 
 impl SpoolWriter {
     /// Starts a spool at `dir` (`<state>/spool/<job_id>`; the folder must exist) that keeps
-    /// about `max_bytes` of output. It starts in memory: no file is touched until it spills.
-    pub fn create(dir: PathBuf, max_bytes: u64) -> SpoolWriter {
+    /// about `max_bytes` of output, its files written by `io`. It starts in memory: no file
+    /// is touched until it spills.
+    pub fn create(dir: PathBuf, max_bytes: u64, io: Io) -> SpoolWriter {
         let segment_max = (max_bytes / 8).clamp(16 << 10, 64 << 20);
-        let (progress, _) = watch::channel(Progress::default());
         let mut w = SpoolWriter {
             dir,
             segment_max,
             head_budget: max_bytes / 2,
             tail_budget: max_bytes / 2,
-            file: None,
             segments: VecDeque::new(),
             head_bytes: 0,
             total: 0,
             last_seq: 0,
             gap: None,
-            error: None,
             buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024),
-            progress,
-            inline: SharedInline::default(),
+            shared: Shared::new(),
+            io,
             in_memory: true,
             inline_max: INLINE_MAX.min(segment_max),
             ended: false,
@@ -183,43 +191,48 @@ impl SpoolWriter {
 
     /// Segment 1 in memory, for the live job's readers.
     pub fn inline(&self) -> SharedInline {
-        self.inline.clone()
+        self.shared.inline.clone()
     }
 
-    /// Writes segment 1 out to its file if it is still in memory (the job outlived
+    /// Has segment 1 written out to its file if it is still in memory (the job outlived
     /// [`INLINE_WINDOW`]). A failure stops the spool as any write error does.
     pub fn persist(&mut self) {
-        if self.in_memory
-            && !self.ended
-            && self.error.is_none()
-            && let Err(e) = self.spill()
-        {
-            self.fail(format!(
-                "cannot create the spool in {}: {e}",
-                self.dir.display()
-            ));
+        if self.in_memory && !self.ended && !self.shared.failed() {
+            self.spill();
         }
     }
 
-    fn spill(&mut self) -> io::Result<()> {
-        let mut m = self.inline.lock().expect("lock");
-        let mut file = File::create_new(segment_path(&self.dir, 1))?;
-        file.write_all(&m.bytes)?;
-        m.spilled = true;
-        m.bytes = Vec::new();
+    fn spill(&mut self) {
         self.in_memory = false;
-        self.file = Some(file);
-        Ok(())
+        let op = Op::Open {
+            job: self.shared.clone(),
+            path: segment_path(&self.dir, 1),
+            spill: true,
+        };
+        self.queue(op);
+    }
+
+    fn queue(&mut self, op: Op) {
+        if !self.io.send(op) {
+            self.shared
+                .fail("the spool's I/O thread is gone".to_string());
+        }
     }
 
     /// A receiver that tracks what readers may read.
     pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
+        self.shared.progress.subscribe()
     }
 
-    /// The first write error, if any.
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
+    /// The first write error, if any (file operations run behind: an error shows here once
+    /// the I/O thread has met it).
+    pub fn error(&self) -> Option<String> {
+        self.shared.error()
+    }
+
+    /// The error, the first time it is asked for after it happened (to count it once).
+    pub fn take_new_error(&self) -> Option<String> {
+        self.shared.take_new_error()
     }
 
     /// The output no longer kept, if any.
@@ -248,38 +261,42 @@ impl SpoolWriter {
         self.append(KIND_EVENT, self.last_seq, 0, json);
     }
 
-    /// The job has ended: readers that reach the end are done. Returns the whole spool if it
-    /// never left memory, for the job's database row.
-    pub fn finish(&mut self) -> Option<Vec<u8>> {
-        self.file = None;
+    /// The job has ended: once what was queued is written, readers that reach the end are
+    /// done and `then` runs with the spool's end state — at once if the spool never left
+    /// memory, else on the I/O thread.
+    pub fn finish(&mut self, then: impl FnOnce(Closed) + Send + 'static) {
         self.ended = true;
-        let kept = {
-            let m = self.inline.lock().expect("lock");
-            (!m.spilled).then(|| m.bytes.clone())
+        let shared = self.shared.clone();
+        let closed = move |kept: Option<Vec<u8>>| Closed {
+            kept,
+            error: shared.error(),
+            new_error: shared.take_new_error(),
         };
-        self.progress.send_modify(|p| p.ended = true);
-        kept
+        if self.in_memory {
+            let kept = self.shared.inline.lock().expect("lock").bytes.clone();
+            self.shared.progress.send_modify(|p| p.ended = true);
+            then(closed(Some(kept)));
+        } else {
+            let op = Op::Close {
+                job: self.shared.clone(),
+                then: Box::new(move || then(closed(None))),
+            };
+            if !self.io.send(op) {
+                self.shared.progress.send_modify(|p| p.ended = true);
+            }
+        }
     }
 
     fn append(&mut self, kind: u8, seq: u64, offset: u64, payload: &[u8]) {
-        if self.error.is_some() {
+        if self.shared.failed() {
             return;
         }
-        if let Err(e) = self.try_append(kind, seq, offset, payload) {
-            self.fail(format!(
-                "cannot write the spool in {}: {e}",
-                self.dir.display()
-            ));
-        }
-    }
-
-    fn try_append(&mut self, kind: u8, seq: u64, offset: u64, payload: &[u8]) -> io::Result<()> {
         if self
             .segments
             .back()
             .is_some_and(|s| s.len >= self.segment_max)
         {
-            self.rotate()?;
+            self.rotate();
         }
         self.buf.clear();
         self.buf
@@ -289,43 +306,40 @@ impl SpoolWriter {
         self.buf.extend_from_slice(&offset.to_le_bytes());
         self.buf.extend_from_slice(&self.total.to_le_bytes());
         self.buf.extend_from_slice(payload);
+        let record = self.buf.len() as u64;
+        let seg = self.segments.back_mut().expect("a segment is open");
+        let (segment, len) = (seg.index, seg.len + record);
         if self.in_memory {
-            let mut m = self.inline.lock().expect("lock");
-            if (m.bytes.len() + self.buf.len()) as u64 <= self.inline_max {
+            let mut m = self.shared.inline.lock().expect("lock");
+            if m.bytes.len() as u64 + record <= self.inline_max {
                 m.bytes.extend_from_slice(&self.buf);
                 drop(m);
-                self.published(seq);
-                return Ok(());
+                self.account(seq, record);
+                self.shared.progress.send_modify(|p| {
+                    p.segment = segment;
+                    p.len = len;
+                });
+                return;
             }
             drop(m);
-            self.spill()?;
+            self.spill();
         }
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| io::Error::other("closed"))?;
-        file.write_all(&self.buf)?;
-        self.published(seq);
-        Ok(())
+        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(HEADER_BYTES + 64 * 1024));
+        self.account(seq, record);
+        let op = Op::Write {
+            job: self.shared.clone(),
+            bytes,
+            segment,
+            len,
+        };
+        self.queue(op);
     }
 
-    /// Counts the record in `buf` as written, and tells readers.
-    fn published(&mut self, seq: u64) {
+    /// Counts a record of `len` bytes in the current segment.
+    fn account(&mut self, seq: u64, len: u64) {
         let seg = self.segments.back_mut().expect("a segment is open");
-        seg.len += self.buf.len() as u64;
+        seg.len += len;
         seg.last_seq = seg.last_seq.max(seq);
-        let (segment, len) = (seg.index, seg.len);
-        self.progress.send_modify(|p| {
-            p.segment = segment;
-            p.len = len;
-        });
-    }
-
-    fn open_segment(&mut self, index: u32) -> io::Result<()> {
-        let file = File::create_new(segment_path(&self.dir, index))?;
-        self.file = Some(file);
-        self.push_segment(index);
-        Ok(())
     }
 
     fn push_segment(&mut self, index: u32) {
@@ -341,16 +355,22 @@ impl SpoolWriter {
 
     /// Closes the full segment, opens the next, and drops the oldest tail segments beyond
     /// the tail budget.
-    fn rotate(&mut self) -> io::Result<()> {
+    fn rotate(&mut self) {
         if self.in_memory {
-            self.spill()?;
+            self.spill();
         }
         let full = self.segments.back().expect("a segment is open");
         if full.head {
             self.head_bytes += full.len;
         }
         let next = full.index + 1;
-        self.open_segment(next)?;
+        self.push_segment(next);
+        let op = Op::Open {
+            job: self.shared.clone(),
+            path: segment_path(&self.dir, next),
+            spill: false,
+        };
+        self.queue(op);
         loop {
             let tail: u64 = self
                 .segments
@@ -374,7 +394,11 @@ impl SpoolWriter {
                 p => self.segments[p - 1].last_seq,
             };
             let dropped = self.segments.remove(pos).expect("in range");
-            std::fs::remove_file(segment_path(&self.dir, dropped.index))?;
+            let op = Op::Remove {
+                job: self.shared.clone(),
+                path: segment_path(&self.dir, dropped.index),
+            };
+            self.queue(op);
             let gap = self.gap.get_or_insert(Gap {
                 after_seq,
                 next_seq: 0,
@@ -383,19 +407,13 @@ impl SpoolWriter {
             gap.next_seq = dropped.last_seq + 1;
             gap.bytes += dropped.output_bytes;
             let g = *gap;
-            std::fs::write(
-                gap_path(&self.dir),
-                format!("{} {} {}\n", g.after_seq, g.next_seq, g.bytes),
-            )?;
+            let op = Op::Gap {
+                job: self.shared.clone(),
+                path: gap_path(&self.dir),
+                text: format!("{} {} {}\n", g.after_seq, g.next_seq, g.bytes),
+            };
+            self.queue(op);
         }
-        Ok(())
-    }
-
-    fn fail(&mut self, msg: String) {
-        tracing::warn!(error = %msg, "spool stopped; the job goes on");
-        self.error = Some(msg);
-        self.file = None;
-        self.progress.send_modify(|p| p.failed = true);
     }
 }
 

@@ -1,10 +1,23 @@
 //! The spool's writer and reader together, on a real folder.
 use super::*;
 
+fn io() -> Io {
+    Io::start().unwrap()
+}
+
+/// Ends the spool and waits until it is written; returns what it kept in memory.
+fn finish_now(w: &mut SpoolWriter, io: &Io) -> Option<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    w.finish(move |c| tx.send(c.kept).unwrap());
+    io.flush();
+    rx.recv().unwrap()
+}
+
 /// Writes `sizes` as stdout reads, then both streams' ends; returns the reader's items.
 fn roundtrip(max: u64, sizes: &[usize]) -> (Vec<Item>, Option<Gap>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = SpoolWriter::create(dir.path().join("job"), max);
+    let io = io();
+    let mut w = SpoolWriter::create(dir.path().join("job"), max, io.clone());
     assert!(w.error().is_none());
     let mut seq = 0;
     let mut offset = 0;
@@ -16,7 +29,7 @@ fn roundtrip(max: u64, sizes: &[usize]) -> (Vec<Item>, Option<Gap>) {
     w.event(br#"{"method":"process.paused","params":{"job_id":"j","status":"paused"}}"#);
     w.output(true, seq + 1, offset, &[]);
     w.output(false, seq + 2, 0, &[]);
-    let kept_bytes = w.finish();
+    let kept_bytes = finish_now(&mut w, &io);
     assert!(w.error().is_none(), "{:?}", w.error());
     let mut r = SpoolReader::open(dir.path().join("job"), None, None, kept_bytes.map(kept));
     let mut items = Vec::new();
@@ -86,11 +99,12 @@ fn head_gap_and_tail_add_up_and_the_tail_keeps_the_newest_read() {
 #[test]
 fn a_reader_can_start_after_a_seq() {
     let dir = tempfile::tempdir().unwrap();
-    let mut w = SpoolWriter::create(dir.path().join("job"), 1 << 20);
+    let io = io();
+    let mut w = SpoolWriter::create(dir.path().join("job"), 1 << 20, io.clone());
     for seq in 1..=5 {
         w.output(seq % 2 == 0, seq, 0, b"x");
     }
-    let kept_bytes = w.finish();
+    let kept_bytes = finish_now(&mut w, &io);
     assert!(kept_bytes.is_some(), "five bytes stay in memory");
     assert!(
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
@@ -108,7 +122,8 @@ fn a_reader_can_start_after_a_seq() {
 fn a_live_reader_follows_segment_one_from_memory_into_its_file() {
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("job");
-    let mut w = SpoolWriter::create(base.clone(), 1 << 20);
+    let io = io();
+    let mut w = SpoolWriter::create(base.clone(), 1 << 20, io.clone());
     let mut r = SpoolReader::open(base.clone(), Some(w.subscribe()), None, Some(w.inline()));
     w.output(true, 1, 0, b"first");
     let Some(Item::Output { bytes, .. }) = r.read_next().unwrap() else {
@@ -117,13 +132,19 @@ fn a_live_reader_follows_segment_one_from_memory_into_its_file() {
     assert_eq!(bytes, b"first");
     assert_eq!(r.read_next().unwrap(), None, "caught up");
     w.persist();
+    io.flush();
     assert!(segment_path(&base, 1).exists(), "spilled to its file");
     // More than fits in memory afterwards goes to the file too.
     w.output(true, 2, 5, &vec![7u8; 40 << 10]);
+    io.flush();
     let Some(Item::Output { seq, bytes, .. }) = r.read_next().unwrap() else {
         panic!("the second record, from the file")
     };
     assert_eq!((seq, bytes.len()), (2, 40 << 10));
-    assert_eq!(w.finish(), None, "nothing kept in memory once spilled");
+    assert_eq!(
+        finish_now(&mut w, &io),
+        None,
+        "nothing kept in memory once spilled"
+    );
     assert_eq!(r.read_next().unwrap(), None);
 }
