@@ -11,14 +11,15 @@ use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Stream};
 use crate::protocol::ControlType;
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
+use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::process::{Child, Command};
+use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -64,9 +65,13 @@ pub struct ProcessOutcome {
     pub stderr_sha256: String,
 }
 
+pub mod spawn;
+
 /// A spawned process that has not been driven yet.
 pub struct Process {
-    child: Child,
+    child: spawn::Child,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
     pub pid: u32,
     pub pgid: i32,
     started: Instant,
@@ -75,38 +80,60 @@ pub struct Process {
     tail_bytes: usize,
 }
 
-/// Starts `spec` in a new process group with stdin from `/dev/null`.
+/// Starts `spec` in a new process group with stdin from `/dev/null` (see [`spawn`]).
+/// Errors: the shell not found, a NUL in the command, env or cwd, or the spawn's.
 pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
-    let mut cmd = Command::new(&spec.shell);
-    cmd.arg("-c")
-        .arg(&spec.command)
-        .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Own group so signals reach grandchildren; `process_group` keeps std's posix_spawn path.
-        .process_group(0)
-        .kill_on_drop(false);
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
-    let child = cmd.spawn()?;
-    let pid = child
-        .id()
-        .ok_or_else(|| io::Error::other("child exited before its pid was read"))?;
-    for fd in [
-        child.stdout.as_ref().map(|p| p.as_raw_fd()),
-        child.stderr.as_ref().map(|p| p.as_raw_fd()),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let cstr = |s: &str, what: &str| {
+        CString::new(s).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("a NUL byte in the {what}"))
+        })
+    };
+    let path = spec
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
+    let program = spawn::resolve(&spec.shell, path)?;
+    let argv = [
+        cstr(&spec.shell, "shell")?,
+        cstr("-c", "")?,
+        cstr(&spec.command, "command")?,
+    ];
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstr(&format!("{k}={v}"), "environment"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let cwd = match &spec.cwd {
+        Some(d) => Some(
+            CString::new(d.as_os_str().as_encoded_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in cwd"))?,
+        ),
+        None => None,
+    };
+    let stdin = std::fs::File::open("/dev/null")?;
+    let (out_r, out_w) = pipe_pair()?;
+    let (err_r, err_w) = pipe_pair()?;
+    let child = spawn::spawn(&spawn::Spawn {
+        program: &program,
+        argv: &argv,
+        envp: &envp,
+        cwd: cwd.as_deref(),
+        stdio: [stdin.as_fd(), out_w.as_fd(), err_w.as_fd()],
+        cgroup: None,
+        new_session: false,
+        rlimits: &[],
+    })?;
+    drop((out_w, err_w, stdin));
+    for fd in [out_r.as_raw_fd(), err_r.as_raw_fd()] {
         // SAFETY: fcntl on a pipe descriptor we own; failure only means a smaller pipe.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
     }
+    let pid = child.pid;
     Ok(Process {
         child,
+        stdout: Some(pipe::Receiver::from_owned_fd(out_r)?),
+        stderr: Some(pipe::Receiver::from_owned_fd(err_r)?),
         pid,
         pgid: pid as i32,
         started: Instant::now(),
@@ -114,6 +141,16 @@ pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
         kill_grace: spec.kill_grace,
         tail_bytes: spec.tail_bytes,
     })
+}
+
+/// A pipe, both ends close-on-exec: (read end, write end).
+fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills both slots on success; each descriptor is then owned once.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 /// Sends `sig` to every process in the group.
@@ -211,8 +248,8 @@ impl Process {
         tap: &mut dyn OutputTap,
         mut ctrl: mpsc::Receiver<Control>,
     ) -> ProcessOutcome {
-        let mut out = Pipe::new(self.child.stdout.take());
-        let mut err = Pipe::new(self.child.stderr.take());
+        let mut out = Pipe::new(self.stdout.take());
+        let mut err = Pipe::new(self.stderr.take());
         let tail_cap = self.tail_bytes;
         let pgid = self.pgid;
         let deadline = self.started + self.timeout;
