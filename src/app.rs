@@ -87,7 +87,8 @@ impl App {
                 }),
             );
         }
-        let exec = Executor::loading(config.execution.clone(), registry);
+        let containment = crate::containment::Containment::start(&config.execution.containment)?;
+        let exec = Executor::serving(config.execution.clone(), registry, containment);
         exec.registry()
             .spawn_pruner(std::time::Duration::from_secs(600));
         let app = Arc::new(App {
@@ -352,6 +353,10 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
         ),
         ("mcp", a.mcp != b.mcp),
         ("state", running.state != new.state),
+        (
+            "execution.containment",
+            running.execution.containment != new.execution.containment,
+        ),
         ("sandbox.cache_dir", s.cache_dir != t.cache_dir),
         ("sandbox.pooling", s.pooling != t.pooling),
         (

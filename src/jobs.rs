@@ -7,6 +7,7 @@
 //! slow reader fills the pipe and the child waits in `write(2)`; memory stays bounded at one
 //! chunk per job. The loop keeps serving timeouts and control messages while it waits.
 
+use crate::containment::JobScope;
 use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Stream};
 use crate::protocol::ControlType;
 use sha2::{Digest, Sha256};
@@ -63,6 +64,8 @@ pub struct ProcessOutcome {
     /// SHA-256 of each stream's bytes, hex.
     pub stdout_sha256: String,
     pub stderr_sha256: String,
+    /// Processes the job left running when its leader exited, killed then.
+    pub leftovers_killed: usize,
 }
 
 pub mod spawn;
@@ -70,6 +73,7 @@ pub mod spawn;
 /// A spawned process that has not been driven yet.
 pub struct Process {
     child: spawn::Child,
+    scope: JobScope,
     stdout: Option<pipe::Receiver>,
     stderr: Option<pipe::Receiver>,
     pub pid: u32,
@@ -80,12 +84,16 @@ pub struct Process {
     tail_bytes: usize,
 }
 
-/// Starts `spec` in a new process group with stdin from `/dev/null` (see [`spawn`]).
-/// Errors: the shell not found, a NUL in the command, env or cwd, or the spawn's.
-pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
+/// Starts `spec` in a new process group, inside `scope` (its cgroup, if it has one), with
+/// stdin from `/dev/null` (see [`spawn`]). Errors: the shell not found, a NUL in the
+/// command, env or cwd, or the spawn's.
+pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
     let cstr = |s: &str, what: &str| {
         CString::new(s).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("a NUL byte in the {what}"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a NUL byte in the {what}"),
+            )
         })
     };
     let path = spec
@@ -114,15 +122,18 @@ pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
     let stdin = std::fs::File::open("/dev/null")?;
     let (out_r, out_w) = pipe_pair()?;
     let (err_r, err_w) = pipe_pair()?;
-    let child = spawn::spawn(&spawn::Spawn {
-        program: &program,
-        argv: &argv,
-        envp: &envp,
-        cwd: cwd.as_deref(),
-        stdio: [stdin.as_fd(), out_w.as_fd(), err_w.as_fd()],
-        cgroup: None,
-        new_session: false,
-        rlimits: &[],
+    let child = scope.spawn(|cgroup| {
+        let child = spawn::spawn(&spawn::Spawn {
+            program: &program,
+            argv: &argv,
+            envp: &envp,
+            cwd: cwd.as_deref(),
+            stdio: [stdin.as_fd(), out_w.as_fd(), err_w.as_fd()],
+            cgroup,
+            new_session: false,
+            rlimits: &[],
+        })?;
+        Ok((child.pid, child))
     })?;
     drop((out_w, err_w, stdin));
     for fd in [out_r.as_raw_fd(), err_r.as_raw_fd()] {
@@ -132,6 +143,7 @@ pub fn spawn(spec: &ProcessSpec) -> io::Result<Process> {
     let pid = child.pid;
     Ok(Process {
         child,
+        scope,
         stdout: Some(pipe::Receiver::from_owned_fd(out_r)?),
         stderr: Some(pipe::Receiver::from_owned_fd(err_r)?),
         pid,
@@ -153,11 +165,7 @@ fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Sends `sig` to every process in the group.
-pub fn signal_group(pgid: i32, sig: libc::c_int) {
-    // SAFETY: killpg has no memory effects; an ESRCH (group gone) is expected and ignored.
-    unsafe { libc::killpg(pgid, sig) };
-}
+pub use crate::containment::signal_group;
 
 /// Where a job's output goes on its way to the live channel: the executor records each read
 /// and turns it into the notification to send. (This module never sees an encoding, a spool
@@ -251,7 +259,7 @@ impl Process {
         let mut out = Pipe::new(self.stdout.take());
         let mut err = Pipe::new(self.stderr.take());
         let tail_cap = self.tail_bytes;
-        let pgid = self.pgid;
+        let mut leftovers_killed = 0;
         let deadline = self.started + self.timeout;
         let mut seq: u64 = 0;
         // Events waiting for room in the channel; reading pauses while any wait.
@@ -297,19 +305,20 @@ impl Process {
                 }
                 status = self.child.wait(), if exited.is_none() => {
                     exited = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                    self.scope.leader_reaped();
                     // Background processes the command left behind would hold the pipes open
                     // and keep running after the job is reported done: end them.
-                    signal_group(pgid, libc::SIGKILL);
+                    leftovers_killed = self.scope.kill_all();
                     drain_until = Some(Instant::now() + self.kill_grace);
                     kill_at = None;
                 }
                 _ = sleep_until(deadline), if ending.is_none() && exited.is_none() => {
                     ending = Some(Ending::TimedOut);
-                    terminate(pgid);
+                    self.scope.terminate();
                     kill_at = Some(Instant::now() + self.kill_grace);
                 }
                 _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
-                    signal_group(pgid, libc::SIGKILL);
+                    self.scope.kill_all();
                     kill_at = None;
                 }
                 _ = sleep_until(drain_until.unwrap_or(deadline)), if drain_until.is_some() && can_read => {
@@ -326,16 +335,16 @@ impl Process {
                         } else {
                             match kind {
                                 ControlType::Pause => {
-                                    signal_group(pgid, libc::SIGSTOP);
+                                    self.scope.freeze(true);
                                     note(&mut pending, tap, Event::Paused(JobNote { job_id: job_id.clone(), status: NoteStatus::Paused }));
                                 }
                                 ControlType::Resume => {
-                                    signal_group(pgid, libc::SIGCONT);
+                                    self.scope.freeze(false);
                                     note(&mut pending, tap, Event::Resumed(JobNote { job_id: job_id.clone(), status: NoteStatus::Resumed }));
                                 }
                                 ControlType::Cancel => {
                                     ending = Some(Ending::Canceled);
-                                    terminate(pgid);
+                                    self.scope.terminate();
                                     kill_at = Some(Instant::now() + self.kill_grace);
                                     note(&mut pending, tap, Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
                                 }
@@ -354,6 +363,8 @@ impl Process {
             }
         }
         let duration = self.started.elapsed();
+        // What left the group (process-group mode) goes now too; a cgroup is removed.
+        leftovers_killed += self.scope.finish().await;
         let exit = exited.unwrap_or_else(|| ExitStatus::from_raw(0));
         let (exit_code, signal) = (exit.code(), exit.signal());
         let status = match ending {
@@ -373,6 +384,7 @@ impl Process {
             stderr_tail: err.tail(tail_cap),
             stdout_sha256: out.sha256(),
             stderr_sha256: err.sha256(),
+            leftovers_killed,
         }
     }
 }
@@ -384,12 +396,6 @@ fn extend_drain(drain_until: &mut Option<Instant>, n: usize, grace: Duration) {
     {
         *t = Instant::now() + grace;
     }
-}
-
-/// SIGTERM to the group, and SIGCONT so a paused group can act on it.
-fn terminate(pgid: i32) {
-    signal_group(pgid, libc::SIGTERM);
-    signal_group(pgid, libc::SIGCONT);
 }
 
 /// A control note goes to the tap, then (always, even to a closed sink's queue: it is

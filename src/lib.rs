@@ -39,6 +39,7 @@
 pub mod app;
 pub mod client;
 pub mod config;
+pub mod containment;
 pub mod events;
 pub mod executor;
 pub mod hooks;

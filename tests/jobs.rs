@@ -215,7 +215,7 @@ async fn a_bounded_spool_keeps_head_and_tail_and_says_what_it_dropped() {
 }
 
 /// The processes whose environment carries `CCX_JOB_ID=<job_id>`.
-fn processes_of(job_id: &str) -> Vec<u32> {
+pub(crate) fn processes_of(job_id: &str) -> Vec<u32> {
     let needle = format!("CCX_JOB_ID={job_id}");
     std::fs::read_dir("/proc")
         .unwrap()

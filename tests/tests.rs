@@ -13,6 +13,7 @@
 //! - `executor_lifecycle`: the executor's job lifecycle with plain-Rust hooks: panics, waiting
 //!   for hooks, one terminal event.
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
+//! - `containment`: escapees killed at every end and paused, in cgroup and process-group mode.
 //! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
 //! - `spool`: a short job's spool kept in its record; a spool that fails in mid-job.
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
@@ -25,6 +26,7 @@
 mod util;
 
 mod cli;
+mod containment;
 mod examples;
 mod executor_lifecycle;
 mod hooks_loading;

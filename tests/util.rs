@@ -139,11 +139,21 @@ pub fn shared_cache() -> PathBuf {
 /// (`path = "{test-hook}"`).
 pub fn write_config(dir: &Path, watch_interval: f64, rest: &str) -> PathBuf {
     let path = dir.join("ccx.toml");
+    // `kill_grace = 0.3` unless `rest` has its own `[execution]` (TOML allows one).
+    let (execution, rest) = match rest.find("[execution]\n") {
+        Some(at) if !rest.contains("kill_grace") => {
+            let mut r = rest.to_string();
+            r.insert_str(at + "[execution]\n".len(), "kill_grace = 0.3\n");
+            ("", r)
+        }
+        Some(_) => ("", rest.to_string()),
+        None => ("[execution]\nkill_grace = 0.3\n\n", rest.to_string()),
+    };
     let text = format!(
-        "[server]\nwatch_interval = {watch_interval}\n\n[execution]\nkill_grace = 0.3\n\n\
+        "[server]\nwatch_interval = {watch_interval}\n\n{execution}\
          [sandbox]\ncache_dir = \"{}\"\n\n{}",
         shared_cache().display(),
-        fill_in_components(rest)
+        fill_in_components(&rest)
     );
     std::fs::write(&path, text).expect("writing the test config");
     path

@@ -7,14 +7,15 @@
 use crate::hooks::{self, HookSpec, OnFailure};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod execution;
 mod secrets;
 mod state;
 mod watch;
+pub use execution::{ContainmentConfig, ContainmentMode, ExecConfig};
 pub use secrets::{DEFAULT_SECRET_ENV, DEFAULT_TOKEN_LABEL, MASK, NamedToken, is_secret, mask_env};
 pub use state::{STATE_DIR_ENV, StateConfig, default_state_dir};
 pub use watch::watch_config;
@@ -35,7 +36,7 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
-    execution: RawExecution,
+    execution: execution::RawExecution,
     #[serde(default)]
     sandbox: RawSandbox,
     #[serde(default)]
@@ -90,19 +91,6 @@ struct RawServer {
     tokens: Option<Vec<secrets::RawToken>>,
     allowed_origins: Option<Vec<String>>,
     watch_interval: Option<f64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawExecution {
-    shell: Option<String>,
-    default_timeout: Option<f64>,
-    max_timeout: Option<f64>,
-    kill_grace: Option<f64>,
-    max_queue: Option<usize>,
-    pass_env: Option<Vec<String>>,
-    env: Option<BTreeMap<String, String>>,
-    secret_env: Option<Vec<String>>,
 }
 
 /// The validated configuration.
@@ -189,30 +177,6 @@ pub struct ServerConfig {
     pub mcp: McpConfig,
 }
 
-/// `[execution]`: how commands run.
-#[derive(Debug, Clone)]
-pub struct ExecConfig {
-    pub shell: String,
-    /// Applied when a request sets no timeout.
-    pub default_timeout: Duration,
-    /// A request asking for more is refused.
-    pub max_timeout: Duration,
-    /// Time between SIGTERM and SIGKILL on cancel, timeout and shutdown.
-    pub kill_grace: Duration,
-    /// Jobs waiting behind the running one, per connection.
-    pub max_queue: usize,
-    /// Names of server environment variables passed to children; `*` passes all.
-    pub pass_env: Vec<String>,
-    /// Variables set for every child (a request's own `env` goes on top).
-    pub env: BTreeMap<String, String>,
-    /// How long a job waits for its generation's hooks to finish loading (`[sandbox]
-    /// load_timeout`) before it is refused with `-32006`.
-    pub hooks_load_timeout: Duration,
-    /// Globs of variable names whose values are masked (`***`) wherever a request is stored
-    /// or logged (job records); see [`DEFAULT_SECRET_ENV`].
-    pub secret_env: Vec<glob::Pattern>,
-}
-
 impl ServerConfig {
     /// Whether clients must present a token.
     pub fn has_auth(&self) -> bool {
@@ -243,25 +207,6 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             watch_interval: Some(Duration::from_secs(1)),
             mcp: McpConfig::default(),
-        }
-    }
-}
-
-impl Default for ExecConfig {
-    fn default() -> Self {
-        ExecConfig {
-            shell: "/bin/sh".into(),
-            default_timeout: Duration::from_secs(3600),
-            max_timeout: Duration::from_secs(24 * 3600),
-            kill_grace: Duration::from_secs(2),
-            max_queue: 16,
-            pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
-            env: BTreeMap::new(),
-            hooks_load_timeout: Duration::from_secs(60),
-            secret_env: DEFAULT_SECRET_ENV
-                .iter()
-                .map(|s| glob::Pattern::new(s).expect("the default globs are valid"))
-                .collect(),
         }
     }
 }
@@ -328,44 +273,7 @@ impl Config {
             None => {}
         }
 
-        let e = raw.execution;
-        if let Some(shell) = e.shell {
-            if shell.is_empty() {
-                bail!("execution.shell is empty");
-            }
-            cfg.execution.shell = shell;
-        }
-        if let Some(t) = e.default_timeout {
-            cfg.execution.default_timeout = seconds("execution.default_timeout", t)?;
-        }
-        if let Some(t) = e.max_timeout {
-            cfg.execution.max_timeout = seconds("execution.max_timeout", t)?;
-        }
-        if cfg.execution.default_timeout > cfg.execution.max_timeout {
-            bail!(
-                "execution.default_timeout ({} s) is larger than execution.max_timeout ({} s)",
-                cfg.execution.default_timeout.as_secs_f64(),
-                cfg.execution.max_timeout.as_secs_f64()
-            );
-        }
-        if let Some(t) = e.kill_grace {
-            cfg.execution.kill_grace = seconds("execution.kill_grace", t)?;
-        }
-        if let Some(n) = e.max_queue {
-            cfg.execution.max_queue = n;
-        }
-        if let Some(list) = e.pass_env {
-            cfg.execution.pass_env = list;
-        }
-        if let Some(patterns) = e.secret_env {
-            cfg.execution.secret_env = secrets::secret_env(patterns)?;
-        }
-        if let Some(env) = e.env {
-            if let Some(k) = env.keys().find(|k| !valid_env_name(k)) {
-                bail!("execution.env: `{k}` is not a valid variable name");
-            }
-            cfg.execution.env = env;
-        }
+        execution::apply(&mut cfg.execution, raw.execution)?;
 
         let sb = raw.sandbox;
         if sb.cache == Some(false) {

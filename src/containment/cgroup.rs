@@ -1,4 +1,5 @@
-//! Per-job containment in cgroup v2: one cgroup per job below `<v2 mount><parent>/ccx-<server pid>`.
+//! Per-job containment in cgroup v2: one cgroup per job below
+//! `<v2 mount><parent>/ccx-<server pid>`.
 //!
 //! Behaviour comes from the kernel's Documentation/admin-guide/cgroup-v2.rst: `cgroup.kill`
 //! (Linux 5.14) SIGKILLs every process of a subtree, `cgroup.freeze` (5.2) freezes one,
@@ -8,15 +9,19 @@
 //! processes: the server starts children straight inside a job with clone3(2)'s
 //! `CLONE_INTO_CGROUP` (5.7), passing [`JobCgroup::dir_fd`].
 //!
-//! Observed on Linux 6.18 (tests of this module): a killed process leaves `cgroup.procs` and
-//! `populated` drops to 0 as soon as it has exited, while it is still an unreaped zombie, so
-//! rmdir succeeds before the parent waits; `cgroup.kill` kills a frozen cgroup without thawing
-//! it; frozen processes show state `S` in /proc/<pid>/stat (not `T`); clone3 accepts an `O_PATH`
-//! directory fd as `clone_args.cgroup`.
+//! Observed on Linux 6.18 (tests of this module): a killed process leaves `cgroup.procs`, and
+//! `populated` drops to 0, as soon as it has exited, while still an unreaped zombie, so rmdir
+//! succeeds before its parent waits; `cgroup.kill` empties a frozen cgroup without a thaw;
+//! frozen processes show state `S` in /proc/<pid>/stat; a child cloned into a frozen cgroup
+//! starts frozen; clone3 takes an `O_PATH` (or `O_RDONLY`) directory fd, and refuses a file's
+//! fd with EBADF. Once a cgroup (or an ancestor) has been `cgroup.kill`ed, every child cloned
+//! into it is SIGKILLed at birth (kernel/cgroup/cgroup.c compares the destination's `kill_seq`
+//! with the spawner's cgroup's), so a killed job cgroup must never be spawned into again (one
+//! created after the kill is unaffected).
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -32,19 +37,19 @@ const POLL_MAX: Duration = Duration::from_millis(20);
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
 /// The cgroup v2 subtree under which this server makes one cgroup per job: the base directory
-/// `<v2 mount><parent>/ccx-<server pid>`. One per (process, parent): a second `open` in the
-/// same process treats the first one's base as stale. Dropping it kills and removes every job
+/// `<v2 mount><parent>/ccx-<server pid>-<n>` (`n` counts the roots this process opened).
+/// Dropping it kills and removes every job
 /// cgroup left below the base, then the base.
 pub struct CgroupRoot {
     base: PathBuf,
 }
 
 impl CgroupRoot {
-    /// Finds the cgroup2 hierarchy in /proc/self/mountinfo and creates `ccx-<pid>` below
+    /// Finds the cgroup2 hierarchy in /proc/self/mountinfo and creates `ccx-<pid>-<n>` below
     /// `parent`, a path inside the hierarchy such as "/ccx.slice" that must already exist;
     /// `None` means this process's own cgroup (`0::` in /proc/self/cgroup; under systemd this
-    /// needs `Delegate=yes`). First removes stale `ccx-<pid>` siblings whose pid is not alive
-    /// (or is this process's pid, left by an earlier run in a pid namespace): `cgroup.kill`,
+    /// needs `Delegate=yes`). First removes stale `ccx-<pid>…` siblings whose pid is not alive:
+    /// `cgroup.kill`,
     /// wait up to 5 s until empty, rmdir with their children. A sibling whose pid was reused by
     /// another live process is left alone. Checks that the base has `cgroup.kill` (Linux >=
     /// 5.14) and `cgroup.freeze` (>= 5.2).
@@ -55,32 +60,43 @@ impl CgroupRoot {
         let (mount, mount_root) = find_v2_mount()?;
         let inside = match parent {
             Some(p) => p.to_string(),
-            None => {
-                let own = own_cgroup()?;
-                let stripped = if mount_root == "/" { Some(own.as_str()) } else { own.strip_prefix(&mount_root) };
-                stripped
-                    .filter(|s| s.is_empty() || s.starts_with('/'))
-                    .ok_or_else(|| format!("this process's cgroup {own} is outside the cgroup2 mount {} (root {mount_root})", mount.display()))?
-                    .to_string()
-            }
+            // /proc/self/cgroup is relative to the hierarchy's root, the mount to its own root.
+            None => match own_cgroup()? {
+                own if mount_root == "/" => own,
+                own => own
+                    .strip_prefix(&mount_root)
+                    .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                    .map(|rest| format!("/{}", rest.trim_start_matches('/')))
+                    .ok_or_else(|| format!("own cgroup {own} is not under {mount_root}"))?,
+            },
         };
         let rel = Path::new(&inside);
-        if !inside.starts_with('/') || rel.components().any(|c| !matches!(c, Component::RootDir | Component::Normal(_))) {
-            return Err(format!("cgroup parent {inside:?} must be an absolute path without . or .."));
+        let normal = |c: Component| matches!(c, Component::RootDir | Component::Normal(_));
+        if !inside.starts_with('/') || !rel.components().all(normal) {
+            let msg = format!("cgroup parent {inside:?} must be absolute, no . or ..");
+            return Err(msg);
         }
         let parent_dir = mount.join(rel.strip_prefix("/").unwrap_or(rel));
         if !parent_dir.is_dir() {
-            return Err(format!("cgroup parent {} does not exist in the cgroup2 hierarchy at {}", parent_dir.display(), mount.display()));
+            let p = parent_dir.display();
+            let msg = format!("cgroup parent {p} does not exist (cgroup2 hierarchy)");
+            return Err(msg);
         }
         remove_stale(&parent_dir);
-        let base = parent_dir.join(format!("{BASE_PREFIX}{}", std::process::id()));
+        // The counter: several roots in one process (tests, an embedding program) each have
+        // their own base.
+        static ROOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = ROOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = parent_dir.join(format!("{BASE_PREFIX}{}-{n}", std::process::id()));
         fs::create_dir(&base).map_err(|e| {
-            format!("cannot create cgroup {}: {e} (is {} delegated to this user and writable?)", base.display(), parent_dir.display())
+            let (b, p) = (base.display(), parent_dir.display());
+            format!("cannot create cgroup {b}: {e} (is {p} writable, delegated to this user?)")
         })?;
         for (file, kernel) in [("cgroup.kill", "5.14"), ("cgroup.freeze", "5.2")] {
             if !base.join(file).exists() {
                 let _ = fs::remove_dir(&base);
-                return Err(format!("cgroup2 at {} has no {file} (needs Linux >= {kernel})", mount.display()));
+                let m = mount.display();
+                return Err(format!("cgroup2 at {m} has no {file} (Linux >= {kernel})"));
             }
         }
         Ok(CgroupRoot { base })
@@ -94,8 +110,10 @@ impl CgroupRoot {
     /// Makes the job's cgroup `<base>/<name>` and opens it. `name` is a job id: 1 to 64 of
     /// `[0-9a-f-]`. Errors: `InvalidInput` for another name, `AlreadyExists`, or mkdir's error.
     pub fn create_job(&self, name: &str) -> io::Result<JobCgroup> {
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-')) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("job cgroup name {name:?} is not [0-9a-f-]{{1,64}}")));
+        let allowed = |b: u8| matches!(b, b'0'..=b'9' | b'a'..=b'f' | b'-');
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(allowed) {
+            let msg = format!("job cgroup name {name:?} is not [0-9a-f-]{{1,64}}");
+            return Err(invalid(msg));
         }
         let path = self.base.join(name);
         fs::create_dir(&path)?;
@@ -110,7 +128,8 @@ impl Drop for CgroupRoot {
     /// processes to exit, removes the job cgroups and the base. Failures are logged.
     fn drop(&mut self) {
         if let Err(e) = kill_and_remove(&self.base, CLEANUP_LIMIT) {
-            tracing::warn!(path = %self.base.display(), error = %e, "cannot remove the cgroup base");
+            let path = self.base.display();
+            tracing::warn!(%path, error = %e, "cannot remove the server's cgroup");
         }
     }
 }
@@ -124,20 +143,28 @@ pub struct JobCgroup {
 
 impl JobCgroup {
     /// Opens an existing cgroup directory, e.g. one a previous run left (crash recovery: kill
-    /// and remove it). Errors: open(2)'s (`NotFound`, ...), `InvalidInput` if not on cgroup2.
+    /// and remove it; do not spawn into it, see the module's notes on `cgroup.kill`).
+    /// Errors: open(2)'s (`NotFound`, ...), `InvalidInput` if not on cgroup2.
     pub fn open_existing(path: &Path) -> io::Result<JobCgroup> {
-        // O_PATH is enough: clone3 looks up the cgroup from the fd's dentry.
-        let file = OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_DIRECTORY).open(path)?;
-        let fd = OwnedFd::from(file);
-        // SAFETY: statfs is plain old data, filled by the kernel from a valid fd.
+        // O_PATH is enough: clone3 finds the cgroup from the fd's dentry (std adds O_CLOEXEC).
+        let flags = libc::O_PATH | libc::O_DIRECTORY;
+        let fd = OwnedFd::from(
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(flags)
+                .open(path)?,
+        );
+        // SAFETY: statfs is plain old data; fstatfs fills it from a valid fd.
         let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::fstatfs(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } != 0 {
+        if unsafe { libc::fstatfs(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io::Error::last_os_error());
         }
         if st.f_type as i64 != CGROUP2_SUPER_MAGIC {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a cgroup2 directory", path.display())));
+            let p = path.display();
+            return Err(invalid(format!("{p} is not a cgroup2 directory")));
         }
-        Ok(JobCgroup { path: path.to_path_buf(), fd })
+        let path = path.to_path_buf();
+        Ok(JobCgroup { path, fd })
     }
 
     /// The cgroup's directory.
@@ -160,35 +187,34 @@ impl JobCgroup {
     }
 
     /// Sends `sig` (e.g. `libc::SIGTERM`) to every process of [`pids`](Self::pids), ignoring
-    /// ESRCH (already gone); returns how many were signalled. A pid could be reused between the
-    /// read and the kill(2): freeze first for a race-free delivery (frozen processes cannot exit
-    /// by themselves; the signal is delivered on thaw). Errors: reading, or kill(2)'s other errors.
+    /// ESRCH (already gone); returns how many were signalled. A pid could be reused between
+    /// the read and kill(2): freeze first for a race-free delivery (frozen processes cannot
+    /// exit by themselves; the signal acts on thaw). Errors: reading, kill(2)'s other errors.
     pub fn signal_all(&self, sig: i32) -> io::Result<usize> {
         let mut sent = 0;
         for pid in self.pids()? {
             // SAFETY: kill(2) with a positive pid signals that process only.
             if unsafe { libc::kill(pid, sig) } == 0 {
                 sent += 1;
-            } else {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::ESRCH) {
-                    return Err(e);
-                }
+            } else if io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+                return Err(io::Error::last_os_error());
             }
         }
         Ok(sent)
     }
 
-    /// SIGKILLs every process in it and in its child cgroups (writes "1" to `cgroup.kill`);
-    /// works on a frozen cgroup too. Does not wait for them to exit. Errors: the write's.
+    /// SIGKILLs every process in it and in its child cgroups (writes "1" to `cgroup.kill`),
+    /// frozen or not. Does not wait for them to exit. Afterwards the kernel also kills every
+    /// child cloned into it, so spawn nothing more here. Errors: the write's.
     pub fn kill(&self) -> io::Result<()> {
         write_file(&self.path.join("cgroup.kill"), "1")
     }
 
-    /// Freezes (`true`) or thaws (`false`) every process in it (`cgroup.freeze`); does not wait
-    /// (see [`is_frozen`](Self::is_frozen)). Errors: the write's.
+    /// Freezes (`true`) or thaws (`false`) every process in it and below (`cgroup.freeze`);
+    /// does not wait (see [`is_frozen`](Self::is_frozen)). Errors: the write's.
     pub fn freeze(&self, frozen: bool) -> io::Result<()> {
-        write_file(&self.path.join("cgroup.freeze"), if frozen { "1" } else { "0" })
+        let value = if frozen { "1" } else { "0" };
+        write_file(&self.path.join("cgroup.freeze"), value)
     }
 
     /// Whether the freeze has taken effect (`frozen 1` in `cgroup.events`); false if unreadable.
@@ -205,26 +231,24 @@ impl JobCgroup {
     /// Kills what is left, waits until the cgroup is empty (reads `cgroup.events` every 1 ms at
     /// first, backing off to 20 ms, for at most `limit`), then removes it and its child cgroups.
     /// Returns how many processes were in it when called (before the kill). Sleeps with
-    /// tokio::time, so it needs a tokio runtime with time enabled. Errors: `TimedOut` if still
-    /// populated after `limit` (the directory stays), or the read/write/rmdir's error.
+    /// tokio::time (needs a runtime with time enabled); the file operations take microseconds.
+    /// Errors: `TimedOut` if still populated after `limit` (the directory stays), or a read,
+    /// write or rmdir's error.
     pub async fn remove(self, limit: Duration) -> io::Result<usize> {
         let count = self.pids()?.len();
         self.kill()?;
-        let start = Instant::now();
-        let mut delay = POLL_FIRST;
+        let mut wait = (Instant::now(), POLL_FIRST);
         while event(&self.path, "populated") {
-            tokio::time::sleep(next_delay(&self.path, start, limit, &mut delay)?).await;
+            tokio::time::sleep(next_delay(&self.path, limit, &mut wait)?).await;
         }
         remove_tree(&self.path)?;
         Ok(count)
     }
 
-    /// [`remove`](Self::remove), blocking the calling thread (for Drop paths and startup).
+    /// [`remove`](Self::remove), sleeping the calling thread (for Drop paths and startup).
     pub fn remove_blocking(self, limit: Duration) -> io::Result<usize> {
         let count = self.pids()?.len();
-        self.kill()?;
-        wait_empty_blocking(&self.path, limit)?;
-        remove_tree(&self.path)?;
+        kill_and_remove(&self.path, limit)?;
         Ok(count)
     }
 }
@@ -232,7 +256,8 @@ impl JobCgroup {
 /// The cgroup2 mount point and the root of the hierarchy it shows, from /proc/self/mountinfo
 /// (proc(5): fields 4 and 5; the filesystem type follows the " - " separator).
 fn find_v2_mount() -> Result<(PathBuf, String), String> {
-    let info = fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+    let info = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
     let mut found = info.lines().filter_map(|line| {
         let (left, right) = line.split_once(" - ")?;
         if right.split(' ').next()? != "cgroup2" {
@@ -242,88 +267,82 @@ fn find_v2_mount() -> Result<(PathBuf, String), String> {
         let root = unescape(fields.next()?);
         Some((PathBuf::from(unescape(fields.next()?)), root))
     });
-    let first = found.next().ok_or("no cgroup2 filesystem is mounted (no cgroup2 line in /proc/self/mountinfo)")?;
+    let first = found
+        .next()
+        .ok_or("no cgroup2 filesystem in /proc/self/mountinfo")?;
     // Prefer a mount of the whole hierarchy over a bind mount of a part of it.
-    Ok(if first.1 == "/" { first } else { found.find(|m| m.1 == "/").unwrap_or(first) })
+    Ok(match first.1.as_str() {
+        "/" => first,
+        _ => found.find(|m| m.1 == "/").unwrap_or(first),
+    })
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+/// Undoes mountinfo's octal escapes of space, tab, newline and backslash (proc(5)).
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let oct = b.get(i + 1..i + 4).filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match oct {
-            Some(d) => {
-                out.push(d.iter().fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')));
-                i += 4;
-            }
-            None => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    let pairs = [
+        ("\\040", " "),
+        ("\\011", "\t"),
+        ("\\012", "\n"),
+        ("\\134", "\\"),
+    ];
+    pairs
+        .iter()
+        .fold(s.to_string(), |acc, (from, to)| acc.replace(from, to))
 }
 
 /// This process's cgroup v2 path (the `0::` line of /proc/self/cgroup).
 fn own_cgroup() -> Result<String, String> {
-    let text = fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.trim_end_matches(" (deleted)").to_string())
-        .ok_or_else(|| "this process has no cgroup v2 path (no 0:: line in /proc/self/cgroup)".to_string())
+    let text = fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| format!("cannot read /proc/self/cgroup: {e}"))?;
+    let line = text.lines().find_map(|l| l.strip_prefix("0::"));
+    let path = line.ok_or("this process has no cgroup v2 path (no 0:: in /proc/self/cgroup)")?;
+    Ok(path.trim_end_matches(" (deleted)").to_string())
 }
 
-/// Kills and removes the `ccx-<pid>` entries of `parent` whose pid is dead or is ours.
+/// Kills and removes the `ccx-<pid>[-<n>]` entries of `parent` whose pid is dead.
 fn remove_stale(parent: &Path) {
-    let Ok(entries) = fs::read_dir(parent) else { return };
-    let own = std::process::id() as i32;
-    for entry in entries.flatten() {
+    for entry in fs::read_dir(parent).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(BASE_PREFIX)).and_then(|p| p.parse::<i32>().ok()) else {
-            continue;
-        };
+        let pid = name.to_str().and_then(|n| {
+            let rest = n.strip_prefix(BASE_PREFIX)?;
+            rest.split('-').next()?.parse::<i32>().ok()
+        });
+        let Some(pid) = pid else { continue };
         // SAFETY: signal 0 only checks whether the pid exists; pid > 0 names one process.
-        let dead = pid > 0 && unsafe { libc::kill(pid, 0) } != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if pid == own || dead {
-            match kill_and_remove(&entry.path(), CLEANUP_LIMIT) {
-                Ok(()) => tracing::info!(path = %entry.path().display(), "removed a stale cgroup"),
-                Err(e) => tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale cgroup"),
+        let dead = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if dead {
+            let path = entry.path();
+            match kill_and_remove(&path, CLEANUP_LIMIT) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed a stale cgroup"),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "stale cgroup left"),
             }
         }
     }
 }
 
-/// `cgroup.kill`s the subtree at `path`, waits up to `limit` until it is empty, removes it.
+/// `cgroup.kill`s the subtree at `path`, sleeps until it is empty (at most `limit`), removes it.
 fn kill_and_remove(path: &Path, limit: Duration) -> io::Result<()> {
     write_file(&path.join("cgroup.kill"), "1")?;
-    wait_empty_blocking(path, limit)?;
+    let mut wait = (Instant::now(), POLL_FIRST);
+    while event(path, "populated") {
+        std::thread::sleep(next_delay(path, limit, &mut wait)?);
+    }
     remove_tree(path)
 }
 
-/// Sleeps until `populated 0` in `path`'s `cgroup.events`, for at most `limit`.
-fn wait_empty_blocking(path: &Path, limit: Duration) -> io::Result<()> {
-    let start = Instant::now();
-    let mut delay = POLL_FIRST;
-    while event(path, "populated") {
-        std::thread::sleep(next_delay(path, start, limit, &mut delay)?);
-    }
-    Ok(())
-}
-
-/// The next sleep of a wait begun at `start` (doubling `delay` up to 20 ms, never past
-/// `limit`), or `TimedOut` once `limit` has passed.
-fn next_delay(path: &Path, start: Instant, limit: Duration, delay: &mut Duration) -> io::Result<Duration> {
-    let left = limit.saturating_sub(start.elapsed());
+/// The next sleep of a wait of at most `limit` whose state `w` is (start, delay): the delay,
+/// doubling up to 20 ms, never past `limit`; or `TimedOut` once `limit` has passed.
+fn next_delay(path: &Path, limit: Duration, w: &mut (Instant, Duration)) -> io::Result<Duration> {
+    let left = limit.saturating_sub(w.0.elapsed());
     if left.is_zero() {
-        let msg = format!("cgroup {} still has processes after {limit:?}", path.display());
+        let p = path.display();
+        let msg = format!("cgroup {p} still has processes after {limit:?}");
         return Err(io::Error::new(io::ErrorKind::TimedOut, msg));
     }
-    let now = (*delay).min(left);
-    *delay = (*delay * 2).min(POLL_MAX);
+    let now = w.1.min(left);
+    w.1 = (w.1 * 2).min(POLL_MAX);
     Ok(now)
 }
 
@@ -350,7 +369,11 @@ fn subdirs(path: &Path) -> io::Result<Vec<PathBuf>> {
 /// Appends the pids in `path`'s `cgroup.procs` and its child cgroups' to `out`.
 fn collect_pids(path: &Path, out: &mut Vec<i32>) -> io::Result<()> {
     let text = fs::read_to_string(path.join("cgroup.procs"))?;
-    out.extend(text.lines().filter_map(|l| l.trim().parse::<i32>().ok()).filter(|&p| p > 0));
+    out.extend(
+        text.lines()
+            .filter_map(|l| l.trim().parse::<i32>().ok())
+            .filter(|&p| p > 0),
+    );
     for dir in subdirs(path)? {
         collect_pids(&dir, out)?;
     }
@@ -359,14 +382,21 @@ fn collect_pids(path: &Path, out: &mut Vec<i32>) -> io::Result<()> {
 
 /// Whether `key 1` is in `path`'s `cgroup.events`; false if unreadable.
 fn event(path: &Path, key: &str) -> bool {
-    fs::read_to_string(path.join("cgroup.events"))
-        .map(|t| t.lines().any(|l| l.split_once(' ') == Some((key, "1"))))
-        .unwrap_or(false)
+    let text = fs::read_to_string(path.join("cgroup.events")).unwrap_or_default();
+    text.lines().any(|l| l.split_once(' ') == Some((key, "1")))
 }
 
 /// Writes `value` to a cgroup interface file in one write(2) (no O_CREAT, no O_TRUNC).
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).open(path)?;
-    f.write_all(value.as_bytes())
-        .map_err(|e| io::Error::new(e.kind(), format!("writing {value:?} to {}: {e}", path.display())))
+    let context = |e: io::Error| {
+        let msg = format!("writing {value:?} to {}: {e}", path.display());
+        io::Error::new(e.kind(), msg)
+    };
+    f.write_all(value.as_bytes()).map_err(context)
+}
+
+/// An `InvalidInput` error.
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
 }

@@ -139,14 +139,21 @@ async fn run(
         kill_grace: cfg.kill_grace,
         tail_bytes: hooks.tail_bytes(),
     };
-    let process = match jobs::spawn(&spec) {
-        Ok(p) => p,
-        Err(e) => {
-            drop(st);
-            let error = match &request.cwd {
+    let spawned = inner
+        .exec
+        .containment()
+        .prepare(&job_id)
+        .map_err(|e| format!("cannot make the job's cgroup: {e}"))
+        .and_then(|scope| {
+            jobs::spawn(&spec, scope).map_err(|e| match &request.cwd {
                 Some(cwd) => format!("cannot start `{}` in `{cwd}`: {e}", cfg.shell),
                 None => format!("cannot start `{}`: {e}", cfg.shell),
-            };
+            })
+        });
+    let process = match spawned {
+        Ok(p) => p,
+        Err(error) => {
+            drop(st);
             warn!(%error, "spawn failed");
             inner.emit_warnings(&log, pre.warnings).await;
             return End::Failed(error);

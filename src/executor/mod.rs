@@ -32,6 +32,7 @@ pub use request::{Accepted, ExecError, JobRequest};
 pub use session::{Closing, Origin, Session};
 
 use crate::config::ExecConfig;
+use crate::containment::Containment;
 use crate::events::{Event, JobId};
 use crate::protocol::ControlType;
 use crate::registry::Registry;
@@ -64,6 +65,8 @@ pub struct Executor {
     /// Processes running across sessions; a job's task decrements it through a drop guard,
     /// so a panic cannot leave it high.
     running: AtomicUsize,
+    /// Holds each job's processes together (cgroup or process group).
+    containment: Arc<Containment>,
 }
 
 impl Executor {
@@ -78,11 +81,31 @@ impl Executor {
         Executor::with(config, None, registry)
     }
 
-    /// An executor with `hooks` (`None`: still loading) that records jobs in `registry`.
+    /// A server's executor: hooks still loading, jobs recorded in `registry` and contained
+    /// by `containment` (see [`Containment::start`]).
+    pub fn serving(
+        config: ExecConfig,
+        registry: Registry,
+        containment: Arc<Containment>,
+    ) -> Arc<Executor> {
+        Executor::build(config, None, registry, containment)
+    }
+
+    /// An executor with `hooks` (`None`: still loading) that records jobs in `registry`; its
+    /// jobs are process groups ([`Containment::plain`]).
     pub fn with(
         config: ExecConfig,
         hooks: Option<Arc<dyn Hooks>>,
         registry: Registry,
+    ) -> Arc<Executor> {
+        Executor::build(config, hooks, registry, Containment::plain())
+    }
+
+    fn build(
+        config: ExecConfig,
+        hooks: Option<Arc<dyn Hooks>>,
+        registry: Registry,
+        containment: Arc<Containment>,
     ) -> Arc<Executor> {
         let (generation, _) = watch::channel(Arc::new(Generation {
             config: Arc::new(config),
@@ -93,7 +116,13 @@ impl Executor {
             registry,
             jobs: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
+            containment,
         })
+    }
+
+    /// How jobs' processes are contained.
+    pub fn containment(&self) -> &Arc<Containment> {
+        &self.containment
     }
 
     /// Swaps in a new generation (config and hooks at once); it applies to jobs that start

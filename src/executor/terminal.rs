@@ -79,6 +79,8 @@ impl End {
                 hook: None,
                 reason: None,
                 hooks: reports,
+                leftovers_killed: (outcome.leftovers_killed > 0)
+                    .then_some(outcome.leftovers_killed as u64),
             },
             End::Denied { hook, reason } => {
                 let mut c = Completion::without_process(job_id, JobStatus::Denied);

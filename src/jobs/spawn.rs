@@ -164,7 +164,10 @@ pub fn spawn(spec: &Spawn<'_>) -> io::Result<Child> {
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let step = args.failure.step.load(std::sync::atomic::Ordering::Acquire);
     if step != 0 {
-        let errno = args.failure.errno.load(std::sync::atomic::Ordering::Acquire);
+        let errno = args
+            .failure
+            .errno
+            .load(std::sync::atomic::Ordering::Acquire);
         // The child `_exit`ed: reap it now.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waitid on our own child's pidfd.
@@ -177,7 +180,10 @@ pub fn spawn(spec: &Spawn<'_>) -> io::Result<Child> {
             )
         };
         let e = io::Error::from_raw_os_error(errno);
-        return Err(io::Error::new(e.kind(), format!("{} ({e})", step_name(step))));
+        return Err(io::Error::new(
+            e.kind(),
+            format!("{} ({e})", step_name(step)),
+        ));
     }
     // SAFETY: the pidfd is owned here and stays open as long as the registration (both are
     // the `AsyncFd`), as `register_with_interest` requires.
@@ -238,11 +244,15 @@ pub fn resolve(program: &str, path: Option<&str>) -> io::Result<CString> {
             .filter(|d| !d.is_empty())
             .map(|d| std::path::Path::new(d).join(program))
             .find(|p| {
-                std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                std::fs::metadata(p)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
             })
     };
     let found = found.ok_or_else(|| {
-        io::Error::new(io::ErrorKind::NotFound, format!("`{program}` is not on PATH"))
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("`{program}` is not on PATH"),
+        )
     })?;
     CString::new(found.into_os_string().into_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the program's path"))

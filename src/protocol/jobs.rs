@@ -205,6 +205,9 @@ pub struct JobRecord {
     pub output_gap: Option<OutputGap>,
     /// Why its output could not be spooled to disk, if it could not.
     pub spool_error: Option<String>,
+    /// Processes it left running that were killed at its end (see `process.completed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftovers_killed: Option<u64>,
 }
 
 impl JobRecord {
@@ -244,6 +247,7 @@ impl JobRecord {
             last_seq: 0,
             output_gap: None,
             spool_error: None,
+            leftovers_killed: None,
         }
     }
 }

@@ -269,6 +269,10 @@ pub struct Completion {
     /// Post-hook reports, one per hook that ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookReport>,
+    /// How many processes the job had left running (`cmd &`, daemons) when its command
+    /// ended, and that ccx killed then; absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leftovers_killed: Option<u64>,
 }
 
 impl Completion {
@@ -290,6 +294,7 @@ impl Completion {
             hook: None,
             reason: None,
             hooks: Vec::new(),
+            leftovers_killed: None,
         }
     }
 }

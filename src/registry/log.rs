@@ -231,6 +231,7 @@ impl JobLog {
             r.stdout_sha256 = c.stdout_sha256.clone();
             r.stderr_sha256 = c.stderr_sha256.clone();
             r.execution_time = Some(c.execution_time);
+            r.leftovers_killed = c.leftovers_killed;
             r.pid = c.pid.or(r.pid);
             r.pgid = c.pgid.or(r.pgid);
             r.last_seq = last_seq.max(l.live.last_seq.load(Ordering::Relaxed));

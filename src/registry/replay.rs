@@ -188,6 +188,7 @@ pub(super) fn completion(r: JobRecord) -> Completion {
         hook: r.denied_by,
         reason: r.denied_reason,
         hooks: r.post_hooks,
+        leftovers_killed: r.leftovers_killed,
     }
 }
 

@@ -175,6 +175,8 @@ struct Health {
     hooks: HealthHooks,
     /// The job registry: its directory, why it is unavailable (if it is), spool failures.
     state: crate::registry::StateHealth,
+    /// How jobs' processes are contained (`cgroup` or `process-group`), and why.
+    containment: crate::containment::ContainmentHealth,
 }
 
 #[derive(Serialize)]
@@ -210,7 +212,9 @@ async fn health(
         })
         .collect();
     let registry = state.exec.registry().health();
+    let containment = state.exec.containment().health();
     Json(Health {
+        containment,
         status: if hooks.state == "starting" {
             "starting"
         } else if registry.enabled && registry.error.is_some() {

@@ -1,0 +1,210 @@
+//! Containment in both modes, through the built binary: a `setsid` child and a double-forked
+//! daemon are killed at the job's normal end, at timeout, at CANCEL and at disconnect, and
+//! PAUSE stops them too. Every process of a job is found by the `CCX_JOB_ID` it carries.
+
+use crate::jobs::{processes_of, serve};
+use crate::util::{WAIT, Ws, scratch};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Two escapees (a `setsid` child and a double-forked `setsid` daemon with a child of its
+/// own), a line when they are up, then `rest`.
+fn escapees(rest: &str) -> String {
+    format!(
+        "setsid sleep 300 >/dev/null 2>&1 & \
+         (setsid sh -c 'sleep 300 & wait' >/dev/null 2>&1 &); \
+         sleep 0.2; echo up; {rest}"
+    )
+}
+
+fn config(mode: &str) -> String {
+    format!("[execution]\ncontainment = \"{mode}\"\nkill_grace = 0.5\n")
+}
+
+async fn server(dir: &Path, mode: &str) -> (crate::util::KillOnDrop, String) {
+    let (server, url) = serve(dir, &config(mode), &[]);
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let (_, body) = crate::util::http(addr, "GET", "/health", &[], "").await;
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["containment"]["mode"], mode, "{health}");
+    (server, url)
+}
+
+/// Waits until none of the job's processes is left.
+async fn all_gone(job_id: &str) {
+    let deadline = Instant::now() + WAIT;
+    while !processes_of(job_id).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left over: {:?}",
+            processes_of(job_id)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `command` and returns its id once it printed `up` (with its escapees running,
+/// when `running`: the command has not ended).
+async fn start_checked(ws: &mut Ws, params: Value, running: bool) -> String {
+    let r = ws.call("execute", params).await;
+    let job_id = r["result"]["job_id"]
+        .as_str()
+        .expect("a job id")
+        .to_string();
+    loop {
+        let m = ws.next().await;
+        if m["method"] == "process.output" && m["params"]["data"] == "up\n" {
+            break;
+        }
+    }
+    if running {
+        assert!(
+            processes_of(&job_id).len() >= 4,
+            "the job and its escapees run: {:?}",
+            processes_of(&job_id)
+        );
+    }
+    job_id
+}
+
+async fn start(ws: &mut Ws, params: Value) -> String {
+    start_checked(ws, params, true).await
+}
+
+async fn completion(ws: &mut Ws, job_id: &str) -> Value {
+    loop {
+        let m = ws.next().await;
+        if m["method"] == "process.completed" && m["params"]["job_id"] == job_id {
+            return m["params"].clone();
+        }
+    }
+}
+
+async fn ends_kill_escapees(mode: &str) {
+    let dir = scratch();
+    let (_server, url) = server(dir.path(), mode).await;
+    let mut ws = Ws::connect(&url).await;
+
+    // Normal end: the command exits, its escapees are killed and counted.
+    let job = start_checked(&mut ws, json!({"command": escapees("true")}), false).await;
+    let done = completion(&mut ws, &job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(
+        done["leftovers_killed"].as_u64() >= Some(2),
+        "the end says what it killed: {done}"
+    );
+    all_gone(&job).await;
+
+    // Timeout.
+    let job = start(
+        &mut ws,
+        json!({"command": escapees("sleep 300"), "timeout": 1}),
+    )
+    .await;
+    assert_eq!(completion(&mut ws, &job).await["status"], "timed_out");
+    all_gone(&job).await;
+
+    // CANCEL.
+    let job = start(&mut ws, json!({"command": escapees("sleep 300")})).await;
+    let r = ws
+        .call("control", json!({"type": "CANCEL", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    assert_eq!(completion(&mut ws, &job).await["status"], "canceled");
+    all_gone(&job).await;
+
+    // Disconnect.
+    let job = start(&mut ws, json!({"command": escapees("sleep 300")})).await;
+    drop(ws);
+    all_gone(&job).await;
+}
+
+/// Bytes the job's escaped writer has written so far.
+fn written(file: &Path) -> u64 {
+    std::fs::metadata(file).map_or(0, |m| m.len())
+}
+
+async fn pause_stops_escapees(mode: &str) {
+    let dir = scratch();
+    let (_server, url) = server(dir.path(), mode).await;
+    let mut ws = Ws::connect(&url).await;
+    let file = dir.path().join("ticks");
+    // A writer that left the group, ticking every 20 ms.
+    let writer = format!(
+        "setsid sh -c 'while :; do echo t >> {}; sleep 0.02; done' >/dev/null 2>&1 &",
+        file.display()
+    );
+    let job = start(
+        &mut ws,
+        json!({"command": escapees(&format!("{writer} sleep 300"))}),
+    )
+    .await;
+    let r = ws
+        .call("control", json!({"type": "PAUSE", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused_at = written(&file);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(written(&file), paused_at, "the escaped writer is paused");
+    let r = ws
+        .call("control", json!({"type": "RESUME", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    let deadline = Instant::now() + WAIT;
+    while written(&file) == paused_at {
+        assert!(
+            Instant::now() < deadline,
+            "the writer runs again after RESUME"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = ws
+        .call("control", json!({"type": "CANCEL", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    assert_eq!(completion(&mut ws, &job).await["status"], "canceled");
+    all_gone(&job).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_mode_kills_escapees_at_every_end() {
+    ends_kill_escapees("cgroup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_group_mode_kills_escapees_at_every_end() {
+    ends_kill_escapees("process-group").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_mode_pause_freezes_escapees() {
+    pause_stops_escapees("cgroup").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_group_mode_pause_stops_escapees() {
+    pause_stops_escapees("process-group").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cgroup_parent_that_cannot_be_used_is_refused_when_cgroup_mode_is_forced() {
+    let dir = scratch();
+    let cfg = crate::util::write_config(
+        dir.path(),
+        0.0,
+        "[execution]\ncontainment = \"cgroup\"\ncgroup_parent = \"/no/such/parent\"\n",
+    );
+    let out = std::process::Command::new(crate::util::CCX)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("containment = \"cgroup\"") && err.contains("/no/such/parent"),
+        "{err}"
+    );
+}
