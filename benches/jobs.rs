@@ -187,20 +187,6 @@ fn print_table(rows: Vec<(String, String)>) {
     }
 }
 
-/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (fields 14
-/// and 15, in clock ticks; proc(5)), assuming the usual 100 ticks per second.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = after
-        .split(' ')
-        .skip(11)
-        .take(2)
-        .map(|x| x.parse().unwrap())
-        .collect();
-    Duration::from_millis((f[0] + f[1]) * 10)
-}
-
 async fn call(ws: &mut Ws, method: &str, params: Value) -> Value {
     let msg = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     ws.send(Message::Text(msg.to_string().into()))

@@ -14,6 +14,8 @@
 //!   executor's output, anyone's input.
 //! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap. Never touches a socket,
 //!   the registry or hooks (its output goes through an `OutputTap` the executor supplies).
+//! - [`containment`]: holds each job's processes together and ends them together — a cgroup
+//!   v2 per job, or a process group with the server as child subreaper. Used by `jobs`.
 //! - [`registry`]: the job registry (SQLite) and the output spools under `[state] dir`;
 //!   `attach` replays from it; after a crash it kills what a previous run's jobs left and
 //!   records them `lost`. Knows events and records, not sockets.

@@ -90,7 +90,7 @@ fn ctrl_c_on_exec_cancels_the_remote_job() {
     assert!(!group_members(pgid).is_empty());
     unsafe { libc::kill(client.id() as i32, libc::SIGINT) };
     let status = wait_with_timeout(&mut client, Duration::from_secs(20));
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(status.code(), Some(130), "{status:?}");
     assert!(group_members(pgid).is_empty(), "remote job still running");
 }
 

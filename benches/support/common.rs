@@ -1,5 +1,6 @@
-//! Helpers the server and jobs benchmarks share: a release `ccx serve` on a free port, a raw
-//! WebSocket client, and percentiles.
+//! Helpers the server, jobs and containment benchmarks share: a release `ccx serve` on a free
+//! port, a raw WebSocket client, percentiles, a process's CPU time. Each bench uses a part.
+#![allow(dead_code)]
 
 use crate::util;
 use futures_util::{SinkExt, StreamExt};
@@ -119,4 +120,18 @@ pub fn pct(sorted: &[Duration], p: usize) -> Duration {
 
 pub fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat` (fields 14
+/// and 15, in clock ticks; proc(5)), assuming the usual 100 ticks per second.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = after
+        .split(' ')
+        .skip(11)
+        .take(2)
+        .map(|x| x.parse().unwrap())
+        .collect();
+    Duration::from_millis((f[0] + f[1]) * 10)
 }
