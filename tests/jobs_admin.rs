@@ -164,13 +164,15 @@ async fn records_name_the_token_and_mask_secret_variables() {
     let r = ws
         .call(
             "execute",
-            json!({"command": "echo $GITHUB_TOKEN", "env": env}),
+            // Output is kept as it is (spooled): the command proves it sees the value without
+            // printing it, so only the request could carry it to the store.
+            json!({"command": "test \"$GITHUB_TOKEN\" = ghp_secret && echo sees-it", "env": env}),
         )
         .await;
     let job_id = r["result"]["job_id"].as_str().unwrap().to_string();
     let events = ws.collect(&job_id).await;
     assert!(
-        events.iter().any(|e| e["params"]["data"] == "ghp_secret\n"),
+        events.iter().any(|e| e["params"]["data"] == "sees-it\n"),
         "the command still sees the value"
     );
     let rec = ws.call("get_job", json!({"job_id": job_id})).await["result"].clone();
