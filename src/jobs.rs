@@ -38,7 +38,10 @@ pub struct ProcessSpec {
     pub cwd: Option<PathBuf>,
     /// The child's complete environment.
     pub env: Vec<(String, String)>,
+    /// Running time allowed: time spent paused does not count.
     pub timeout: Duration,
+    /// The longest a job may stay paused; then it is ended as canceled.
+    pub max_pause: Duration,
     pub kill_grace: Duration,
     /// How many trailing bytes of each stream to keep for post-hooks.
     pub tail_bytes: usize,
@@ -66,6 +69,8 @@ pub struct ProcessOutcome {
     pub stderr_sha256: String,
     /// Processes the job left running when its leader exited, killed then.
     pub leftovers_killed: usize,
+    /// Why ccx ended the job, when a rule did (`max_pause`).
+    pub error: Option<String>,
 }
 
 pub mod spawn;
@@ -80,6 +85,7 @@ pub struct Process {
     pub pgid: i32,
     started: Instant,
     timeout: Duration,
+    max_pause: Duration,
     kill_grace: Duration,
     tail_bytes: usize,
 }
@@ -150,6 +156,7 @@ pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
         pgid: pid as i32,
         started: Instant::now(),
         timeout: spec.timeout,
+        max_pause: spec.max_pause,
         kill_grace: spec.kill_grace,
         tail_bytes: spec.tail_bytes,
     })
@@ -243,6 +250,8 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
 enum Ending {
     TimedOut,
     Canceled,
+    /// Paused longer than `max_pause`: canceled, with that reason.
+    PausedTooLong,
 }
 
 impl Process {
@@ -260,7 +269,9 @@ impl Process {
         let mut err = Pipe::new(self.stderr.take());
         let tail_cap = self.tail_bytes;
         let mut leftovers_killed = 0;
-        let deadline = self.started + self.timeout;
+        // Moves later by the time spent paused: the timeout measures running time.
+        let mut deadline = self.started + self.timeout;
+        let mut paused_at: Option<Instant> = None;
         let mut seq: u64 = 0;
         // Events waiting for room in the channel; reading pauses while any wait.
         let mut pending: VecDeque<Event> = VecDeque::new();
@@ -312,10 +323,17 @@ impl Process {
                     drain_until = Some(Instant::now() + self.kill_grace);
                     kill_at = None;
                 }
-                _ = sleep_until(deadline), if ending.is_none() && exited.is_none() => {
+                _ = sleep_until(deadline), if ending.is_none() && exited.is_none() && paused_at.is_none() => {
                     ending = Some(Ending::TimedOut);
                     self.scope.terminate();
                     kill_at = Some(Instant::now() + self.kill_grace);
+                }
+                _ = sleep_until(paused_at.map_or(deadline, |p| p + self.max_pause)),
+                    if paused_at.is_some() && ending.is_none() && exited.is_none() => {
+                    ending = Some(Ending::PausedTooLong);
+                    self.scope.terminate();
+                    kill_at = Some(Instant::now() + self.kill_grace);
+                    note(&mut pending, tap, Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
                 }
                 _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
                     self.scope.kill_all();
@@ -335,10 +353,14 @@ impl Process {
                         } else {
                             match kind {
                                 ControlType::Pause => {
+                                    paused_at.get_or_insert_with(Instant::now);
                                     self.scope.freeze(true);
                                     note(&mut pending, tap, Event::Paused(JobNote { job_id: job_id.clone(), status: NoteStatus::Paused }));
                                 }
                                 ControlType::Resume => {
+                                    if let Some(since) = paused_at.take() {
+                                        deadline += since.elapsed();
+                                    }
                                     self.scope.freeze(false);
                                     note(&mut pending, tap, Event::Resumed(JobNote { job_id: job_id.clone(), status: NoteStatus::Resumed }));
                                 }
@@ -369,7 +391,7 @@ impl Process {
         let (exit_code, signal) = (exit.code(), exit.signal());
         let status = match ending {
             Some(Ending::TimedOut) => JobStatus::TimedOut,
-            Some(Ending::Canceled) => JobStatus::Canceled,
+            Some(Ending::Canceled | Ending::PausedTooLong) => JobStatus::Canceled,
             None if exit_code == Some(0) => JobStatus::Completed,
             None => JobStatus::Failed,
         };
@@ -385,6 +407,12 @@ impl Process {
             stdout_sha256: out.sha256(),
             stderr_sha256: err.sha256(),
             leftovers_killed,
+            error: (ending == Some(Ending::PausedTooLong)).then(|| {
+                format!(
+                    "paused longer than {} s (`[execution] max_pause`)",
+                    self.max_pause.as_secs_f64()
+                )
+            }),
         }
     }
 }

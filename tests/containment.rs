@@ -208,3 +208,50 @@ async fn a_cgroup_parent_that_cannot_be_used_is_refused_when_cgroup_mode_is_forc
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_paused_does_not_count_toward_the_timeout_and_max_pause_bounds_it() {
+    let dir = scratch();
+    let rest = "[execution]\nmax_pause = 1.0\n";
+    let (_server, url) = serve(dir.path(), rest, &[]);
+    let mut ws = Ws::connect(&url).await;
+
+    // 0.6 s of work under a 1 s timeout, paused for 1.2 s of it: wall time is past the
+    // timeout, running time is not.
+    let r = ws
+        .call(
+            "execute",
+            json!({"command": "sleep 0.3; sleep 0.3; echo done", "timeout": 1}),
+        )
+        .await;
+    let job = r["result"]["job_id"].as_str().unwrap().to_string();
+    let r = ws
+        .call("control", json!({"type": "PAUSE", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = ws
+        .call("control", json!({"type": "RESUME", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    let done = completion(&mut ws, &job).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert!(done["execution_time"].as_f64() > Some(1.0), "{done}");
+
+    // Paused past max_pause: canceled, and the completion says why.
+    let r = ws.call("execute", json!({"command": "sleep 30"})).await;
+    let job = r["result"]["job_id"].as_str().unwrap().to_string();
+    let r = ws
+        .call("control", json!({"type": "PAUSE", "job_id": job}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+    let done = completion(&mut ws, &job).await;
+    assert_eq!(done["status"], "canceled", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("max_pause")),
+        "{done}"
+    );
+    all_gone(&job).await;
+}

@@ -14,6 +14,7 @@ pub(super) struct RawExecution {
     default_timeout: Option<f64>,
     max_timeout: Option<f64>,
     kill_grace: Option<f64>,
+    max_pause: Option<f64>,
     max_queue: Option<usize>,
     pass_env: Option<Vec<String>>,
     env: Option<BTreeMap<String, String>>,
@@ -32,6 +33,9 @@ pub struct ExecConfig {
     pub max_timeout: Duration,
     /// Time between SIGTERM and SIGKILL on cancel, timeout and shutdown.
     pub kill_grace: Duration,
+    /// The longest a job may stay paused (PAUSE); then it ends `canceled` with that reason.
+    /// Time paused does not count toward the timeout.
+    pub max_pause: Duration,
     /// Jobs waiting behind the running one, per connection.
     pub max_queue: usize,
     /// Names of server environment variables passed to children; `*` passes all.
@@ -76,6 +80,7 @@ impl Default for ExecConfig {
             default_timeout: Duration::from_secs(3600),
             max_timeout: Duration::from_secs(24 * 3600),
             kill_grace: Duration::from_secs(2),
+            max_pause: Duration::from_secs(3600),
             max_queue: 16,
             pass_env: DEFAULT_PASS_ENV.iter().map(|s| s.to_string()).collect(),
             env: BTreeMap::new(),
@@ -112,6 +117,9 @@ pub(super) fn apply(cfg: &mut ExecConfig, e: RawExecution) -> Result<()> {
     }
     if let Some(t) = e.kill_grace {
         cfg.kill_grace = seconds("execution.kill_grace", t)?;
+    }
+    if let Some(t) = e.max_pause {
+        cfg.max_pause = seconds("execution.max_pause", t)?;
     }
     if let Some(n) = e.max_queue {
         cfg.max_queue = n;

@@ -136,6 +136,7 @@ async fn run(
         cwd: request.cwd.as_ref().map(PathBuf::from),
         env: child_env(cfg, &request.env, &job_id),
         timeout,
+        max_pause: cfg.max_pause,
         kill_grace: cfg.kill_grace,
         tail_bytes: hooks.tail_bytes(),
     };

@@ -75,7 +75,7 @@ impl End {
                 stderr_sha256: Some(outcome.stderr_sha256),
                 pid: Some(pid),
                 pgid: Some(pgid),
-                error: None,
+                error: outcome.error,
                 hook: None,
                 reason: None,
                 hooks: reports,
