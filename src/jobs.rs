@@ -45,6 +45,10 @@ pub struct ProcessSpec {
     pub kill_grace: Duration,
     /// How many trailing bytes of each stream to keep for post-hooks.
     pub tail_bytes: usize,
+    /// Written to stdin, which is then closed; `None`: stdin is `/dev/null`.
+    pub stdin: Option<Vec<u8>>,
+    /// stderr on the stdout pipe.
+    pub merge_stderr: bool,
 }
 
 /// A control request for a running job; the reply says whether it applied.
@@ -125,9 +129,20 @@ pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
         ),
         None => None,
     };
-    let stdin = std::fs::File::open("/dev/null")?;
+    let (stdin, stdin_w): (OwnedFd, _) = match &spec.stdin {
+        None => (std::fs::File::open("/dev/null")?.into(), None),
+        Some(_) => {
+            let (r, w) = pipe_pair()?;
+            (r, Some(w))
+        }
+    };
     let (out_r, out_w) = pipe_pair()?;
-    let (err_r, err_w) = pipe_pair()?;
+    let (err_r, err_w) = if spec.merge_stderr {
+        (None, out_w.try_clone()?)
+    } else {
+        let (r, w) = pipe_pair()?;
+        (Some(r), w)
+    };
     let child = scope.spawn(|cgroup| {
         let child = spawn::spawn(&spawn::Spawn {
             program: &program,
@@ -142,7 +157,17 @@ pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
         Ok((child.pid, child))
     })?;
     drop((out_w, err_w, stdin));
-    for fd in [out_r.as_raw_fd(), err_r.as_raw_fd()] {
+    if let (Some(w), Some(text)) = (stdin_w, &spec.stdin) {
+        // Written beside the job: a command that never reads must not hold anything up.
+        // The write ends with the text (then stdin closes) or when the command exits (EPIPE).
+        let mut w = pipe::Sender::from_owned_fd(w)?;
+        let text = text.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = w.write_all(&text).await;
+        });
+    }
+    for fd in std::iter::once(out_r.as_raw_fd()).chain(err_r.as_ref().map(|r| r.as_raw_fd())) {
         // SAFETY: fcntl on a pipe descriptor we own; failure only means a smaller pipe.
         unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
     }
@@ -151,7 +176,7 @@ pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
         child,
         scope,
         stdout: Some(pipe::Receiver::from_owned_fd(out_r)?),
-        stderr: Some(pipe::Receiver::from_owned_fd(err_r)?),
+        stderr: err_r.map(pipe::Receiver::from_owned_fd).transpose()?,
         pid,
         pgid: pid as i32,
         started: Instant::now(),

@@ -15,6 +15,7 @@
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
 //! - `containment`: escapees killed at every end and paused, in cgroup and process-group mode.
 //! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
+//! - `stdin`: `stdin` text and `merge_stderr`.
 //! - `spool`: a short job's spool kept in its record; a spool that fails in mid-job.
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
@@ -41,3 +42,4 @@ mod mcp_tasks;
 mod restructure;
 mod server;
 mod spool;
+mod stdin;

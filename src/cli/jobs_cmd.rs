@@ -114,8 +114,11 @@ async fn stream(
     if until == Some(0) {
         return Ok(Ok(0));
     }
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Registered before anything is printed (see `exec`).
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
+    let interrupt = async move {
+        sigint.recv().await;
     };
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     Ok(

@@ -377,8 +377,12 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
     if args.detach {
         return exec_detached(&opts).await;
     }
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
+    // Registered now, before anything is printed: a future polled later (select! may run
+    // the output branch first) would leave an early Ctrl-C to kill us with the job running.
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("listening for SIGINT")?;
+    let interrupt = async move {
+        sigint.recv().await;
     };
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();

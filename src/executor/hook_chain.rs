@@ -132,7 +132,18 @@ impl Hooks for HookChain {
                             changed.env.into_iter().collect(),
                         );
                         match checked {
-                            Ok(request) => PreVerdict::Allow { request, info },
+                            // What the contract does not carry stays as the client asked.
+                            Ok(changed) => PreVerdict::Allow {
+                                request: JobRequest {
+                                    detach: request.detach,
+                                    output_encoding: request.output_encoding,
+                                    idempotency_key: request.idempotency_key.clone(),
+                                    stdin: request.stdin.clone(),
+                                    merge_stderr: request.merge_stderr,
+                                    ..changed
+                                },
+                                info,
+                            },
                             Err(e) => PreVerdict::Deny {
                                 hook: modified_by.last().cloned().unwrap_or_default(),
                                 reason: format!("the hook's change made an invalid request: {e}"),

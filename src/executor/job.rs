@@ -137,6 +137,8 @@ async fn run(
         env: child_env(cfg, &request.env, &job_id),
         timeout,
         max_pause: cfg.max_pause,
+        stdin: request.stdin.clone().map(String::into_bytes),
+        merge_stderr: request.merge_stderr,
         kill_grace: cfg.kill_grace,
         tail_bytes: hooks.tail_bytes(),
     };

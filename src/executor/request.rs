@@ -21,11 +21,15 @@ pub struct JobRequest {
     pub output_encoding: OutputEncoding,
     /// A retry with the same key answers with the first job (see `ExecuteParams`).
     pub idempotency_key: Option<String>,
+    /// Written to the command's stdin, which is then closed; `None`: `/dev/null`.
+    pub stdin: Option<String>,
+    /// stderr goes to the stdout pipe (exact order, one stream).
+    pub merge_stderr: bool,
 }
 
 impl JobRequest {
     /// SHA-256 (hex) of what makes two requests the same for an idempotency key: command,
-    /// cwd, env, timeout, detach and encoding.
+    /// cwd, env, timeout, detach, encoding, stdin and `merge_stderr`.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let canonical = serde_json::json!([
@@ -35,6 +39,8 @@ impl JobRequest {
             self.timeout.map(|t| t.as_secs_f64()),
             self.detach,
             self.output_encoding,
+            self.stdin,
+            self.merge_stderr,
         ]);
         Sha256::digest(canonical.to_string().as_bytes())
             .iter()
@@ -87,6 +93,8 @@ impl JobRequest {
             detach: false,
             output_encoding: OutputEncoding::Utf8,
             idempotency_key: None,
+            stdin: None,
+            merge_stderr: false,
         })
     }
 }

@@ -82,6 +82,14 @@ pub struct ExecuteParams {
     /// request is `-32602`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Text written to the command's stdin, which is then closed; absent: stdin is
+    /// `/dev/null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// Both streams on one pipe, as `process.output {type: "stdout"}`: the exact order in
+    /// which the command wrote them (two pipes give read order only).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub merge_stderr: bool,
 }
 
 /// The `execute` result.

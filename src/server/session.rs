@@ -321,6 +321,8 @@ impl Receiver {
                 request.detach = p.detach;
                 request.output_encoding = p.output_encoding.unwrap_or_default();
                 request.idempotency_key = p.idempotency_key;
+                request.stdin = p.stdin;
+                request.merge_stderr = p.merge_stderr;
                 if let Some(key) = &request.idempotency_key
                     && (key.is_empty() || key.len() > 256)
                 {
