@@ -18,22 +18,13 @@ mod util;
 use common::*;
 
 fn main() {
-    let quick = std::env::var_os("CCX_BENCH_QUICK").is_some();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let quick = quick();
+    let rt = multi_thread_runtime();
     let tmp = util::scratch();
-    let folder = |name: &str| {
-        let d = tmp.path().join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
     let cfg =
         |mode: &str| format!("[execution]\ncontainment = \"{mode}\"\n[state]\nenabled = false\n");
-    let (mut cg, cg_url, _) = start_server(&folder("cgroup"), "cgroup", &cfg("cgroup"));
-    let (mut pg, pg_url, _) = start_server(&folder("pg"), "pg", &cfg("process-group"));
+    let (mut cg, cg_url, _) = start_server(&folder(tmp.path(), "cgroup"), "cgroup", &cfg("cgroup"));
+    let (mut pg, pg_url, _) = start_server(&folder(tmp.path(), "pg"), "pg", &cfg("process-group"));
     let (rounds, per) = if quick { (4, 50) } else { (20, 200) };
     let (mut on_cg, mut on_pg) = (Vec::new(), Vec::new());
     let (cpu_cg, cpu_pg) = (cpu_time(cg.id()), cpu_time(pg.id()));
@@ -49,8 +40,7 @@ fn main() {
         (cpu_time(pg.id()) - cpu_pg) / n,
     );
     for c in [&mut cg, &mut pg] {
-        let _ = c.kill();
-        let _ = c.wait();
+        stop(c);
     }
     on_cg.sort();
     on_pg.sort();
@@ -107,10 +97,12 @@ async fn spawn_costs(n: usize) -> (std::time::Duration, std::time::Duration) {
             stdio: [null.as_fd(), null.as_fd(), null.as_fd()],
             cgroup,
             new_session: false,
+            controlling_tty: false,
             rlimits: &[],
+            join: &[],
         })
         .unwrap();
-        assert!(child.wait().await.unwrap().success());
+        assert!(child.wait().await.unwrap().0.success());
     };
     let (mut plain, mut with): (Vec<Duration>, Vec<Duration>) = (Vec::new(), Vec::new());
     for i in 0..n {

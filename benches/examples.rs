@@ -4,6 +4,8 @@
 //! of a real `ccx serve` process with no hooks and with every example loaded, before and after
 //! jobs run through them. Prints Markdown tables (docs/hooks.md quotes them).
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "../tests/util.rs"]
 mod util;
 
@@ -13,14 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookRequest, HookResult, HookSet, HookSpec, HostOptions, JobStatus};
+use common::{current_thread_runtime, percentiles, stop};
 use util::{component, root, scratch};
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort_unstable();
-    let at =
-        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
-    (at(0.50), at(0.99))
-}
 
 fn human_bytes(n: u64) -> String {
     if n >= 1 << 20 {
@@ -45,20 +41,22 @@ fn dir_size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn request(command: &str) -> HookRequest {
-    HookRequest {
+fn request(command: &str) -> Box<HookRequest> {
+    Box::new(HookRequest {
         session_id: "bench".into(),
         job_id: "j1".into(),
         command: command.into(),
         cwd: Some("/srv/app".into()),
         env: vec![("CI".into(), "1".into())],
         timeout_ms: Some(60_000),
-    }
+        ..Default::default()
+    })
 }
 
-fn result(command: &str, stdout_tail: String) -> HookResult {
-    HookResult {
-        request: request(command),
+fn result(command: &str, stdout_tail: String) -> Box<HookResult> {
+    Box::new(HookResult {
+        request: *request(command),
+        received: *request(command),
         status: JobStatus::Completed,
         exit_code: Some(0),
         signal: None,
@@ -67,7 +65,7 @@ fn result(command: &str, stdout_tail: String) -> HookResult {
         stderr_bytes: 0,
         stdout_tail,
         stderr_tail: String::new(),
-    }
+    })
 }
 
 /// Typical build output: 4 KiB (the default tail) without secrets.
@@ -85,15 +83,12 @@ fn build_log() -> String {
 }
 
 enum Input {
-    Pre(HookRequest),
-    Post(HookResult),
+    Pre(Box<HookRequest>),
+    Post(Box<HookResult>),
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     let transcript =
         std::fs::read_to_string(root().join("tests/fixtures/agent-success.jsonl")).unwrap();
     let cases: Vec<(&str, &str, &Path, Input, usize)> = vec![
@@ -212,7 +207,7 @@ async fn calls(set: &HookSet, input: &Input, n: usize) -> (Vec<Duration>, u64) {
     for i in 0..n + n / 10 {
         let started = Instant::now();
         let reports = match input {
-            Input::Pre(r) => set.run_pre(r.clone()).await.reports,
+            Input::Pre(r) => set.run_pre((**r).clone()).await.reports,
             Input::Post(r) => set.run_post(r).await.reports,
         };
         let elapsed = started.elapsed();
@@ -231,8 +226,7 @@ struct Server(Child);
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        stop(&mut self.0);
     }
 }
 

@@ -2,6 +2,8 @@
 //! hooks`): a fresh-instance call of a trivial hook, a 10-hook chain, cold versus cached load
 //! of a set, and how far past its deadline an interrupted hook returns.
 
+#[path = "support/common.rs"]
+mod common;
 #[path = "../tests/util.rs"]
 mod util;
 
@@ -10,14 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookResult, HookSet, HostOptions, JobStatus};
+use common::{current_thread_runtime, percentiles};
 use util::{request, scratch, test_hook};
-
-fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
-    samples.sort_unstable();
-    let at =
-        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
-    (at(0.50), at(0.99))
-}
 
 fn row(what: &str, samples: Vec<Duration>) {
     let n = samples.len();
@@ -46,6 +42,7 @@ fn host(cache: &Path, pooling: bool) -> Arc<HookHost> {
 fn job() -> HookResult {
     HookResult {
         request: request("make test"),
+        received: request("make test"),
         status: JobStatus::Completed,
         exit_code: Some(0),
         signal: None,
@@ -79,10 +76,7 @@ async fn calls(set: &HookSet, n: usize, pre: bool, post: bool) -> Vec<Duration> 
 
 fn main() {
     let guest = util::component("test-hook");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread_runtime();
     println!(
         "guest: {} ({} bytes)",
         guest.display(),

@@ -25,27 +25,19 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 fn main() {
-    let quick = std::env::var_os("CCX_BENCH_QUICK").is_some();
+    let quick = quick();
     let only = std::env::var("CCX_BENCH_ONLY").unwrap_or_default();
     let rtt_only = only == "rtt";
     let throughput_only = only == "throughput";
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     let tmp = util::scratch();
     let dir = tmp.path();
     let big = if quick { 100_000_000u64 } else { 1_000_000_000 };
     // Each server in a folder of its own: its state directory is `<folder>/state`.
-    let folder = |name: &str| {
-        let d = dir.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    };
     let on_cfg = format!("[state]\nmax_output_bytes_per_job = {}\n", 2 * big);
-    let (mut on, on_url, _) = start_server(&folder("on"), "on", &on_cfg);
-    let (mut off, off_url, _) = start_server(&folder("off"), "off", "[state]\nenabled = false\n");
+    let (mut on, on_url, _) = start_server(&folder(dir, "on"), "on", &on_cfg);
+    let (mut off, off_url, _) =
+        start_server(&folder(dir, "off"), "off", "[state]\nenabled = false\n");
 
     let rows = rt.block_on(async {
         let mut rows: Vec<(String, String)> = Vec::new();
@@ -144,10 +136,8 @@ fn main() {
         rows
     });
     let rtt_only = rtt_only || throughput_only;
-    let _ = off.kill();
-    let _ = off.wait();
-    let _ = on.kill();
-    let _ = on.wait();
+    stop(&mut off);
+    stop(&mut on);
     if rtt_only {
         print_table(rows);
         return;
@@ -155,10 +145,9 @@ fn main() {
 
     // The store's size per 10,000 jobs, on a fresh state directory.
     let jobs = if quick { 1000 } else { 10_000 };
-    let (mut sized, sized_url, _) = start_server(&folder("size"), "size", "");
+    let (mut sized, sized_url, _) = start_server(&folder(dir, "size"), "size", "");
     let took = rt.block_on(many_jobs(&sized_url, jobs));
-    let _ = sized.kill();
-    let _ = sized.wait();
+    stop(&mut sized);
     let state = dir.join("size/state");
     let db = ["ccx.db", "ccx.db-wal"]
         .iter()

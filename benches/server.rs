@@ -20,12 +20,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn main() {
-    let quick = std::env::var_os("CCX_BENCH_QUICK").is_some();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let quick = quick();
+    let rt = multi_thread_runtime();
     let tmp = util::scratch();
     let dir = tmp.path();
     let (mut server, url, _) = start_server(dir, "plain", "[server]\nmax_sessions = 400\n");
@@ -93,8 +89,7 @@ fn main() {
         ));
         rows
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    stop(&mut server);
 
     // Hooks: the round trip with a 10-hook chain (pre + post each), and start-up with the
     // hooks compiled (cold cache) or mapped from the cache (warm).
@@ -110,8 +105,7 @@ fn main() {
     let n = if quick { 100 } else { 1000 };
     let (mut bare, bare_url, _) = start_server(dir, "bare", "");
     let bare_rtt = rt.block_on(round_trips(&bare_url, n));
-    let _ = bare.kill();
-    let _ = bare.wait();
+    stop(&mut bare);
     rows.push((
         format!("`execute \"true\"` round trip, no hooks ({n} runs)"),
         format!(
@@ -130,12 +124,10 @@ fn main() {
         ),
     ] {
         let (mut cold, _, cold_start) = start_server(dir, "cold", cfg);
-        let _ = cold.kill();
-        let _ = cold.wait();
+        stop(&mut cold);
         let (mut warm, warm_url, warm_start) = start_server(dir, "warm", cfg);
         let chained = rt.block_on(round_trips(&warm_url, n));
-        let _ = warm.kill();
-        let _ = warm.wait();
+        stop(&mut warm);
         rows.push((
             format!("same with {what}"),
             format!(
@@ -187,8 +179,7 @@ fn main() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let ready_at = started.elapsed();
-    let _ = child.kill();
-    let _ = child.wait();
+    stop(&mut child);
     rows.push((
         "`ccx serve --config ccx.toml` (5 example hooks), clean cache: listening / first `/health` (`starting`) / all hooks loaded".into(),
         format!(

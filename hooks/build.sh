@@ -25,9 +25,12 @@ target=wasm32-wasip2
 hooks=(
     test-hook:rust:hook
     pre-only:rust:pre-hook
+    input-guard:rust:input-hook
+    output-test:rust:output-hook
     deny-dangerous:rust:pre-hook
     venv-setup:rust:pre-hook
     counter:rust:post-hook
+    secret-redact:rust:output-hook
     agent-result-check:python:post-hook
     secret-scan:js:post-hook
     deny-substring:c:pre-hook

@@ -11,6 +11,7 @@
 //! the log, in `/health` and in `hook_status`. Settings that cannot change in a running
 //! process are named in `restart_required`.
 
+use crate::audit::AuditLog;
 use crate::config::{self, Config};
 use crate::executor::{Executor, HookChain};
 use crate::hooks::{HookHost, HookSet, HostOptions};
@@ -71,6 +72,17 @@ impl App {
             cache_max_bytes: sandbox.cache_max_bytes,
         })
         .context("cannot start the hook runtime")?;
+        if let Some(path) = &sandbox.decision_log {
+            let secret = config.execution.secret_env.clone();
+            let is_secret = move |name: &str| crate::config::is_secret(&secret, name);
+            let log = crate::hooks::decision_log::DecisionLog::open(
+                path.clone(),
+                sandbox.decision_log_max_bytes,
+                Arc::new(is_secret),
+            )
+            .with_context(|| format!("cannot open the decision log {}", path.display()))?;
+            host.set_decision_log(log);
+        }
         if registry.is_on() {
             // The hooks' kv stores live in the registry's database: hooks remember across
             // restarts.
@@ -88,7 +100,11 @@ impl App {
             );
         }
         let containment = crate::containment::Containment::start(&config.execution.containment)?;
+        let audit = open_audit(&config.audit, &registry)?;
         let exec = Executor::serving(config.execution.clone(), registry, containment);
+        if let Some(log) = audit {
+            exec.set_audit(log);
+        }
         exec.registry()
             .spawn_pruner(std::time::Duration::from_secs(600));
         let app = Arc::new(App {
@@ -171,6 +187,7 @@ impl App {
             .restart_required = restart;
         let hooks = new.hooks.len();
         let number = self.install(new, set);
+        self.exec.metrics().reload(true);
         info!(generation = number, hooks, "configuration reloaded");
         Ok(())
     }
@@ -182,12 +199,17 @@ impl App {
         cur.set = Some(set.clone());
         cur.loaded_at = SystemTime::now();
         cur.reload_error = None;
-        let chain = Arc::new(HookChain::new(set, config.sandbox.tail_bytes));
+        let chain = Arc::new(HookChain::new(
+            set,
+            config.sandbox.tail_bytes,
+            config.execution.secret_env.clone(),
+        ));
         self.exec.set_generation(config.execution, Some(chain));
         cur.number
     }
 
     fn refuse(&self, msg: String) -> anyhow::Error {
+        self.exec.metrics().reload(false);
         let msg = format!("reload refused, previous hooks stay active: {msg}");
         error!("{msg}");
         self.current.lock().expect("generation lock").reload_error = Some(msg.clone());
@@ -196,6 +218,7 @@ impl App {
 
     /// Records a config file that failed to parse or validate.
     fn config_error(&self, err: &anyhow::Error) {
+        self.exec.metrics().reload(false);
         let msg = format!("reload refused, previous configuration stays active: {err:#}");
         error!("{msg}");
         self.current.lock().expect("generation lock").reload_error = Some(msg);
@@ -315,6 +338,11 @@ impl App {
         result
     }
 
+    /// The executor every face of this app drives.
+    pub fn executor(&self) -> &Arc<Executor> {
+        &self.exec
+    }
+
     /// `ccx mcp --config …`: the MCP tools on stdin/stdout, jobs run by this process's
     /// executor, reloading the config as it changes.
     pub async fn serve_mcp_stdio(self: &Arc<Self>) -> Result<()> {
@@ -352,6 +380,9 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
             a.watch_interval != b.watch_interval,
         ),
         ("mcp", a.mcp != b.mcp),
+        ("metrics", a.metrics != b.metrics),
+        ("audit", running.audit != new.audit),
+        ("trace", running.trace != new.trace),
         ("state", running.state != new.state),
         (
             "execution.containment",
@@ -387,4 +418,29 @@ async fn load_set(
         .await
         .context("hook loading panicked")?;
     Ok(Arc::new(set))
+}
+
+/// The key under which the state store keeps the last hash of the audit file at `path`.
+pub fn audit_hash_key(path: &std::path::Path) -> String {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    format!("audit_last_hash:{}", path.display())
+}
+
+/// Opens the audit log of `[audit]` (`None` when it is off), continuing the chain from the
+/// hash the state store kept, and has every job's final record written to it. Errors: the
+/// file cannot be created or read (the message names it).
+fn open_audit(cfg: &crate::audit::AuditConfig, registry: &Registry) -> Result<Option<AuditLog>> {
+    let Some(path) = &cfg.path else {
+        return Ok(None);
+    };
+    let key = audit_hash_key(path);
+    let log = AuditLog::open(cfg, registry.meta_get(&key))
+        .with_context(|| format!("cannot open the audit log {}", path.display()))?;
+    let reg = registry.clone();
+    log.on_written(Box::new(move |hash: &str| reg.meta_set(&key, hash)));
+    let jobs = log.clone();
+    registry.on_job_end(Box::new(move |record| {
+        jobs.record("job", serde_json::to_value(record).unwrap_or_default());
+    }));
+    Ok(Some(log))
 }

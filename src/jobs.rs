@@ -6,21 +6,22 @@
 //! Backpressure: a chunk is read only once the previous one has a place in the channel, so a
 //! slow reader fills the pipe and the child waits in `write(2)`; memory stays bounded at one
 //! chunk per job. The loop keeps serving timeouts and control messages while it waits.
+//!
+//! Over 500 lines: [`Process::run`] is one `select!` loop over every event of a job's life
+//! (both pipes, the output stage's flush, exit, timeout, pause, CPU watch, kill, drain,
+//! control); splitting it would scatter the state it shares.
 
 use crate::containment::JobScope;
 use crate::events::{Event, JobId, JobNote, JobStatus, NoteStatus, Stream};
-use crate::protocol::ControlType;
+use crate::protocol::{ControlType, LimitKind, Usage};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::net::unix::pipe;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 
@@ -49,6 +50,10 @@ pub struct ProcessSpec {
     pub stdin: Option<Vec<u8>>,
     /// stderr on the stdout pipe.
     pub merge_stderr: bool,
+    /// Keep stdin open (after `stdin`) for [`Process::input`].
+    pub stdin_open: bool,
+    /// Run on a terminal of `(rows, cols)`.
+    pub pty: Option<(u16, u16)>,
 }
 
 /// A control request for a running job; the reply says whether it applied.
@@ -73,18 +78,36 @@ pub struct ProcessOutcome {
     pub stderr_sha256: String,
     /// Processes the job left running when its leader exited, killed then.
     pub leftovers_killed: usize,
-    /// Why ccx ended the job, when a rule did (`max_pause`).
+    /// Why ccx ended the job, when a rule did (`max_pause`, a limit, the output stage).
     pub error: Option<String>,
+    /// Bytes each stream wrote, when an output stage ran (the `*_bytes` above count what was
+    /// sent on).
+    pub raw_bytes: Option<(u64, u64)>,
+    /// The resource limit that ended the job, if one did.
+    pub limit: Option<LimitKind>,
+    /// What its processes used.
+    pub usage: Usage,
 }
 
+pub mod input;
+mod outcome;
+pub mod pty;
 pub mod spawn;
+mod stage;
+mod start;
+
+pub use stage::{OutputStage, StageOut};
 
 /// A spawned process that has not been driven yet.
 pub struct Process {
     child: spawn::Child,
     scope: JobScope,
-    stdout: Option<pipe::Receiver>,
-    stderr: Option<pipe::Receiver>,
+    stdout: Option<start::Output>,
+    stderr: Option<start::Output>,
+    /// The job's stdin or terminal, for `input` (and `resize`).
+    input: Option<input::JobInput>,
+    /// stdout is a terminal (`Stream::Pty`).
+    tty: bool,
     pub pid: u32,
     pub pgid: i32,
     started: Instant,
@@ -94,108 +117,7 @@ pub struct Process {
     tail_bytes: usize,
 }
 
-/// Starts `spec` in a new process group, inside `scope` (its cgroup, if it has one), with
-/// stdin from `/dev/null` (see [`spawn`]). Errors: the shell not found, a NUL in the
-/// command, env or cwd, or the spawn's.
-pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
-    let cstr = |s: &str, what: &str| {
-        CString::new(s).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("a NUL byte in the {what}"),
-            )
-        })
-    };
-    let path = spec
-        .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str());
-    let program = spawn::resolve(&spec.shell, path)?;
-    let argv = [
-        cstr(&spec.shell, "shell")?,
-        cstr("-c", "")?,
-        cstr(&spec.command, "command")?,
-    ];
-    let envp = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstr(&format!("{k}={v}"), "environment"))
-        .collect::<io::Result<Vec<_>>>()?;
-    let cwd = match &spec.cwd {
-        Some(d) => Some(
-            CString::new(d.as_os_str().as_encoded_bytes())
-                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in cwd"))?,
-        ),
-        None => None,
-    };
-    let (stdin, stdin_w): (OwnedFd, _) = match &spec.stdin {
-        None => (std::fs::File::open("/dev/null")?.into(), None),
-        Some(_) => {
-            let (r, w) = pipe_pair()?;
-            (r, Some(w))
-        }
-    };
-    let (out_r, out_w) = pipe_pair()?;
-    let (err_r, err_w) = if spec.merge_stderr {
-        (None, out_w.try_clone()?)
-    } else {
-        let (r, w) = pipe_pair()?;
-        (Some(r), w)
-    };
-    let child = scope.spawn(|cgroup| {
-        let child = spawn::spawn(&spawn::Spawn {
-            program: &program,
-            argv: &argv,
-            envp: &envp,
-            cwd: cwd.as_deref(),
-            stdio: [stdin.as_fd(), out_w.as_fd(), err_w.as_fd()],
-            cgroup,
-            new_session: false,
-            rlimits: &[],
-        })?;
-        Ok((child.pid, child))
-    })?;
-    drop((out_w, err_w, stdin));
-    if let (Some(w), Some(text)) = (stdin_w, &spec.stdin) {
-        // Written beside the job: a command that never reads must not hold anything up.
-        // The write ends with the text (then stdin closes) or when the command exits (EPIPE).
-        let mut w = pipe::Sender::from_owned_fd(w)?;
-        let text = text.clone();
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = w.write_all(&text).await;
-        });
-    }
-    for fd in std::iter::once(out_r.as_raw_fd()).chain(err_r.as_ref().map(|r| r.as_raw_fd())) {
-        // SAFETY: fcntl on a pipe descriptor we own; failure only means a smaller pipe.
-        unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, PIPE_BYTES) };
-    }
-    let pid = child.pid;
-    Ok(Process {
-        child,
-        scope,
-        stdout: Some(pipe::Receiver::from_owned_fd(out_r)?),
-        stderr: err_r.map(pipe::Receiver::from_owned_fd).transpose()?,
-        pid,
-        pgid: pid as i32,
-        started: Instant::now(),
-        timeout: spec.timeout,
-        max_pause: spec.max_pause,
-        kill_grace: spec.kill_grace,
-        tail_bytes: spec.tail_bytes,
-    })
-}
-
-/// A pipe, both ends close-on-exec: (read end, write end).
-fn pipe_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills both slots on success; each descriptor is then owned once.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
+pub use start::spawn;
 
 pub use crate::containment::signal_group;
 
@@ -213,7 +135,10 @@ pub trait OutputTap: Send {
 /// One output pipe and what has been read from it.
 struct Pipe<R> {
     reader: Option<R>,
+    /// Bytes sent on (after the output stage, if any).
     bytes: u64,
+    /// Bytes read from the pipe, when an output stage changes what is sent.
+    raw_bytes: u64,
     tail: Vec<u8>,
     buf: Vec<u8>,
     hash: Sha256,
@@ -224,6 +149,7 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
         Pipe {
             reader,
             bytes: 0,
+            raw_bytes: 0,
             tail: Vec::new(),
             buf: vec![0; CHUNK_BYTES],
             hash: Sha256::new(),
@@ -242,18 +168,27 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
         if n == 0 {
             self.reader = None;
         }
-        let fresh = &self.buf[..n];
-        let offset = self.bytes;
-        self.bytes += n as u64;
-        self.hash.update(fresh);
-        if tail_cap > 0 {
-            self.tail
-                .extend_from_slice(&fresh[fresh.len().saturating_sub(tail_cap)..]);
-            if self.tail.len() > 2 * tail_cap {
-                self.tail.drain(..self.tail.len() - tail_cap);
-            }
-        }
-        (offset, fresh)
+        self.raw_bytes += n as u64;
+        let offset = account(
+            &mut self.bytes,
+            &mut self.hash,
+            &mut self.tail,
+            &self.buf[..n],
+            tail_cap,
+        );
+        (offset, &self.buf[..n])
+    }
+
+    /// Counts, hashes and keeps the tail of `sent`, bytes going on to the client; returns
+    /// their offset in the stream.
+    fn account(&mut self, sent: &[u8], tail_cap: usize) -> u64 {
+        account(
+            &mut self.bytes,
+            &mut self.hash,
+            &mut self.tail,
+            sent,
+            tail_cap,
+        )
     }
 
     fn tail(&self, cap: usize) -> Vec<u8> {
@@ -270,6 +205,26 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
     }
 }
 
+/// See [`Pipe::account`] (free, so that it can borrow the read buffer beside the rest).
+fn account(
+    bytes: &mut u64,
+    hash: &mut Sha256,
+    tail: &mut Vec<u8>,
+    sent: &[u8],
+    tail_cap: usize,
+) -> u64 {
+    let offset = *bytes;
+    *bytes += sent.len() as u64;
+    hash.update(sent);
+    if tail_cap > 0 {
+        tail.extend_from_slice(&sent[sent.len().saturating_sub(tail_cap)..]);
+        if tail.len() > 2 * tail_cap {
+            tail.drain(..tail.len() - tail_cap);
+        }
+    }
+    offset
+}
+
 /// Why the job is being ended by ccx, if it is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Ending {
@@ -277,9 +232,16 @@ enum Ending {
     Canceled,
     /// Paused longer than `max_pause`: canceled, with that reason.
     PausedTooLong,
+    /// The job's total CPU time passed `cpu_seconds` (cgroup mode's watch).
+    CpuLimit,
 }
 
 impl Process {
+    /// A handle for the job's input: `Some` for a terminal or a stdin kept open.
+    pub fn input(&self) -> Option<input::JobInput> {
+        self.input.clone()
+    }
+
     /// Drives the process to its end: streams output into `events`, obeys `ctrl`, enforces the
     /// timeout, and reaps. Returns once the process is reaped and its pipes are drained (or,
     /// if something outside the group holds them open, a grace period after the exit).
@@ -288,8 +250,14 @@ impl Process {
         job_id: JobId,
         events: mpsc::Sender<Event>,
         tap: &mut dyn OutputTap,
+        mut stage: Option<&mut dyn OutputStage>,
         mut ctrl: mpsc::Receiver<Control>,
     ) -> ProcessOutcome {
+        let out_stream = if self.tty {
+            Stream::Pty
+        } else {
+            Stream::Stdout
+        };
         let mut out = Pipe::new(self.stdout.take());
         let mut err = Pipe::new(self.stderr.take());
         let tail_cap = self.tail_bytes;
@@ -305,8 +273,14 @@ impl Process {
         let mut ending: Option<Ending> = None;
         let mut kill_at: Option<Instant> = None;
         let mut exited: Option<ExitStatus> = None;
+        let mut rusage: Option<libc::rusage> = None;
+        // When to look at the job's total CPU time next (cgroup mode with `cpu_seconds`).
+        let mut cpu_check: Option<Instant> = self.scope.cpu_total().map(|_| Instant::now());
         let mut drain_until: Option<Instant> = None;
         let mut ctrl_open = true;
+        // The output stage: when a partial line must go, and why it ended the job.
+        let mut flush_at: Option<Instant> = None;
+        let mut stage_error: Option<String> = None;
 
         loop {
             if exited.is_some() && out.reader.is_none() && err.reader.is_none() {
@@ -325,22 +299,53 @@ impl Process {
                     let n = r.unwrap_or(0);
                     extend_drain(&mut drain_until, n, self.kill_grace);
                     seq += 1;
-                    let (offset, bytes) = out.take(n, tail_cap);
-                    if let Some(ev) = tap.output(Stream::Stdout, seq, offset, bytes) && sink_open {
-                        pending.push_back(ev);
+                    if let Some(st) = stage.as_deref_mut() {
+                        let sink = stage::Sink { tap, pending: &mut pending, sink_open, tail_cap };
+                        let passed = stage::pass(st, &mut out, out_stream, &mut seq, n, stage::Via::Read, sink).await;
+                        flush_at = next_flush(st, flush_at, out_stream, passed.delivered);
+                        stage_ended(passed, &mut stage_error, &mut kill_at, &self.scope, self.kill_grace);
+                    } else {
+                        let (offset, bytes) = out.take(n, tail_cap);
+                        if let Some(ev) = tap.output(out_stream, seq, offset, bytes) && sink_open {
+                            pending.push_back(ev);
+                        }
                     }
                 }
                 r = err.read(), if can_read && err.reader.is_some() => {
                     let n = r.unwrap_or(0);
                     extend_drain(&mut drain_until, n, self.kill_grace);
                     seq += 1;
-                    let (offset, bytes) = err.take(n, tail_cap);
-                    if let Some(ev) = tap.output(Stream::Stderr, seq, offset, bytes) && sink_open {
-                        pending.push_back(ev);
+                    if let Some(st) = stage.as_deref_mut() {
+                        let sink = stage::Sink { tap, pending: &mut pending, sink_open, tail_cap };
+                        let passed = stage::pass(st, &mut err, Stream::Stderr, &mut seq, n, stage::Via::Read, sink).await;
+                        flush_at = next_flush(st, flush_at, Stream::Stderr, passed.delivered);
+                        stage_ended(passed, &mut stage_error, &mut kill_at, &self.scope, self.kill_grace);
+                    } else {
+                        let (offset, bytes) = err.take(n, tail_cap);
+                        if let Some(ev) = tap.output(Stream::Stderr, seq, offset, bytes) && sink_open {
+                            pending.push_back(ev);
+                        }
+                    }
+                }
+                _ = sleep_until(flush_at.unwrap_or(deadline)), if flush_at.is_some() && can_read => {
+                    // A partial line waited long enough: it goes without its newline.
+                    flush_at = None;
+                    if let Some(st) = stage.as_deref_mut() {
+                        for (stream, pipe) in [(out_stream, &mut out), (Stream::Stderr, &mut err)] {
+                            if st.holds(stream) {
+                                seq += 1;
+                                let sink = stage::Sink { tap, pending: &mut pending, sink_open, tail_cap };
+                                let passed = stage::pass(st, pipe, stream, &mut seq, 0, stage::Via::Flush, sink).await;
+                                stage_ended(passed, &mut stage_error, &mut kill_at, &self.scope, self.kill_grace);
+                            }
+                        }
                     }
                 }
                 status = self.child.wait(), if exited.is_none() => {
-                    exited = Some(status.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                    let (status, usage) = status.map_or((ExitStatus::from_raw(0), None), |(s, u)| (s, Some(u)));
+                    exited = Some(status);
+                    rusage = usage;
+                    cpu_check = None;
                     self.scope.leader_reaped();
                     // Background processes the command left behind would hold the pipes open
                     // and keep running after the job is reported done: end them.
@@ -359,6 +364,17 @@ impl Process {
                     self.scope.terminate();
                     kill_at = Some(Instant::now() + self.kill_grace);
                     note(&mut pending, tap, Event::Canceled(JobNote { job_id: job_id.clone(), status: NoteStatus::Canceled }));
+                }
+                _ = sleep_until(cpu_check.unwrap_or(deadline)), if cpu_check.is_some() && ending.is_none() => {
+                    cpu_check = match self.scope.cpu_total() {
+                        Some((used, limit)) if used >= limit => {
+                            ending = Some(Ending::CpuLimit);
+                            self.scope.kill_all();
+                            None
+                        }
+                        Some((used, limit)) => Some(Instant::now() + outcome::next_cpu_check(limit - used)),
+                        None => None,
+                    };
                 }
                 _ = sleep_until(kill_at.unwrap_or(deadline)), if kill_at.is_some() => {
                     self.scope.kill_all();
@@ -411,14 +427,36 @@ impl Process {
         }
         let duration = self.started.elapsed();
         // What left the group (process-group mode) goes now too; a cgroup is removed.
-        leftovers_killed += self.scope.finish().await;
+        let limits = *self.scope.limits();
+        let end = self.scope.finish().await;
+        leftovers_killed += end.leftovers_killed;
         let exit = exited.unwrap_or_else(|| ExitStatus::from_raw(0));
         let (exit_code, signal) = (exit.code(), exit.signal());
-        let status = match ending {
+        let mut status = match ending {
+            _ if stage_error.is_some() => JobStatus::Failed,
             Some(Ending::TimedOut) => JobStatus::TimedOut,
             Some(Ending::Canceled | Ending::PausedTooLong) => JobStatus::Canceled,
+            Some(Ending::CpuLimit) => JobStatus::Failed,
             None if exit_code == Some(0) => JobStatus::Completed,
             None => JobStatus::Failed,
+        };
+        let limit = match ending {
+            Some(Ending::CpuLimit) => Some(LimitKind::Cpu),
+            _ if status != JobStatus::Failed => None,
+            _ => end
+                .limit
+                .or_else(|| outcome::limit_by_exit(&limits, exit_code, signal)),
+        };
+        if limit.is_some() {
+            status = JobStatus::Failed;
+        }
+        let error = match ending {
+            _ if stage_error.is_some() => stage_error,
+            Some(Ending::PausedTooLong) => Some(format!(
+                "paused longer than {} s (`[execution] max_pause`)",
+                self.max_pause.as_secs_f64()
+            )),
+            _ => limit.map(|l| outcome::limit_error(l, &limits)),
         };
         ProcessOutcome {
             status,
@@ -432,13 +470,47 @@ impl Process {
             stdout_sha256: out.sha256(),
             stderr_sha256: err.sha256(),
             leftovers_killed,
-            error: (ending == Some(Ending::PausedTooLong)).then(|| {
-                format!(
-                    "paused longer than {} s (`[execution] max_pause`)",
-                    self.max_pause.as_secs_f64()
-                )
-            }),
+            error,
+            raw_bytes: stage.is_some().then_some((out.raw_bytes, err.raw_bytes)),
+            limit,
+            usage: outcome::usage(rusage.as_ref(), end.cpu),
         }
+    }
+}
+
+/// The output stage ended the job: it is killed, and ends `failed` with the stage's error.
+fn stage_ended(
+    passed: stage::Passed,
+    stage_error: &mut Option<String>,
+    kill_at: &mut Option<Instant>,
+    scope: &JobScope,
+    grace: Duration,
+) {
+    if let Some(reason) = passed.end
+        && stage_error.is_none()
+    {
+        *stage_error = Some(reason);
+        scope.kill_all();
+        *kill_at = Some(Instant::now() + grace);
+    }
+}
+
+/// When a partial line must go after a pass over `stream`: a line's wait starts when its
+/// first bytes arrive (nothing waited, or the bytes before it just went on), so a stream
+/// that never ends its line is still flushed every `flush_after`.
+fn next_flush(
+    stage: &dyn OutputStage,
+    due: Option<Instant>,
+    stream: Stream,
+    delivered: bool,
+) -> Option<Instant> {
+    let after = stage.flush_after()?;
+    let holds_any = stage.holds(Stream::Stdout) || stage.holds(Stream::Stderr);
+    match due {
+        _ if !holds_any => None,
+        None => Some(Instant::now() + after),
+        Some(_) if delivered && stage.holds(stream) => Some(Instant::now() + after),
+        Some(t) => Some(t),
     }
 }
 

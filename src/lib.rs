@@ -13,22 +13,30 @@
 //! - [`events`]: what a job reports ([`Event`]: the notification types themselves); the
 //!   executor's output, anyone's input.
 //! - [`jobs`]: child processes — spawn, stream, signal, timeout, reap. Never touches a socket,
-//!   the registry or hooks (its output goes through an `OutputTap` the executor supplies).
+//!   the registry or hooks (its output goes through an `OutputStage`, then an `OutputTap`, both
+//!   supplied by the executor).
 //! - [`containment`]: holds each job's processes together and ends them together — a cgroup
 //!   v2 per job, or a process group with the server as child subreaper. Used by `jobs`.
 //! - [`registry`]: the job registry (SQLite) and the output spools under `[state] dir`;
 //!   `attach` replays from it; after a crash it kills what a previous run's jobs left and
 //!   records them `lost`. Knows events and records, not sockets.
 //! - [`hooks`]: the wasmtime host — engine, hook set generations, per-call sandbox with fuel,
-//!   deadline and memory limits, counters, kv store, compiled-artifact cache. Never touches
+//!   deadline and memory limits (and the output stage's job-long instances), the host's shell
+//!   parse, matchers, counters, kv store, decision log, compiled-artifact cache. Never touches
 //!   processes.
 //! - [`executor`]: the one place a job's lifecycle lives: per-session queue, one generation
 //!   (config + hooks) per job, hook points, spawn, exactly one terminal event, every event
 //!   recorded in the registry; detached jobs, and `control`/`detach` of any job by id. Every
 //!   face drives it; none re-implements it.
-//! - faces: [`server`] (axum router, auth, one session per WebSocket) and [`mcp`] (the MCP
-//!   tools over stdio and Streamable HTTP). They turn requests into executor calls and events
-//!   into messages; they know nothing of processes or wasm.
+//! - observers, which nothing waits on: [`metrics`] (the `/metrics` counters the executor and
+//!   faces bump, and what a scrape reads), [`audit`] (the hash-chained audit log: a writer
+//!   thread behind a bounded queue, fed each job's final record by the registry and each
+//!   refusal by the executor and the faces; `ccx audit verify`), [`trace`] (W3C trace
+//!   context: a job joins its client's trace; the binary may export spans over OTLP).
+//! - faces: [`server`] (axum router, auth, one session per WebSocket, the `/ui` dashboard's
+//!   page and script) and [`mcp`] (the MCP tools over stdio and Streamable HTTP). They turn
+//!   requests into executor calls and events into messages; they know nothing of processes or
+//!   wasm.
 //! - [`client`]: the one WebSocket client (typed job stream + cancel handle) behind
 //!   `ccx exec`, `ccx attach`, `ccx logs`, `ccx jobs`, `ccx mcp --url` and the tests.
 //! - [`app`]: the composition root — builds the hook host, the executor, the reload loop and
@@ -39,6 +47,7 @@
 //! `shared/ARCHITECTURE.md` forbids exists: `src/layout.rs` checks both over the source.
 
 pub mod app;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod containment;
@@ -49,10 +58,17 @@ pub mod jobs;
 #[cfg(test)]
 mod layout;
 pub mod mcp;
+pub mod metrics;
 pub mod protocol;
 pub mod registry;
 pub mod scaffold;
 pub mod server;
+pub mod trace;
+
+// Property-based tests of the frame parser and every method's params (they use the
+// executor's request checks, so they sit above `protocol`, not in it).
+#[cfg(test)]
+mod fuzz_tests;
 
 pub use config::Config;
 pub use events::{Event, JobStatus};

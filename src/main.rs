@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
-    cli::init_tracing(&args);
+    let _telemetry = cli::init_tracing(&args);
     match cli::run(args) {
         Ok(code) => code,
         Err(err) => {

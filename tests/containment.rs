@@ -81,6 +81,14 @@ async fn completion(ws: &mut Ws, job_id: &str) -> Value {
     }
 }
 
+/// Sends `control` of `kind` (`PAUSE`, `RESUME`, `CANCEL`) for the job; the reply is a result.
+async fn control(ws: &mut Ws, kind: &str, job_id: &str) {
+    let r = ws
+        .call("control", json!({"type": kind, "job_id": job_id}))
+        .await;
+    assert!(r["result"].is_object(), "{r}");
+}
+
 async fn ends_kill_escapees(mode: &str) {
     let dir = scratch();
     let (_server, url) = server(dir.path(), mode).await;
@@ -107,10 +115,7 @@ async fn ends_kill_escapees(mode: &str) {
 
     // CANCEL.
     let job = start(&mut ws, json!({"command": escapees("sleep 300")})).await;
-    let r = ws
-        .call("control", json!({"type": "CANCEL", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "CANCEL", &job).await;
     assert_eq!(completion(&mut ws, &job).await["status"], "canceled");
     all_gone(&job).await;
 
@@ -140,18 +145,12 @@ async fn pause_stops_escapees(mode: &str) {
         json!({"command": escapees(&format!("{writer} sleep 300"))}),
     )
     .await;
-    let r = ws
-        .call("control", json!({"type": "PAUSE", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "PAUSE", &job).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let paused_at = written(&file);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(written(&file), paused_at, "the escaped writer is paused");
-    let r = ws
-        .call("control", json!({"type": "RESUME", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "RESUME", &job).await;
     let deadline = Instant::now() + WAIT;
     while written(&file) == paused_at {
         assert!(
@@ -160,10 +159,7 @@ async fn pause_stops_escapees(mode: &str) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let r = ws
-        .call("control", json!({"type": "CANCEL", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "CANCEL", &job).await;
     assert_eq!(completion(&mut ws, &job).await["status"], "canceled");
     all_gone(&job).await;
 }
@@ -225,15 +221,9 @@ async fn time_paused_does_not_count_toward_the_timeout_and_max_pause_bounds_it()
         )
         .await;
     let job = r["result"]["job_id"].as_str().unwrap().to_string();
-    let r = ws
-        .call("control", json!({"type": "PAUSE", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "PAUSE", &job).await;
     tokio::time::sleep(Duration::from_millis(900)).await;
-    let r = ws
-        .call("control", json!({"type": "RESUME", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "RESUME", &job).await;
     let done = completion(&mut ws, &job).await;
     assert_eq!(done["status"], "completed", "{done}");
     assert!(done["execution_time"].as_f64() > Some(1.0), "{done}");
@@ -241,10 +231,7 @@ async fn time_paused_does_not_count_toward_the_timeout_and_max_pause_bounds_it()
     // Paused past max_pause: canceled, and the completion says why.
     let r = ws.call("execute", json!({"command": "sleep 30"})).await;
     let job = r["result"]["job_id"].as_str().unwrap().to_string();
-    let r = ws
-        .call("control", json!({"type": "PAUSE", "job_id": job}))
-        .await;
-    assert!(r["result"].is_object(), "{r}");
+    control(&mut ws, "PAUSE", &job).await;
     let done = completion(&mut ws, &job).await;
     assert_eq!(done["status"], "canceled", "{done}");
     assert!(

@@ -1,6 +1,9 @@
 //! The example hooks in `hooks/`, built from source by `hooks/build.sh` (Rust, Python and
 //! JavaScript), judged through a real server and WebSocket, and through the runtime directly
 //! where a table of cases is clearer. Also: the example `ccx.toml` loads them all.
+//!
+//! Over 500 lines: one module per area of the suite (see `tests/tests.rs`); its tables of
+//! cases are the point.
 
 use crate::util::*;
 use ccx::hooks::{HookHost, HookSet, HookSpec, HostOptions, PreOutcome};
@@ -15,13 +18,6 @@ async fn start(hooks: &str) -> AppServer {
 }
 
 /// The report of hook `name` in a completion's `hooks`.
-fn report<'a>(done: &'a Value, name: &str) -> &'a Value {
-    done["hooks"]
-        .as_array()
-        .and_then(|hooks| hooks.iter().find(|h| h["hook"] == name))
-        .unwrap_or_else(|| panic!("no report from {name}: {done}"))
-}
-
 fn host() -> Arc<HookHost> {
     HookHost::new(HostOptions {
         cache_dir: Some(shared_cache()),
@@ -40,6 +36,7 @@ fn pre_request(command: &str) -> ccx::hooks::HookRequest {
         cwd: None,
         env: vec![],
         timeout_ms: None,
+        ..Default::default()
     }
 }
 
@@ -65,13 +62,14 @@ on_failure = "deny"
     assert_eq!(err["error"]["data"]["hook"], "deny-dangerous");
     assert_eq!(
         err["error"]["data"]["reason"],
-        "download piped into `sh` (`curl` | … | `sh`): `sh`"
+        "rule download-to-shell: download piped into `sh` (`curl` | … | `sh`): `sh`"
     );
     let err = ws
         .call("execute", json!({"command": "ls; echo $(rm -rf /)"}))
         .await;
     assert_eq!(
-        err["error"]["data"]["reason"], "recursive removal of `/`: `rm -rf /`",
+        err["error"]["data"]["reason"],
+        "rule recursive-delete: recursive removal of `/`: `rm -rf /`",
         "{err}"
     );
     // Dangerous text that is not run is fine.
@@ -153,6 +151,37 @@ async fn deny_dangerous_judges_every_part_of_a_command_line() {
             "bash -lc \"timeout 5 rm -rf /boot\"",
             "recursive removal of `/boot`",
         ),
+        // The bypasses of command blocklists (CVE-2025-11490/-11491 and relatives):
+        // substitution, decoded text, find, paths, quoting, newlines, wrappers.
+        ("$(echo rm) -rf /", "rule dynamic-program"),
+        ("`echo rm` -rf /", "rule dynamic-program"),
+        ("X=rm; $X -rf /", "rule dynamic-program"),
+        ("echo cm0gLXJmIC8K | base64 -d | sh", "rule pipe-to-shell"),
+        ("find / -delete", "rule find-delete"),
+        ("find /home -exec rm -rf {} +", "rule find-delete"),
+        ("/bin/rm -rf /", "rule recursive-delete"),
+        ("../../usr/bin/rm -rf /", "rule recursive-delete"),
+        ("\"r\"\"m\" '-rf' \"/\"", "rule recursive-delete"),
+        ("r\\m -rf /", "rule recursive-delete"),
+        ("ls\nrm -rf /", "rule recursive-delete"),
+        ("rm -rf /u*", "rule recursive-delete"),
+        ("cat <(rm -rf /)", "rule recursive-delete"),
+        ("env A=1 rm -rf /", "rule recursive-delete"),
+        ("nice -n 5 rm -rf /", "rule recursive-delete"),
+        ("timeout -s KILL 5 rm -rf /", "rule recursive-delete"),
+        ("sudo -u root rm -rf /", "rule recursive-delete"),
+        ("echo / | xargs rm -rf", "rule dynamic-program"),
+        ("eval 'rm -rf /'", "rule recursive-delete"),
+        // Wrappers the host reads with their options, `-c` strings behind any of them, root
+        // shells reading stdin, and what `find -exec` runs.
+        ("taskset 1 sh -c 'rm -rf /'", "rule recursive-delete"),
+        (
+            "mytool --wrap /bin/sh -c 'rm -rf /'",
+            "rule recursive-delete",
+        ),
+        ("su - root -c 'rm -rf /'", "rule recursive-delete"),
+        ("sudo -s", "rule dynamic-program"),
+        ("find . -exec $X {} \\;", "rule dynamic-program"),
     ];
     for (command, expected) in denied {
         match set.run_pre(pre_request(command)).await.outcome {
@@ -209,11 +238,11 @@ async fn deny_dangerous_judges_every_part_of_a_command_line() {
                 .await
                 .outcome
         ),
-        "`git push origin main --force` matches the pattern `git push*--force*`"
+        "rule deny-pattern: `git push origin main --force` matches the pattern `git push*--force*`"
     );
     assert_eq!(
         deny_reason(set.run_pre(pre_request("ls | sort")).await.outcome),
-        "`sort` is not an allowed command (in `sort`)"
+        "rule allowed-commands: `sort` is not an allowed command (in `sort`)"
     );
     assert!(matches!(
         set.run_pre(pre_request("ls && make")).await.outcome,
@@ -469,6 +498,7 @@ async fn the_example_config_loads_every_example_hook() {
             "venv-setup",
             "counter",
             "agent-result-check",
+            "secret-redact",
             "secret-scan"
         ],
         "{status}"
@@ -478,10 +508,20 @@ async fn the_example_config_loads_every_example_hook() {
     let done = completion(&events);
     assert_eq!(report(done, "counter")["annotations"]["runs"], "1");
     assert_eq!(report(done, "secret-scan")["verdict"], "pass");
+    // The output stage redacts before the post-hooks' tails are taken: secret-scan sees none.
+    let (_, events) = ws
+        .run(json!({"command": "echo AKIAIOSFODNN7EXAMPLE"}))
+        .await;
+    assert_eq!(output(&events, "stdout"), "[REDACTED:aws-access-key-id]\n");
+    assert_eq!(
+        report(completion(&events), "secret-scan")["verdict"],
+        "pass"
+    );
     assert_eq!(report(done, "agent-result-check")["verdict"], Value::Null);
     let err = ws.call("execute", json!({"command": "sudo reboot"})).await;
     assert_eq!(
-        err["error"]["data"]["reason"], "`sudo reboot` matches the pattern `reboot*`",
+        err["error"]["data"]["reason"],
+        "rule deny-pattern: `sudo reboot` matches the pattern `reboot*`",
         "{err}"
     );
 }
@@ -594,6 +634,7 @@ async fn scaffolded_hooks_build_and_load_in_every_language() {
         if stage != StageChoice::Pre {
             let job = HookResult {
                 request: pre_request("make test"),
+                received: pre_request("make test"),
                 status: JobStatus::Completed,
                 exit_code: Some(2),
                 signal: None,

@@ -47,9 +47,10 @@ impl Hooks for TestHooks {
             }
             PreResult {
                 verdict: PreVerdict::Allow {
-                    request,
+                    request: Box::new(request),
                     // The generation's name travels as the one "modifying" hook.
                     info: Some(ccx::events::PreHooks {
+                        received: None,
                         modified_by: vec![self.name.to_string()],
                         reports: Vec::new(),
                     }),

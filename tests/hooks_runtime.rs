@@ -1,6 +1,9 @@
 //! The hook runtime with real components and real wasmtime: decisions, chains, every limit (in
 //! pairs where it makes sense), failure policies, the sandbox's output capture, kv, counters and
 //! the artifact cache. The guests are built once per test process by `hooks/build.sh`.
+//!
+//! Over 500 lines: one module per area of the suite (see `tests/tests.rs`): every limit and
+//! failure policy has its scenario here.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -33,6 +36,7 @@ fn load(specs: &[HookSpec]) -> HookSet {
 fn job(command: &str, exit_code: i32) -> HookResult {
     HookResult {
         request: request(command),
+        received: request(command),
         status: JobStatus::Completed,
         exit_code: Some(exit_code),
         signal: None,
@@ -64,7 +68,11 @@ fn allowed(outcome: &PreOutcome) -> &ccx::hooks::HookRequest {
 async fn allow_passes_the_request_through_unchanged() {
     let set = load(&[test_hook("allow-1", &[("mode", "allow")])]);
     let chain = set.run_pre(request("ls -l")).await;
-    assert_eq!(allowed(&chain.outcome), &request("ls -l"));
+    // Unchanged but for the host's parse, which every chain adds.
+    let mut expected = request("ls -l");
+    expected.parse();
+    assert_eq!(expected.commands[0].argv, ["ls", "-l"]);
+    assert_eq!(allowed(&chain.outcome), &expected);
     assert!(chain.warnings.is_empty());
     assert_eq!(chain.reports.len(), 1);
     assert_eq!(chain.reports[0].decision.as_deref(), Some("allow"));
@@ -184,7 +192,7 @@ async fn a_pre_only_component_loads_and_is_skipped_at_post() {
     let mut spec = HookSpec::new("pre-only-1", component("pre-only"));
     spec.fuel = 10_000_000;
     let set = load(&[spec]);
-    assert_eq!(set.status()[0].stages, vec![Stage::Pre]);
+    assert_eq!(set.status()[0].stages, vec!["pre"]);
     let chain = set.run_pre(request("rm -rf /")).await;
     assert_eq!(denied(&chain.outcome).0, "pre-only-1");
     let post = set.run_post(&job("ls", 0)).await;
@@ -459,7 +467,7 @@ async fn the_sandbox_has_no_filesystem_environment_arguments_or_network() {
 #[tokio::test]
 async fn guest_output_is_captured_and_bounded() {
     let mut spec = test_hook("chatty", &[("mode", "log"), ("lines", "3")]);
-    let report = run_once(host(), &spec, RunInput::Pre(request("ls")))
+    let report = run_once(host(), &spec, RunInput::Pre(Box::new(request("ls"))))
         .await
         .unwrap();
     assert!(report.failure.is_none(), "{:?}", report.failure);
@@ -480,7 +488,7 @@ async fn guest_output_is_captured_and_bounded() {
         ("mode".into(), "log".into()),
         ("lines".into(), "20000".into()),
     ];
-    let report = run_once(host(), &spec, RunInput::Pre(request("ls")))
+    let report = run_once(host(), &spec, RunInput::Pre(Box::new(request("ls"))))
         .await
         .unwrap();
     assert!(report.failure.is_none(), "{:?}", report.failure);
@@ -495,7 +503,7 @@ async fn guest_output_is_captured_and_bounded() {
 #[tokio::test]
 async fn run_once_reports_answers_failures_and_missing_stages() {
     let spec = test_hook("once", &[("mode", "deny"), ("reason", "nope")]);
-    let report = run_once(host(), &spec, RunInput::Pre(request("ls")))
+    let report = run_once(host(), &spec, RunInput::Pre(Box::new(request("ls"))))
         .await
         .unwrap();
     assert_eq!(report.answer, Some(serde_json::json!({"deny": "nope"})));
@@ -515,13 +523,13 @@ async fn run_once_reports_answers_failures_and_missing_stages() {
         s.fuel = 1_000_000;
         s
     };
-    let report = run_once(host(), &spin, RunInput::Pre(request("ls")))
+    let report = run_once(host(), &spin, RunInput::Pre(Box::new(request("ls"))))
         .await
         .unwrap();
     assert_eq!(report.failure.unwrap().kind, FailureKind::Fuel);
 
     let pre_only = HookSpec::new("once-pre-only", component("pre-only"));
-    let err = run_once(host(), &pre_only, RunInput::Post(job("ls", 0)))
+    let err = run_once(host(), &pre_only, RunInput::Post(Box::new(job("ls", 0))))
         .await
         .unwrap_err();
     assert!(

@@ -1,6 +1,8 @@
 //! Hooks through the whole server: a real config file, real components, a real WebSocket.
 //! Covers the executor's two hook points, failure policies on the wire, `hook_status`, `/hooks`,
 //! hot reload and the `ccx hooks` commands.
+//!
+//! Over 500 lines: one module per area of the suite (see `tests/tests.rs`).
 
 use crate::util::*;
 use serde_json::{Value, json};
@@ -122,6 +124,82 @@ config = { mode = "deny-if-contains", needle = "rewritten" }
         .call("execute", json!({"command": "echo original"}))
         .await;
     assert_eq!(err["error"]["data"]["hook"], "audit", "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rewrite_history_keeps_the_request_as_received_and_each_patch_in_order() {
+    let (server, _) = start(
+        r#"
+[[hooks]]
+name = "first"
+path = "{test-hook}"
+config = { mode = "modify", command = "echo one $ADDED", set_env = "ADDED=by-first" }
+
+[[hooks]]
+name = "judge"
+path = "{test-hook}"
+
+[[hooks]]
+name = "second"
+path = "{test-hook}"
+config = { mode = "modify", command = "echo two $ADDED", set_env = "DEPLOY_TOKEN=s3cret" }
+
+[[hooks]]
+name = "trial"
+path = "{test-hook}"
+mode = "warn"
+config = { mode = "modify", command = "echo never" }
+"#,
+    )
+    .await;
+    let mut ws = server.connect().await;
+    let request = json!({
+        "command": "echo original",
+        "cwd": "/tmp",
+        "timeout": 30,
+        "env": {"A": "1", "MY_TOKEN": "hunter2"},
+    });
+    let (resp, events) = ws.run(request).await;
+    let job = resp["result"]["job_id"].clone();
+    assert_eq!(output(&events, "stdout"), "two by-first\n");
+    let started = &events_named(&events, "process.started")[0]["params"];
+    assert_eq!(started["command"], "echo two $ADDED");
+    let hooks = &started["hooks"];
+    assert_eq!(
+        hooks["received"],
+        json!({
+            "command": "echo original",
+            "cwd": "/tmp",
+            "timeout": 30.0,
+            "env": {"A": "1", "MY_TOKEN": "***"},
+        }),
+        "{hooks}"
+    );
+    assert_eq!(hooks["modified_by"], json!(["first", "second"]));
+    let patches: Vec<&Value> = hooks["reports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["patch"])
+        .collect();
+    assert_eq!(
+        patches,
+        [
+            &json!({"command": "echo one $ADDED", "set_env": {"ADDED": "by-first"}}),
+            &Value::Null,
+            &json!({"command": "echo two $ADDED", "set_env": {"DEPLOY_TOKEN": "***"}}),
+            &json!({"command": "echo never"}),
+        ],
+        "{hooks}"
+    );
+    assert_eq!(hooks["reports"][3]["mode"], "warn");
+    // The record keeps the same history; post-hooks see the request as received and as run.
+    let rec = ws.call("get_job", json!({"job_id": job})).await;
+    assert_eq!(rec["result"]["pre_hooks"], *hooks, "{rec}");
+    let done = completion(&events);
+    let notes = &report(done, "judge")["annotations"];
+    assert_eq!(notes["received_command"], "echo original", "{done}");
+    assert_eq!(notes["command"], "echo two $ADDED", "{done}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 //! forwards to a running server) and Streamable HTTP to a server's `/mcp`. Real config files,
 //! real hook components, real processes. Each scenario is its own test per transport, so one
 //! failure does not hide the others.
+//!
+//! Over 500 lines: one module per area of the suite (see `tests/tests.rs`), each scenario once
+//! per transport.
 
 use crate::mcp_jobs::job_tools_work;
 use crate::util::*;
@@ -75,7 +78,7 @@ async fn stdio_client(
 }
 
 /// A client of `/mcp` on `addr`.
-async fn http_client(
+pub(crate) async fn http_client(
     addr: std::net::SocketAddr,
     token: Option<&str>,
 ) -> Result<(Client, mpsc::UnboundedReceiver<ProgressNotificationParam>), String> {
@@ -129,6 +132,7 @@ async fn lists_the_three_tools_with_schemas(session: &mut Session) {
             "execute_task_list",
             "hook_status",
             "job_cancel",
+            "job_input",
             "job_list",
             "job_output",
             "job_start",

@@ -1,4 +1,5 @@
-//! The MCP job-handle tools (`job_start`, `job_output`, `job_wait`, `job_cancel`, `job_list`)
+//! The MCP job-handle tools (`job_start`, `job_output`, `job_wait`, `job_input`, `job_cancel`,
+//! `job_list`)
 //! through a real MCP client; `mcp` runs this scenario on each transport.
 
 use crate::mcp::{Session, call_tool, structured};
@@ -92,5 +93,33 @@ pub(crate) async fn job_tools_work(session: &mut Session) {
         assert!(jobs.iter().any(|j| j["job_id"] == **id), "{jobs:?}");
     }
     let r = call_tool(client, "job_output", json!({"job_id": "no-such-job"})).await;
+    assert_eq!(r.is_error, Some(true), "{r:?}");
+
+    // An interactive program: it waits for a line on its stdin.
+    let r = call_tool(
+        client,
+        "job_start",
+        json!({"command": "read answer; echo got-$answer", "stdin_open": true}),
+    )
+    .await;
+    let asker = structured(&r)["job_id"].as_str().unwrap().to_string();
+    let r = call_tool(
+        client,
+        "job_input",
+        json!({"job_id": asker, "data": "yes\n", "eof": true}),
+    )
+    .await;
+    assert_eq!(structured(&r)["bytes"], 4, "{r:?}");
+    let r = call_tool(
+        client,
+        "job_wait",
+        json!({"job_id": asker, "timeout_s": 30}),
+    )
+    .await;
+    assert_eq!(structured(&r)["status"], "completed", "{r:?}");
+    let r = call_tool(client, "job_output", json!({"job_id": asker})).await;
+    assert_eq!(structured(&r)["output"], "got-yes\n");
+    // An ended job takes none.
+    let r = call_tool(client, "job_input", json!({"job_id": asker, "data": "x"})).await;
     assert_eq!(r.is_error, Some(true), "{r:?}");
 }

@@ -13,33 +13,61 @@
 //! - `executor_lifecycle`: the executor's job lifecycle with plain-Rust hooks: panics, waiting
 //!   for hooks, one terminal event.
 //! - `hooks_loading`: hook sets loading in parallel; the size-capped artifact cache.
+//! - `contract`: hook contract versions: a 0.1.0 hook beside 0.2.0 ones; what 0.2.0 hooks see
+//!   and change (stdin mode, terminal, limits, labels, submitter).
 //! - `containment`: escapees killed at every end and paused, in cgroup and process-group mode.
 //! - `jobs`: detach, attach and replay, a bounded spool, the registry across a crash.
-//! - `stdin`: `stdin` text and `merge_stderr`.
+//! - `limits`: memory, pids, CPU, file size and open-file limits in both containment modes.
+//! - `stdin`: `stdin` text, `stdin_open` with `input`, and `merge_stderr`.
+//! - `terminal`: jobs on a pseudo-terminal: `pty` output, `resize`, typed input, Ctrl-C.
 //! - `spool`: a short job's spool kept in its record; a spool that fails in mid-job.
 //! - `jobs_admin`: idempotency keys, control from any connection, records, retention, the CLI.
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
 //! - `mcp_python`: the same tools driven by the official MCP Python SDK at both revisions.
 //! - `mcp_tasks`: `execute` as an MCP task for clients of the Tasks extension.
+//! - `output_hooks`: the output stage: what clients, records and replays see, line granularity,
+//!   a hook ending the job, failures under both policies, the instance's memory limit.
+//! - `audit`: the audit log for every kind of ending and refusal; `ccx audit verify` on
+//!   edited, deleted, reordered and cut logs.
+//! - `observability`: `/metrics` read by the Prometheus parser as jobs end; trace context.
+//! - `policy`: matchers on the host's parse, `warn` and `dry-run` modes, the parse hooks see.
+//! - `hooks_policy`: `ccx hooks test` on policy corpora, `ccx hooks replay` on a decision log.
+//! - `secret_redact`: the example output hook for every kind of client, and 100 MB through it.
+//! - `redact_core`: the same hook's redactor and prefilter, natively, with their own unit tests.
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
+//! - `dashboard`: the `/ui` dashboard in headless Chromium against a live server running jobs.
+//! - `fuzz_frames`: a few hundred generated hostile frames through one connection, each
+//!   answered once, while another connection runs commands.
 
 mod util;
 
+mod audit;
 mod cli;
 mod containment;
+mod contract;
+mod dashboard;
 mod examples;
 mod executor_lifecycle;
+mod fuzz_frames;
 mod hooks_loading;
+mod hooks_policy;
 mod hooks_runtime;
 mod hooks_server;
 mod jobs;
 mod jobs_admin;
+mod limits;
 mod mcp;
 mod mcp_jobs;
 mod mcp_python;
 mod mcp_tasks;
+mod observability;
+mod output_hooks;
+mod policy;
+mod redact_core;
 mod restructure;
+mod secret_redact;
 mod server;
 mod spool;
 mod stdin;
+mod terminal;

@@ -10,6 +10,8 @@
 //!   like `ccx serve`) or as a `ccx serve` child process ([`spawn_ccx_serve`]).
 //! - Clients: a WebSocket JSON-RPC client ([`Ws`]) and an HTTP GET ([`http_get`]).
 //! - Processes: the members of a process group, a process's state, polling ([`eventually`]).
+//!
+//! Over 500 lines: the one harness every test and bench shares, so that none grows its own.
 
 // Each benchmark uses a part of this file.
 #![allow(dead_code)]
@@ -107,6 +109,7 @@ pub fn request(command: &str) -> HookRequest {
         cwd: None,
         env: vec![("KEEP".into(), "1".into())],
         timeout_ms: Some(5000),
+        ..Default::default()
     }
 }
 
@@ -372,8 +375,9 @@ pub fn spawn_ccx_serve(
                 .expect("a config file's folder")
                 .join("state"),
         )
-        .envs(env.iter().copied())
+        // The caller's `env` may set a token; none leaks in from the environment.
         .env_remove("CCX_TOKEN")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -578,6 +582,14 @@ pub fn output(events: &[Value], stream: &str) -> String {
         .filter(|e| e["method"] == "process.output" && e["params"]["type"] == stream)
         .map(|e| e["params"]["data"].as_str().unwrap())
         .collect()
+}
+
+/// The report of hook `name` in a completion's `hooks`.
+pub fn report<'a>(done: &'a Value, name: &str) -> &'a Value {
+    done["hooks"]
+        .as_array()
+        .and_then(|hooks| hooks.iter().find(|h| h["hook"] == name))
+        .unwrap_or_else(|| panic!("no report from {name}: {done}"))
 }
 
 pub fn completion(events: &[Value]) -> &Value {

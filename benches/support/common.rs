@@ -1,15 +1,53 @@
-//! Helpers the server, jobs and containment benchmarks share: a release `ccx serve` on a free
-//! port, a raw WebSocket client, percentiles, a process's CPU time. Each bench uses a part.
+//! Helpers the benchmarks share: the tokio runtime, `CCX_BENCH_QUICK`, scratch folders, a
+//! release `ccx serve` on a free port (and stopping it), a raw WebSocket client, percentiles,
+//! a process's CPU time. Each bench uses a part.
 #![allow(dead_code)]
 
 use crate::util;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Whether `CCX_BENCH_QUICK` is set: the bench shrinks its sizes.
+pub fn quick() -> bool {
+    std::env::var_os("CCX_BENCH_QUICK").is_some()
+}
+
+/// The runtime the server benches drive their clients on: multi-threaded, 2 workers.
+pub fn multi_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The runtime the hook benches call hooks on: one thread.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Makes (if needed) and returns the folder `<dir>/<name>`, e.g. one server's own.
+pub fn folder(dir: &Path, name: &str) -> PathBuf {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Kills a server (or any child) and reaps it, ignoring errors.
+pub fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
 
 /// Starts `ccx serve` with `config` on a free port; returns it, its URL and the time from
 /// spawn until `/health` says it is ready (every hook loaded; it listens long before).
@@ -116,6 +154,14 @@ pub async fn throughput(url: &str, bytes: u64) -> (f64, u64) {
 
 pub fn pct(sorted: &[Duration], p: usize) -> Duration {
     sorted[((sorted.len() - 1) * p) / 100]
+}
+
+/// (p50, p99) of unsorted samples, nearest-rank (the hook benches' tables).
+pub fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort_unstable();
+    let at =
+        |p: f64| samples[((p * samples.len() as f64).ceil() as usize).clamp(1, samples.len()) - 1];
+    (at(0.50), at(0.99))
 }
 
 pub fn us(d: Duration) -> String {

@@ -9,7 +9,7 @@
 // Config: `ignore` (kinds to skip, separated by spaces or commas); `verdict = "none"` to
 // annotate without failing the job.
 
-import { config } from 'ccx:hooks/host@0.1.0';
+import { config } from 'ccx:hooks/host@0.2.0';
 
 // [kind, pattern]. Patterns are anchored on fixed prefixes to keep false positives rare.
 const RULES = [

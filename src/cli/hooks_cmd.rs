@@ -1,4 +1,5 @@
-//! `ccx hooks …`: list, check, enable/disable, run once and scaffold hooks.
+//! `ccx hooks …`: list, check, enable/disable, run once and scaffold hooks (`test` and
+//! `replay` are in `policy`).
 
 use super::*;
 use ccx::hooks::{HookHost, HookSet, HookSpec, HostOptions, RunInput};
@@ -10,6 +11,8 @@ pub(super) async fn run(cmd: HooksCommand) -> Result<ExitCode> {
         HooksCommand::Enable(a) => toggle(&a.config.config, &a.name, true),
         HooksCommand::Disable(a) => toggle(&a.config.config, &a.name, false),
         HooksCommand::Run(a) => run_one(a).await,
+        HooksCommand::Test(a) => super::policy::test(a).await,
+        HooksCommand::Replay(a) => super::policy::replay(a).await,
         HooksCommand::New(a) => {
             let dir = ccx::scaffold::scaffold(&a.name, a.lang, a.stage, &a.dir)?;
             println!("created {}", dir.display());
@@ -22,7 +25,7 @@ pub(super) async fn run(cmd: HooksCommand) -> Result<ExitCode> {
     }
 }
 
-fn host(config: &Config) -> Result<Arc<HookHost>> {
+pub(super) fn host(config: &Config) -> Result<Arc<HookHost>> {
     HookHost::new(HostOptions {
         cache_dir: config.sandbox.cache_dir.clone(),
         pooling: false,
@@ -48,11 +51,7 @@ async fn list(path: &Path) -> Result<ExitCode> {
         "NAME", "ENABLED", "STATE", "STAGES", "FUEL", "TIMEOUT", "MEMORY", "ON_FAILURE"
     );
     for h in set.status() {
-        let stages: Vec<String> = h
-            .stages
-            .iter()
-            .map(|s| format!("{s:?}").to_lowercase())
-            .collect();
+        let stages = &h.stages;
         let state = match &h.state {
             ccx::hooks::HookState::Loaded => "loaded",
             ccx::hooks::HookState::Disabled => "disabled",
@@ -172,15 +171,97 @@ fn read_json_arg(arg: &str) -> Result<String> {
 }
 
 async fn run_one(a: RunArgs) -> Result<ExitCode> {
+    if a.output.is_some() {
+        return run_output(a).await;
+    }
     let input = match (&a.pre, &a.post) {
-        (Some(pre), _) => RunInput::Pre(
+        (Some(pre), _) => RunInput::Pre(Box::new(
             serde_json::from_str(&read_json_arg(pre)?).context("--pre is not a valid request")?,
-        ),
-        (_, Some(post)) => RunInput::Post(
+        )),
+        (_, Some(post)) => RunInput::Post(Box::new(
             serde_json::from_str(&read_json_arg(post)?).context("--post is not a valid result")?,
-        ),
+        )),
         _ => unreachable!("clap requires one of --pre and --post"),
     };
+    let spec = run_spec(a)?;
+    let host = host(&Config::default())?;
+    let report = ccx::hooks::run_once(&host, &spec, input).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if report.failure.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `ccx hooks run FILE --output @DATA`: DATA through the hook's output stage, as one job's
+/// stdout in 64 KiB reads; the bytes that come out go to stdout, the report to stderr.
+/// Exit 1 when the hook ended the job or failed.
+async fn run_output(a: RunArgs) -> Result<ExitCode> {
+    use std::io::{Read, Write};
+    let arg = a.output.as_deref().unwrap_or("-");
+    let data = match arg.strip_prefix('@') {
+        Some(path) => std::fs::read(path).with_context(|| format!("cannot read {path}"))?,
+        None if arg == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            buf
+        }
+        None => arg.as_bytes().to_vec(),
+    };
+    let spec = run_spec(a)?;
+    let set = load(&host(&Config::default())?, vec![spec]).await?;
+    if let Some((hook, err)) = set.load_errors().into_iter().next() {
+        anyhow::bail!("hook `{hook}` did not load: {err}");
+    }
+    let mut request = ccx::hooks::HookRequest {
+        command: "ccx hooks run --output".into(),
+        ..Default::default()
+    };
+    request.parse();
+    let (filter, warnings) = set
+        .start_output(&request)
+        .await
+        .map_err(|(hook, reason)| anyhow::anyhow!("hook `{hook}` could not start: {reason}"))?;
+    for (hook, kind, message) in warnings {
+        eprintln!("warning: {hook} ({kind:?}): {message}");
+    }
+    let Some(mut filter) = filter else {
+        anyhow::bail!("the component exports no output stage (`filter-output`)");
+    };
+    let stream = ccx::hooks::OutStream::Stdout;
+    let mut stdout = std::io::stdout().lock();
+    let mut ended = None;
+    let mut seq = 0;
+    for chunk in data.chunks(64 * 1024).map(Some).chain([None]) {
+        seq += 1;
+        let f = match chunk {
+            Some(c) => filter.filter(stream, seq, c).await,
+            None => filter.end(stream, seq).await,
+        };
+        stdout.write_all(&f.data)?;
+        for (hook, kind, message) in f.warnings {
+            eprintln!("warning: {hook} ({kind:?}): {message}");
+        }
+        if let Some(end) = f.end {
+            ended = Some(end);
+            break;
+        }
+    }
+    stdout.flush()?;
+    let report = serde_json::json!({"reports": filter.reports(), "ended": ended});
+    eprintln!("{}", serde_json::to_string_pretty(&report)?);
+    let failed = ended.is_some() || filter.reports().iter().any(|r| r.error.is_some());
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The spec `ccx hooks run` gives its component: named after the file, with the given limits
+/// and config.
+fn run_spec(a: RunArgs) -> Result<HookSpec> {
     let name = a
         .file
         .file_stem()
@@ -191,12 +272,5 @@ async fn run_one(a: RunArgs) -> Result<ExitCode> {
     spec.timeout_ms = a.timeout_ms;
     spec.memory_mb = a.memory_mb;
     spec.config = a.config;
-    let host = host(&Config::default())?;
-    let report = ccx::hooks::run_once(&host, &spec, input).await?;
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if report.failure.is_some() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(spec)
 }

@@ -216,7 +216,7 @@ fn row(job: &JobRecord) -> String {
 }
 
 /// `YYYY-MM-DD hh:mm:ss` (UTC) for seconds since the Unix epoch.
-fn format_time(secs: f64) -> String {
+pub(super) fn format_time(secs: f64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm), to avoid a date library for one column.
     let secs = secs as i64;
     let (days, rem) = (secs.div_euclid(86400), secs.rem_euclid(86400));

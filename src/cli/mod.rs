@@ -54,6 +54,9 @@ enum Command {
     /// Inspect, check, switch and try out hooks.
     #[command(subcommand)]
     Hooks(HooksCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(audit_cmd::AuditCommand),
     /// Serve the Model Context Protocol on stdin/stdout, for Claude Code and other agents.
     ///
     /// Tools: `execute`, `execute_task_list`, `hook_status`. Jobs run here, with the config's
@@ -89,6 +92,13 @@ enum HooksCommand {
     Run(RunArgs),
     /// Scaffold a new hook project whose build command works out of the box.
     New(NewArgs),
+    /// Run policy corpora (TOML cases: a hook, a request, the decision expected) and print a
+    /// PASS/FAIL table. Exit 0 when every case passes, 1 when one fails, 2 when a corpus or a
+    /// hook cannot be used.
+    Test(policy::TestArgs),
+    /// Replay a decision log's pre-stage requests of one hook through a candidate component
+    /// and list the decisions that change. Exit 0 when none does, 1 when one does, 2 on errors.
+    Replay(policy::ReplayArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,7 +132,7 @@ struct ToggleArgs {
 }
 
 #[derive(Debug, clap::Args)]
-#[command(group(clap::ArgGroup::new("input").required(true).args(["pre", "post"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["pre", "post", "output"])))]
 struct RunArgs {
     /// The component file (.wasm).
     file: PathBuf,
@@ -133,6 +143,10 @@ struct RunArgs {
     /// '{"request":{"command":"ls"},"status":"completed","exit_code":0}'.
     #[arg(long)]
     post: Option<String>,
+    /// Run the output stage on this file's bytes (`@FILE`, or `-` for stdin) as a job's
+    /// stdout, in 64 KiB reads: the result goes to stdout, a report to stderr.
+    #[arg(long)]
+    output: Option<String>,
     /// Fuel limit.
     #[arg(long, default_value_t = ccx::hooks::DEFAULT_FUEL)]
     fuel: u64,
@@ -192,6 +206,13 @@ struct ExecArgs {
     /// Start the job detached, print its id and exit 0 (`ccx attach ID` follows it).
     #[arg(long, short = 'd')]
     detach: bool,
+    /// Keep the job's stdin open and forward this terminal's (or pipe's) stdin to it.
+    #[arg(long, short = 'i', conflicts_with = "detach")]
+    interactive: bool,
+    /// Run the job on a terminal the size of this one (raw mode with -i, window resizes
+    /// followed), as `docker exec -t`.
+    #[arg(long, short = 't', conflicts_with = "detach")]
+    tty: bool,
     /// The command line, run by the server's shell. One argument is passed through as it is
     /// (`ccx exec -- 'ls | wc -l'`); several are joined with shell quoting, so each stays one
     /// word (`ccx exec -- printf '%s\n' 'a b'`).
@@ -205,21 +226,19 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
-/// Logs go to stderr; `RUST_LOG` picks the level (default: info for the server, warn otherwise).
-pub fn init_tracing(cli: &Cli) {
-    let default = match cli.command {
-        Command::Serve(_) => "info",
-        _ => "warn",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Logs go to stderr; `RUST_LOG` picks the level (default: info for the server, warn
+/// otherwise); `ccx serve` may also export its spans over OTLP (see `telemetry`). Keep the
+/// returned value until the process ends: dropping it flushes the last spans.
+pub fn init_tracing(cli: &Cli) -> telemetry::Telemetry {
+    telemetry::init(cli)
+}
+
+/// `--config FILE`, else `./ccx.toml` when present.
+fn config_path(arg: Option<PathBuf>) -> Option<PathBuf> {
+    arg.or_else(|| {
+        let default = PathBuf::from("ccx.toml");
+        default.exists().then_some(default)
+    })
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
@@ -235,20 +254,22 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Command::Logs(args) => jobs_cmd::logs(args).await,
             Command::Jobs(cmd) => jobs_cmd::run(cmd).await,
             Command::Hooks(cmd) => hooks_cmd::run(cmd).await,
+            Command::Audit(cmd) => audit_cmd::run(cmd),
             Command::Mcp(args) => mcp(args).await,
             Command::Health { url, timeout } => Ok(health(&url, timeout).await),
         }
     })
 }
 
+mod audit_cmd;
 mod hooks_cmd;
 mod jobs_cmd;
+mod policy;
+mod telemetry;
 
 async fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let path = args.config.or_else(|| {
-        let default = PathBuf::from("ccx.toml");
-        default.exists().then_some(default)
-    });
+    let shutdown = shutdown_signal()?;
+    let path = config_path(args.config);
     let mut config = match &path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -267,8 +288,18 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     // Listens at once; the hooks load in the background (`/health` says `starting`).
     let app = App::start(config, registry.clone())?;
-    app.serve(listener, shutdown_signal()).await?;
+    app.serve(listener, shutdown).await?;
     registry.flush().await;
+    // After the registry: its last records feed the audit log.
+    if let Some(audit) = app.executor().audit().cloned() {
+        let flushed =
+            tokio::task::spawn_blocking(move || audit.flush(std::time::Duration::from_secs(5)));
+        if !flushed.await.unwrap_or(false) {
+            tracing::warn!("the audit log's last records may not be written");
+        }
+        // Its last hash, kept in the state store.
+        registry.flush().await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -343,14 +374,20 @@ async fn health(url: &str, timeout: f64) -> ExitCode {
 }
 
 /// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Resolves at SIGTERM or SIGINT. The handlers are installed by this call, not at the first
+/// poll: a signal that arrives while the server starts is not the default (immediate) death,
+/// but a graceful stop as soon as it serves.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+    })
 }
 
 async fn exec(args: ExecArgs) -> Result<ExitCode> {
@@ -371,8 +408,13 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
             detach: args.detach,
             // Every byte exactly: the output is written to our stdout as it came.
             output_encoding: Some(ccx::protocol::OutputEncoding::Base64),
+            stdin_open: args.interactive && !args.tty,
+            pty: args.tty.then(|| {
+                client::input::local_size().unwrap_or(ccx::protocol::PtySize { rows: 24, cols: 80 })
+            }),
             ..Default::default()
         },
+        forward_stdin: args.interactive,
     };
     if args.detach {
         return exec_detached(&opts).await;

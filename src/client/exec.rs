@@ -33,6 +33,8 @@ pub struct ExecOptions {
     pub url: String,
     pub token: Option<String>,
     pub params: ExecuteParams,
+    /// Forward the local stdin to the job (`-i`; `params.stdin_open` or `pty` must be set).
+    pub forward_stdin: bool,
 }
 
 /// Why `exec` could not report a command's own exit.
@@ -75,7 +77,18 @@ pub async fn exec<O: Write, E: Write>(
 ) -> Result<u8, ExecFailure> {
     let mut client = Client::connect(&opts.url, opts.token.as_deref()).await?;
     let job = client.execute(&opts.params).await?;
-    follow(job, out, err, interrupt, true, None).await
+    let tty = opts.params.pty.is_some();
+    if !opts.forward_stdin && !tty {
+        return follow(job, out, err, interrupt, true, None).await;
+    }
+    // Raw only with both: `-t` alone leaves the keyboard (and its Ctrl-C) local.
+    let _raw = (tty && opts.forward_stdin)
+        .then(super::input::RawMode::enable)
+        .flatten();
+    let forwarder = super::input::forward(job.input_sender(), opts.forward_stdin, tty);
+    let code = follow(job, out, err, interrupt, true, None).await;
+    forwarder.abort();
+    code
 }
 
 /// Writes a job's output to `out`/`err` as it arrives (base64 decoded) until its
@@ -114,7 +127,7 @@ pub async fn follow<O: Write, E: Write>(
             Notification::Output(o) => {
                 let w: &mut dyn Write = match o.stream {
                     Stream::Stderr => err,
-                    Stream::Stdout => out,
+                    Stream::Stdout | Stream::Pty => out,
                 };
                 let bytes = match o.encoding {
                     OutputEncoding::Base64 => base64::engine::general_purpose::STANDARD
@@ -126,7 +139,7 @@ pub async fn follow<O: Write, E: Write>(
                 let seq = o.seq;
                 if let Err(e) = written
                     && e.kind() == io::ErrorKind::BrokenPipe
-                    && o.stream == Stream::Stdout
+                    && o.stream != Stream::Stderr
                 {
                     // Nobody reads our output any more: stop the remote job, then leave as
                     // soon as it has ended (bounded, in case the server is slow to answer).

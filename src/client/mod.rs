@@ -9,6 +9,7 @@
 //! [`exec`] is `ccx exec`: one job, its output copied to the caller's writers, an exit code.
 
 mod exec;
+pub mod input;
 pub use exec::*;
 
 use crate::protocol::{
@@ -18,7 +19,7 @@ use crate::protocol::{
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpStream;
@@ -35,6 +36,14 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames waiting for the writer task.
 const WRITE_BUFFER: usize = 16;
+
+/// Requests sent beside a followed job (`input`, `resize`) whose replies the job's stream
+/// hands over, by id.
+type Replies = Arc<
+    std::sync::Mutex<
+        HashMap<u64, tokio::sync::oneshot::Sender<Result<serde_json::Value, ErrorObject>>>,
+    >,
+>;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +64,7 @@ pub struct Client {
     reader: SplitStream<Ws>,
     writer: mpsc::Sender<Message>,
     next_id: Arc<AtomicU64>,
+    replies: Replies,
     /// The `connected` notification's params.
     pub hello: crate::protocol::Connected,
 }
@@ -80,6 +90,7 @@ impl Client {
             reader,
             writer,
             next_id: Arc::new(AtomicU64::new(1)),
+            replies: Replies::default(),
             hello: crate::protocol::Connected {
                 session_id: String::new(),
                 version: String::new(),
@@ -282,6 +293,17 @@ impl JobStream<'_> {
         self.canceller.clone()
     }
 
+    /// A handle that sends this job `input` and `resize`; their replies arrive while the
+    /// stream is read ([`JobStream::next`]).
+    pub fn input_sender(&self) -> input::InputSender {
+        input::InputSender {
+            writer: self.client.writer.clone(),
+            next_id: self.client.next_id.clone(),
+            replies: self.client.replies.clone(),
+            job_id: self.job_id.clone(),
+        }
+    }
+
     /// The job's next event; `Ok(None)` after its `process.completed`. Cancel-safe: a call
     /// dropped mid-way loses no event.
     pub async fn next(&mut self) -> Result<Option<Notification>, ClientError> {
@@ -293,6 +315,14 @@ impl JobStream<'_> {
             None => loop {
                 match self.client.next_frame().await? {
                     ServerFrame::Notification(n) if n.job_id() == Some(&self.job_id) => break n,
+                    ServerFrame::Reply { id, result } => {
+                        let waiting = id
+                            .as_u64()
+                            .and_then(|id| self.client.replies.lock().expect("lock").remove(&id));
+                        if let Some(tx) = waiting {
+                            let _ = tx.send(result);
+                        }
+                    }
                     _ => {}
                 }
             },

@@ -2,6 +2,7 @@
 //! ([`ContainmentConfig`]).
 
 use super::{DEFAULT_PASS_ENV, DEFAULT_SECRET_ENV, seconds, secrets, valid_env_name};
+use crate::protocol::Limits;
 use anyhow::{Result, bail};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -21,6 +22,59 @@ pub(super) struct RawExecution {
     secret_env: Option<Vec<String>>,
     containment: Option<String>,
     cgroup_parent: Option<String>,
+    limits: Option<RawLimits>,
+}
+
+/// `[execution.limits]`: `default` and `max` tables with the keys of [`Limits`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    default: Option<Limits>,
+    max: Option<Limits>,
+}
+
+/// `[execution.limits]`: what a job gets when it asks for nothing, and the most it may ask.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitsConfig {
+    /// `[execution.limits.default]`.
+    pub default: Limits,
+    /// `[execution.limits.max]`: a request above it is refused; a job that asks for nothing
+    /// and has no default gets the maximum.
+    pub max: Limits,
+}
+
+impl LimitsConfig {
+    /// The limits a job runs under: each field from `asked`, else the default, else the
+    /// maximum. Errors (for the client): a field of 0 or above the maximum.
+    pub fn resolve(&self, asked: Option<Limits>) -> Result<Limits, String> {
+        let asked = asked.unwrap_or_default();
+        if let Some((name, _)) = asked.fields().into_iter().find(|(_, v)| *v == Some(0)) {
+            return Err(format!("`limits.{name}` must be at least 1"));
+        }
+        if let Some((name, v, max)) = asked.above(&self.max) {
+            return Err(format!(
+                "`limits.{name}` = {v} is above the server's maximum of {max} (`[execution.limits.max]`)"
+            ));
+        }
+        Ok(asked.or(self.default).or(self.max))
+    }
+
+    /// `limits` with each field lowered to the maximum, where there is one (a pre-hook's
+    /// change is taken this way).
+    pub fn clamp(&self, limits: Limits) -> Limits {
+        let low = |v: Option<u64>, m: Option<u64>| match (v, m) {
+            (Some(v), Some(m)) => Some(v.min(m)),
+            (None, m) => m,
+            (v, None) => v,
+        };
+        Limits {
+            memory_mb: low(limits.memory_mb, self.max.memory_mb),
+            pids: low(limits.pids, self.max.pids),
+            cpu_seconds: low(limits.cpu_seconds, self.max.cpu_seconds),
+            open_files: low(limits.open_files, self.max.open_files),
+            file_size_mb: low(limits.file_size_mb, self.max.file_size_mb),
+        }
+    }
 }
 
 /// `[execution]`: how commands run.
@@ -50,6 +104,8 @@ pub struct ExecConfig {
     pub secret_env: Vec<glob::Pattern>,
     /// How a job's processes are kept together (and ended together).
     pub containment: ContainmentConfig,
+    /// Per-job resource limits.
+    pub limits: LimitsConfig,
 }
 
 /// `[execution] containment`: which mechanism holds a job's processes.
@@ -90,6 +146,7 @@ impl Default for ExecConfig {
                 .map(|s| glob::Pattern::new(s).expect("the default globs are valid"))
                 .collect(),
             containment: ContainmentConfig::default(),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -151,6 +208,20 @@ pub(super) fn apply(cfg: &mut ExecConfig, e: RawExecution) -> Result<()> {
             );
         }
         cfg.containment.cgroup_parent = Some(parent);
+    }
+    if let Some(l) = e.limits {
+        let (default, max) = (l.default.unwrap_or_default(), l.max.unwrap_or_default());
+        for (table, limits) in [("default", &default), ("max", &max)] {
+            if let Some((name, _)) = limits.fields().into_iter().find(|(_, v)| *v == Some(0)) {
+                bail!("execution.limits.{table}.{name} must be at least 1 (leave it out for none)");
+            }
+        }
+        if let Some((name, v, m)) = default.above(&max) {
+            bail!(
+                "execution.limits.default.{name} ({v}) is above execution.limits.max.{name} ({m})"
+            );
+        }
+        cfg.limits = LimitsConfig { default, max };
     }
     Ok(())
 }

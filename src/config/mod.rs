@@ -1,3 +1,6 @@
+// Over 500 lines: the raw TOML types and their one validation pass stay together, so every
+// key's default, check and error message are read in one place (sections with logic of their
+// own live in `execution`, `state`, `observe`, `secrets`).
 //! The configuration file: raw TOML is parsed strictly (unknown keys are errors that name the
 //! key and its line), then validated into [`Config`], the type the rest of ccx uses.
 //!
@@ -12,10 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod execution;
+mod observe;
 mod secrets;
 mod state;
 mod watch;
-pub use execution::{ContainmentConfig, ContainmentMode, ExecConfig};
+pub use execution::{ContainmentConfig, ContainmentMode, ExecConfig, LimitsConfig};
+pub use observe::{MetricsConfig, TraceConfig};
 pub use secrets::{DEFAULT_SECRET_ENV, DEFAULT_TOKEN_LABEL, MASK, NamedToken, is_secret, mask_env};
 pub use state::{STATE_DIR_ENV, StateConfig, default_state_dir};
 pub use watch::watch_config;
@@ -45,6 +50,12 @@ struct RawConfig {
     mcp: RawMcp,
     #[serde(default)]
     state: state::RawState,
+    #[serde(default)]
+    metrics: observe::RawMetrics,
+    #[serde(default)]
+    audit: crate::audit::AuditConfig,
+    #[serde(default)]
+    trace: observe::RawTrace,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +75,8 @@ struct RawSandbox {
     max_concurrent_calls: Option<u32>,
     load_timeout: Option<f64>,
     cache_max_mb: Option<u64>,
+    decision_log: Option<PathBuf>,
+    decision_log_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,8 +89,34 @@ struct RawHook {
     timeout_ms: Option<u64>,
     memory_mb: Option<u64>,
     on_failure: Option<OnFailure>,
+    mode: Option<hooks::HookMode>,
+    sha256: Option<String>,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    output: Option<RawOutput>,
     #[serde(default)]
     config: toml::Table,
+}
+
+/// `output = {granularity, max_line_bytes, flush_ms, job_fuel}` of a `[[hooks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    granularity: Option<hooks::Granularity>,
+    max_line_bytes: Option<usize>,
+    flush_ms: Option<u64>,
+    job_fuel: Option<u64>,
+}
+
+/// `match = {programs, commands, regex}` of a `[[hooks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    programs: Vec<String>,
+    #[serde(default)]
+    commands: Vec<String>,
+    regex: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,6 +141,10 @@ pub struct Config {
     pub execution: ExecConfig,
     pub sandbox: SandboxConfig,
     pub state: StateConfig,
+    /// `[audit]`: the hash-chained audit log (off unless `path` is set).
+    pub audit: crate::audit::AuditConfig,
+    /// `[trace]`: OTLP export of job spans (off unless an endpoint is set).
+    pub trace: TraceConfig,
     /// `[[hooks]]` in file order, paths made absolute.
     pub hooks: Vec<HookSpec>,
 }
@@ -139,6 +182,11 @@ pub struct SandboxConfig {
     /// Largest total size of the compiled-artifact cache; the least recently used entries
     /// are evicted past it.
     pub cache_max_bytes: u64,
+    /// Where every hook decision is logged as JSON Lines (`[sandbox] decision_log`; `[hooks]`
+    /// cannot be a table beside the `[[hooks]]` list); `None`: not logged.
+    pub decision_log: Option<PathBuf>,
+    /// Size at which the decision log is rotated.
+    pub decision_log_max_bytes: u64,
 }
 
 impl Default for SandboxConfig {
@@ -149,6 +197,8 @@ impl Default for SandboxConfig {
             pooling: true,
             max_concurrent_calls: 32,
             cache_max_bytes: 1 << 30,
+            decision_log: None,
+            decision_log_max_bytes: 64 << 20,
         }
     }
 }
@@ -175,6 +225,8 @@ pub struct ServerConfig {
     /// read it with them: `/mcp` (mounted by the server, which sees only `ServerConfig`) and
     /// `ccx mcp`. Like the rest of `[server]`, a change applies after a restart.
     pub mcp: McpConfig,
+    /// The `[metrics]` section (served by the server; a change applies after a restart).
+    pub metrics: MetricsConfig,
 }
 
 impl ServerConfig {
@@ -207,6 +259,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             watch_interval: Some(Duration::from_secs(1)),
             mcp: McpConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -274,6 +327,9 @@ impl Config {
         }
 
         execution::apply(&mut cfg.execution, raw.execution)?;
+        observe::apply(&mut cfg.server.metrics, raw.metrics);
+        cfg.audit = observe::audit(raw.audit, &base)?;
+        cfg.trace = observe::trace(raw.trace)?;
 
         let sb = raw.sandbox;
         if sb.cache == Some(false) {
@@ -301,8 +357,19 @@ impl Config {
             cfg.sandbox.cache_max_bytes =
                 (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
         }
+        cfg.sandbox.decision_log = sb.decision_log.map(|p| base.join(p));
+        if let Some(mb) = sb.decision_log_max_mb {
+            cfg.sandbox.decision_log_max_bytes =
+                (positive("sandbox.decision_log_max_mb", mb as usize)? as u64) << 20;
+        }
 
         raw.state.apply(&base, &mut cfg.state)?;
+        if cfg.audit.path.is_some() && !cfg.state.enabled {
+            bail!(
+                "audit.path needs the job registry (`[state] enabled = true`): the audit log \
+                 records each job's final record and keeps its last hash there"
+            );
+        }
 
         let m = raw.mcp;
         if let Some(n) = m.max_output_bytes {
@@ -350,6 +417,43 @@ impl Config {
             }
             if let Some(p) = h.on_failure {
                 spec.on_failure = p;
+            }
+            // The output stage fails closed unless the hook says otherwise (docs/hooks.md).
+            spec.output.on_failure = h.on_failure.unwrap_or(OnFailure::Deny);
+            if let Some(o) = h.output {
+                let out = &mut spec.output;
+                out.granularity = o.granularity.unwrap_or_default();
+                if let Some(n) = o.max_line_bytes {
+                    if !(1..=1 << 20).contains(&n) {
+                        bail!("{at}.output.max_line_bytes must be between 1 and 1048576, got {n}");
+                    }
+                    out.max_line_bytes = n;
+                }
+                if let Some(ms) = o.flush_ms {
+                    if !(1..=10_000).contains(&ms) {
+                        bail!("{at}.output.flush_ms must be between 1 and 10000, got {ms}");
+                    }
+                    out.flush_ms = ms;
+                }
+                if let Some(f) = o.job_fuel {
+                    out.job_fuel = f;
+                }
+            }
+            spec.mode = h.mode.unwrap_or_default();
+            if let Some(d) = h.sha256 {
+                if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    bail!("{at}.sha256 must be 64 hex digits (`sha256sum FILE`), got `{d}`");
+                }
+                spec.sha256 = Some(d.to_ascii_lowercase());
+            }
+            if let Some(m) = h.matcher {
+                let m = hooks::MatchSpec {
+                    programs: m.programs,
+                    commands: m.commands,
+                    regex: m.regex,
+                };
+                m.compile().map_err(|e| anyhow::anyhow!("{at}.match {e}"))?;
+                spec.matcher = Some(m);
             }
             for (k, v) in h.config {
                 let v = match v {

@@ -117,7 +117,7 @@ impl CgroupRoot {
         }
         let path = self.base.join(name);
         fs::create_dir(&path)?;
-        JobCgroup::open_existing(&path).inspect_err(|_| {
+        JobCgroup::open(&path).inspect_err(|_| {
             let _ = fs::remove_dir(&path);
         })
     }
@@ -142,10 +142,9 @@ pub struct JobCgroup {
 }
 
 impl JobCgroup {
-    /// Opens an existing cgroup directory, e.g. one a previous run left (crash recovery: kill
-    /// and remove it; do not spawn into it, see the module's notes on `cgroup.kill`).
+    /// Opens the cgroup directory [`CgroupRoot::create_job`] has just made.
     /// Errors: open(2)'s (`NotFound`, ...), `InvalidInput` if not on cgroup2.
-    pub fn open_existing(path: &Path) -> io::Result<JobCgroup> {
+    fn open(path: &Path) -> io::Result<JobCgroup> {
         // O_PATH is enough: clone3 finds the cgroup from the fd's dentry (std adds O_CLOEXEC).
         let flags = libc::O_PATH | libc::O_DIRECTORY;
         let fd = OwnedFd::from(
@@ -211,15 +210,10 @@ impl JobCgroup {
     }
 
     /// Freezes (`true`) or thaws (`false`) every process in it and below (`cgroup.freeze`);
-    /// does not wait (see [`is_frozen`](Self::is_frozen)). Errors: the write's.
+    /// does not wait for it to take effect (`frozen 1` in `cgroup.events`). Errors: the write's.
     pub fn freeze(&self, frozen: bool) -> io::Result<()> {
         let value = if frozen { "1" } else { "0" };
         write_file(&self.path.join("cgroup.freeze"), value)
-    }
-
-    /// Whether the freeze has taken effect (`frozen 1` in `cgroup.events`); false if unreadable.
-    pub fn is_frozen(&self) -> bool {
-        event(&self.path, "frozen")
     }
 
     /// Whether any process is left in it or below (`populated 1` in `cgroup.events`); false if
@@ -235,21 +229,37 @@ impl JobCgroup {
     /// Errors: `TimedOut` if still populated after `limit` (the directory stays), or a read,
     /// write or rmdir's error.
     pub async fn remove(self, limit: Duration) -> io::Result<usize> {
+        let count = self.empty(limit).await?;
+        remove_tree(&self.path)?;
+        Ok(count)
+    }
+
+    /// Kills what is left and waits until the cgroup is empty, as [`remove`](Self::remove)
+    /// does, without removing it (its counters, such as `cpu.stat`, are then final). Returns
+    /// how many processes were in it when called.
+    pub async fn empty(&self, limit: Duration) -> io::Result<usize> {
         let count = self.pids()?.len();
         self.kill()?;
         let mut wait = (Instant::now(), POLL_FIRST);
         while event(&self.path, "populated") {
             tokio::time::sleep(next_delay(&self.path, limit, &mut wait)?).await;
         }
-        remove_tree(&self.path)?;
         Ok(count)
     }
 
-    /// [`remove`](Self::remove), sleeping the calling thread (for Drop paths and startup).
-    pub fn remove_blocking(self, limit: Duration) -> io::Result<usize> {
-        let count = self.pids()?.len();
-        kill_and_remove(&self.path, limit)?;
-        Ok(count)
+    /// CPU time its processes have used, living and exited (`usage_usec`, `user_usec` and
+    /// `system_usec` of `cpu.stat`, which cgroup v2 keeps without any controller):
+    /// `(total, user, system)`. Errors: reading.
+    pub fn cpu(&self) -> io::Result<(Duration, Duration, Duration)> {
+        let text = fs::read_to_string(self.path.join("cpu.stat"))?;
+        let get = |key: &str| {
+            let usec = text
+                .lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0u64);
+            Duration::from_micros(usec)
+        };
+        Ok((get("usage_usec"), get("user_usec"), get("system_usec")))
     }
 }
 
@@ -278,7 +288,7 @@ fn find_v2_mount() -> Result<(PathBuf, String), String> {
 }
 
 /// Undoes mountinfo's octal escapes of space, tab, newline and backslash (proc(5)).
-fn unescape(s: &str) -> String {
+pub(super) fn unescape(s: &str) -> String {
     let pairs = [
         ("\\040", " "),
         ("\\011", "\t"),
@@ -387,7 +397,7 @@ fn event(path: &Path, key: &str) -> bool {
 }
 
 /// Writes `value` to a cgroup interface file in one write(2) (no O_CREAT, no O_TRUNC).
-fn write_file(path: &Path, value: &str) -> io::Result<()> {
+pub(super) fn write_file(path: &Path, value: &str) -> io::Result<()> {
     let mut f = OpenOptions::new().write(true).open(path)?;
     let context = |e: io::Error| {
         let msg = format!("writing {value:?} to {}: {e}", path.display());

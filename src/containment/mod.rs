@@ -16,10 +16,13 @@
 //! cancel and the job's end.
 
 pub mod cgroup;
+pub mod limits;
 pub mod subreaper;
 
 use crate::config::{ContainmentConfig, ContainmentMode};
+use crate::protocol::{LimitKind, Limits};
 use cgroup::{CgroupRoot, JobCgroup};
+use limits::{Enforcer, JobLimits, LimitsHealth};
 use serde::Serialize;
 use std::collections::HashSet;
 use std::io;
@@ -52,6 +55,8 @@ pub struct ContainmentHealth {
     pub cgroup: Option<String>,
     /// Whether the server is a child subreaper (process-group mode).
     pub subreaper: bool,
+    /// How each resource limit is enforced.
+    pub limits: LimitsHealth,
 }
 
 /// The server's containment: its mode, and the job processes it awaits itself.
@@ -60,6 +65,7 @@ pub struct Containment {
     reason: String,
     root: Option<CgroupRoot>,
     subreaper: bool,
+    limits: Enforcer,
 }
 
 /// Job processes the executor awaits by pidfd, in this whole process (being a subreaper is a
@@ -89,6 +95,7 @@ impl Containment {
             Ok(root) => Containment {
                 mode: Mode::Cgroup,
                 reason: format!("a cgroup v2 per job under {}", root.path().display()),
+                limits: Enforcer::start(Some(root.path())),
                 root: Some(root),
                 subreaper: false,
             },
@@ -107,6 +114,7 @@ impl Containment {
                     ),
                     root: None,
                     subreaper: true,
+                    limits: Enforcer::start(None),
                 }
             }
         };
@@ -126,11 +134,8 @@ impl Containment {
             reason: "a process group per job (embedded: no subreaper)".into(),
             root: None,
             subreaper: false,
+            limits: Enforcer::rlimits_only(),
         })
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.mode
     }
 
     pub fn health(&self) -> ContainmentHealth {
@@ -139,19 +144,26 @@ impl Containment {
             reason: self.reason.clone(),
             cgroup: self.root.as_ref().map(|r| r.path().display().to_string()),
             subreaper: self.subreaper,
+            limits: self.limits.health(),
         }
     }
 
-    /// One job's scope: in cgroup mode its cgroup is made now. Errors: the cgroup's `mkdir`.
-    pub fn prepare(self: &Arc<Self>, job_id: &str) -> io::Result<JobScope> {
+    /// One job's scope: in cgroup mode its cgroup is made now, and its `limits` are set up
+    /// ([`Enforcer::apply`]). Errors: making or writing a cgroup.
+    pub fn prepare(self: &Arc<Self>, job_id: &str, limits: &Limits) -> io::Result<JobScope> {
         let cgroup = match &self.root {
             Some(root) => Some(root.create_job(job_id)?),
             None => None,
+        };
+        let limits = match limits.is_empty() {
+            true => JobLimits::none(),
+            false => self.limits.apply(job_id, limits, cgroup.as_ref())?,
         };
         Ok(JobScope {
             owner: self.clone(),
             job_id: job_id.to_string(),
             cgroup,
+            limits,
             pgid: None,
             pid: None,
         })
@@ -182,6 +194,7 @@ pub struct JobScope {
     owner: Arc<Containment>,
     job_id: String,
     cgroup: Option<JobCgroup>,
+    limits: JobLimits,
     pgid: Option<i32>,
     pid: Option<i32>,
 }
@@ -197,15 +210,19 @@ impl JobScope {
         self.cgroup.as_ref().map(|c| c.path())
     }
 
-    /// Runs `spawn` (which starts the job's leader, in the cgroup it is given if any) with
-    /// the tracked set held, and records the leader. `spawn` returns the leader's pid with
-    /// whatever it built.
+    /// Runs `spawn` (which starts the job's leader where [`Place`] says) with the tracked set
+    /// held, and records the leader. `spawn` returns the leader's pid with whatever it built.
     pub fn spawn<T>(
         &mut self,
-        spawn: impl FnOnce(Option<BorrowedFd<'_>>) -> io::Result<(u32, T)>,
+        spawn: impl FnOnce(Place<'_>) -> io::Result<(u32, T)>,
     ) -> io::Result<T> {
         let mut tracked = tracked();
-        let (pid, value) = spawn(self.cgroup_fd())?;
+        let place = Place {
+            cgroup: self.cgroup_fd(),
+            join: self.limits.join_fds(),
+            rlimits: &self.limits.rlimits,
+        };
+        let (pid, value) = spawn(place)?;
         tracked.get_or_insert_default().insert(pid as i32);
         self.pid = Some(pid as i32);
         self.pgid = Some(pid as i32);
@@ -286,29 +303,71 @@ impl JobScope {
         }
     }
 
-    /// After the leader's exit and [`JobScope::kill_all`]: ends whatever is left and
-    /// returns how many processes that killed beyond what `kill_all` counted (cgroup: none —
-    /// it waits until the cgroup is empty and removes it; process group: the job's adopted
-    /// orphans, which had left the group).
-    pub async fn finish(mut self) -> usize {
+    /// The job's total CPU time so far, where it is watched (cgroup mode; see
+    /// [`Enforcer::watches_cpu_total`]) and a `cpu_seconds` limit is set: `(used, limit)`.
+    pub fn cpu_total(&self) -> Option<(Duration, Duration)> {
+        let limit = Duration::from_secs(self.limits.limits.cpu_seconds?);
+        if !self.owner.limits.watches_cpu_total() {
+            return None;
+        }
+        let (used, _, _) = self.cgroup.as_ref()?.cpu().ok()?;
+        Some((used, limit))
+    }
+
+    /// The limits the job runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits.limits
+    }
+
+    /// After the leader's exit and [`JobScope::kill_all`]: ends whatever is left and says what
+    /// that found (cgroup: waits until the cgroup is empty, reads its counters, removes it;
+    /// process group: kills the job's adopted orphans, which had left the group).
+    pub async fn finish(mut self) -> ScopeEnd {
         self.leader_reaped();
+        let mut end = ScopeEnd::default();
         if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.empty(EMPTY_LIMIT).await {
+                warn!(job = %self.job_id, error = %e, "the job's cgroup did not empty");
+            }
+            end.cpu = cg.cpu().ok().map(|(_, user, sys)| (user, sys));
+            end.limit = self.limits.hit(Some(cg.path()));
             if let Err(e) = cg.remove(EMPTY_LIMIT).await {
                 warn!(job = %self.job_id, error = %e, "the job's cgroup could not be removed");
             }
-            return 0;
+        } else if self.owner.subreaper {
+            let job_id = self.job_id.clone();
+            end.leftovers_killed = tokio::task::spawn_blocking(move || {
+                let mut tracked = tracked();
+                subreaper::sweep(&job_id, tracked.get_or_insert_default(), SWEEP_ROUNDS)
+            })
+            .await
+            .unwrap_or(0);
         }
-        if !self.owner.subreaper {
-            return 0;
-        }
-        let job_id = self.job_id.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut tracked = tracked();
-            subreaper::sweep(&job_id, tracked.get_or_insert_default(), SWEEP_ROUNDS)
-        })
-        .await
-        .unwrap_or(0)
+        end.limit = end.limit.or_else(|| self.limits.hit(None));
+        self.limits.remove(EMPTY_LIMIT).await;
+        end
     }
+}
+
+/// Where and how a job's leader starts (see [`spawn`](crate::jobs::spawn::Spawn)).
+pub struct Place<'a> {
+    /// The job's cgroup v2, for `CLONE_INTO_CGROUP`.
+    pub cgroup: Option<BorrowedFd<'a>>,
+    /// `cgroup.procs` files of cgroup v1 groups to join (by writing "0").
+    pub join: Vec<BorrowedFd<'a>>,
+    /// `(resource, soft, hard)` for setrlimit(2).
+    pub rlimits: &'a [(libc::c_int, libc::rlim_t, libc::rlim_t)],
+}
+
+/// What the end of a job's scope found.
+#[derive(Debug, Default)]
+pub struct ScopeEnd {
+    /// Processes killed that had left the job's process group (process-group mode).
+    pub leftovers_killed: usize,
+    /// The whole job's CPU time `(user, system)`, where its cgroup counts it.
+    pub cpu: Option<(Duration, Duration)>,
+    /// A whole-job limit the kernel enforced (an OOM kill, a refused fork).
+    pub limit: Option<LimitKind>,
 }
 
 impl Drop for JobScope {

@@ -4,7 +4,7 @@
 
 use super::JobRequest;
 use crate::events::{HookReport, HookWarning, JobId, PreHooks};
-use crate::jobs::ProcessOutcome;
+use crate::jobs::{OutputStage, ProcessOutcome};
 use futures_util::future::BoxFuture;
 use std::sync::Arc;
 
@@ -13,6 +13,11 @@ use std::sync::Arc;
 pub struct JobContext {
     pub session_id: Arc<str>,
     pub job_id: JobId,
+    /// Who submitted the job.
+    pub origin: super::Origin,
+    /// The request as the client sent it (with the timeout and limits that apply filled in),
+    /// for post-hooks.
+    pub received: JobRequest,
 }
 
 /// What the pre-hooks decided.
@@ -20,7 +25,7 @@ pub enum PreVerdict {
     /// Run `request` (possibly changed); `info` goes into `process.started` (`None`: no
     /// pre-hook ran).
     Allow {
-        request: JobRequest,
+        request: Box<JobRequest>,
         info: Option<PreHooks>,
     },
     Deny {
@@ -43,6 +48,20 @@ pub struct PostResult {
     pub warnings: Vec<HookWarning>,
 }
 
+/// A job's output stage, with what its hooks did (for `process.completed.hooks`).
+pub trait JobOutputStage: OutputStage {
+    fn reports(&self) -> Vec<HookReport>;
+}
+
+/// The output stage of a job about to start ([`Hooks::start_output`]).
+#[derive(Default)]
+pub struct OutputStart {
+    /// `None`: no output hook takes part.
+    pub stage: Option<Box<dyn JobOutputStage>>,
+    /// One `hook.warning` per output hook that failed to start and was left out.
+    pub warnings: Vec<HookWarning>,
+}
+
 /// The hook points: before a job starts and after it ends. Each job takes one snapshot of the
 /// executor's [`super::Generation`] (config and hooks together), so a reload applies to jobs
 /// that start after it.
@@ -61,6 +80,29 @@ pub trait Hooks: Send + Sync + 'static {
     fn tail_bytes(&self) -> usize {
         0
     }
+    /// Whether bytes for a job's stdin or terminal must pass [`Hooks::check_input`].
+    fn checks_input(&self) -> bool {
+        false
+    }
+    /// The input stage: may `data` reach the job `request` (as it runs)? Errors: the refusing
+    /// hook and its reason.
+    fn check_input<'a>(
+        &'a self,
+        _ctx: &'a JobContext,
+        _request: &'a JobRequest,
+        _data: &'a [u8],
+    ) -> BoxFuture<'a, Result<(), (String, String)>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The output stage for the job `request` (as it will run), started before the process.
+    /// Errors: the hook that fails closed and could not start, and why (the job must not run).
+    fn start_output<'a>(
+        &'a self,
+        _ctx: &'a JobContext,
+        _request: &'a JobRequest,
+    ) -> BoxFuture<'a, Result<OutputStart, (String, String)>> {
+        Box::pin(async { Ok(OutputStart::default()) })
+    }
 }
 
 /// No hooks: allow everything, annotate nothing.
@@ -71,7 +113,7 @@ impl Hooks for NoHooks {
         Box::pin(async move {
             PreResult {
                 verdict: PreVerdict::Allow {
-                    request,
+                    request: Box::new(request),
                     info: None,
                 },
                 warnings: Vec::new(),

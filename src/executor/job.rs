@@ -40,8 +40,24 @@ pub(super) struct JobStart {
 pub(super) const TASK_FAILED: &str = "the job's task failed internally (see the server log)";
 
 /// Starts the job's supervised task.
-pub(super) fn spawn(job: JobStart) {
-    let span = info_span!("job", job = %job.job_id, session = %job.inner.id, pid = field::Empty);
+pub(super) fn spawn(mut job: JobStart) {
+    let span = info_span!(
+        "job",
+        job = %job.job_id,
+        session = %job.inner.id,
+        pid = field::Empty,
+        trace_id = field::Empty,
+        span_id = field::Empty,
+        parent_span_id = field::Empty,
+    );
+    // The job is a span of the client's trace; its processes run under it.
+    if let Some(parent) = job.request.trace.take() {
+        let own = crate::trace::join(&span, &parent);
+        span.record("trace_id", own.trace_id.as_str());
+        span.record("span_id", own.parent_id.as_str());
+        span.record("parent_span_id", parent.parent_id.as_str());
+        job.request.trace = Some(own);
+    }
     tokio::spawn(supervise(job).instrument(span));
 }
 
@@ -93,6 +109,7 @@ async fn run(
     cancel: CancellationToken,
     answer: Arc<Mutex<Option<Answer>>>,
 ) -> End {
+    let turn = std::time::Instant::now();
     // One snapshot: this job's config and hooks come from the same generation.
     let generation = match generation_with_hooks(&inner, &cancel).await {
         Ok(g) => g,
@@ -100,13 +117,42 @@ async fn run(
     };
     let cfg = &generation.config;
     let hooks = generation.hooks.clone().expect("a generation with hooks");
+    // Hooks see the timeout and limits that will apply, defaults included.
+    request.timeout = Some(request.timeout.unwrap_or(cfg.default_timeout));
+    let asked = match cfg.limits.resolve(request.limits) {
+        Ok(l) => l,
+        Err(error) => return End::Failed(error),
+    };
+    request.limits = Some(asked);
     let ctx = JobContext {
         session_id: inner.id.clone(),
         job_id: job_id.clone(),
+        origin: inner.origin.clone(),
+        received: request.clone(),
     };
-    // Hooks see the timeout that will apply, default included.
-    request.timeout = Some(request.timeout.unwrap_or(cfg.default_timeout));
-    let pre = hooks.pre(&ctx, request).await;
+    let mut pre = hooks.pre(&ctx, request).await;
+    // The text given as stdin passes the input stage too, before anything runs.
+    if let PreVerdict::Allow { request, .. } = &pre.verdict
+        && let Some(text) = &request.stdin
+        && hooks.checks_input()
+        && let Err((hook, reason)) = hooks.check_input(&ctx, request, text.as_bytes()).await
+    {
+        pre.verdict = PreVerdict::Deny { hook, reason };
+    }
+
+    // The output stage starts before the process: an output hook that fails closed and cannot
+    // start keeps the job from running.
+    let mut output = super::OutputStart::default();
+    if let PreVerdict::Allow { request, .. } = &pre.verdict {
+        match hooks.start_output(&ctx, request).await {
+            Ok(o) => output = o,
+            Err((hook, reason)) => {
+                let reason = format!("the output hook could not start: {reason}");
+                pre.verdict = PreVerdict::Deny { hook, reason };
+            }
+        }
+    }
+    pre.warnings.append(&mut output.warnings);
 
     // Decide and spawn under the session lock: `control` and `close` cancel under it too, so
     // either they see the process or the process is never started.
@@ -124,28 +170,32 @@ async fn run(
             info!(%hook, %reason, "denied by hook");
             return End::Denied { hook, reason };
         }
-        PreVerdict::Allow { request, info } => (request, info),
+        PreVerdict::Allow { request, info } => (*request, info),
     };
     let timeout = request
         .timeout
         .unwrap_or(cfg.default_timeout)
         .min(cfg.max_timeout);
+    // A pre-hook may change the limits, never past the maxima.
+    let limits = cfg.limits.clamp(request.limits.unwrap_or(asked));
     let spec = ProcessSpec {
         shell: cfg.shell.clone(),
         command: request.command.clone(),
         cwd: request.cwd.as_ref().map(PathBuf::from),
-        env: child_env(cfg, &request.env, &job_id),
+        env: child_env(cfg, &request, &job_id),
         timeout,
         max_pause: cfg.max_pause,
         stdin: request.stdin.clone().map(String::into_bytes),
         merge_stderr: request.merge_stderr,
+        stdin_open: request.stdin_open,
+        pty: request.pty.map(|p| (p.rows, p.cols)),
         kill_grace: cfg.kill_grace,
         tail_bytes: hooks.tail_bytes(),
     };
     let spawned = inner
         .exec
         .containment()
-        .prepare(&job_id)
+        .prepare(&job_id, &limits)
         .map_err(|e| format!("cannot make the job's cgroup: {e}"))
         .and_then(|scope| {
             jobs::spawn(&spec, scope).map_err(|e| match &request.cwd {
@@ -165,6 +215,7 @@ async fn run(
     let (pid, pgid) = (process.pid, process.pgid);
     tracing::Span::current().record("pid", pid);
     log.spawned(pid, pgid);
+    inner.exec.metrics.spawned(turn.elapsed());
     let mut group = GroupGuard(Some(pgid));
     let counted = Counted::new(&inner.exec.running);
     let (ctrl_tx, ctrl_rx) = mpsc::channel(8);
@@ -176,6 +227,14 @@ async fn run(
             started: std::time::Instant::now(),
             paused: false,
             ctrl: ctrl_tx,
+            input: process.input(),
+            input_check: (process.input().is_some() && hooks.checks_input()).then(|| {
+                Arc::new(super::input::InputCheck {
+                    hooks: hooks.clone(),
+                    ctx: ctx.clone(),
+                    request: request.clone(),
+                })
+            }),
         });
     }
     drop(st);
@@ -208,14 +267,27 @@ async fn run(
                 cwd: request.cwd.clone(),
                 timeout: timeout.as_secs_f64(),
                 hooks: info,
+                limits: (!limits.is_empty()).then_some(limits),
+                pty: request.pty,
             }),
         )
         .await;
     info!(command = %request.command, "started");
     let mut tap = JobTap::new(job_id.clone(), request.output_encoding, log.clone());
+    let mut stage = output.stage;
     let outcome = process
-        .run(job_id.clone(), inner.events.clone(), &mut tap, ctrl_rx)
+        .run(
+            job_id.clone(),
+            inner.events.clone(),
+            &mut tap,
+            stage
+                .as_deref_mut()
+                .map(|s| s as &mut dyn crate::jobs::OutputStage),
+            ctrl_rx,
+        )
         .await;
+    // The output hooks' instances go now (they hold slots of the instance pool).
+    let mut reports = stage.take().map(|s| s.reports()).unwrap_or_default();
     // Reaped: the group id may be reused from here on.
     group.0 = None;
     drop(counted);
@@ -223,11 +295,12 @@ async fn run(
     inner.emit_warnings(&log, post.warnings).await;
     info!(status = ?outcome.status, exit_code = ?outcome.exit_code, signal = ?outcome.signal,
         secs = outcome.duration.as_secs_f64(), "ended");
+    reports.extend(post.reports);
     End::Ran {
-        outcome,
+        outcome: Box::new(outcome),
         pid,
         pgid,
-        reports: post.reports,
+        reports,
     }
 }
 
@@ -305,12 +378,8 @@ impl Drop for GroupGuard {
 pub const JOB_ID_ENV: &str = "CCX_JOB_ID";
 
 /// The child's environment: the passed-through server variables, the configured ones, the
-/// request's, then [`JOB_ID_ENV`].
-fn child_env(
-    cfg: &ExecConfig,
-    request_env: &BTreeMap<String, String>,
-    job_id: &str,
-) -> Vec<(String, String)> {
+/// request's, `TRACEPARENT` when the job has a trace context, then [`JOB_ID_ENV`].
+fn child_env(cfg: &ExecConfig, request: &JobRequest, job_id: &str) -> Vec<(String, String)> {
     let mut env: BTreeMap<String, String> = if cfg.pass_env.iter().any(|k| k == "*") {
         std::env::vars().collect()
     } else {
@@ -320,7 +389,10 @@ fn child_env(
             .collect()
     };
     env.extend(cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    env.extend(request_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(request.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    if let Some(trace) = &request.trace {
+        env.insert(crate::trace::TRACEPARENT_ENV.to_string(), trace.to_string());
+    }
     env.insert(JOB_ID_ENV.to_string(), job_id.to_string());
     env.into_iter().collect()
 }

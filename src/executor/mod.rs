@@ -20,6 +20,7 @@
 
 mod hook_chain;
 mod hook_port;
+mod input;
 mod job;
 mod request;
 mod session;
@@ -27,13 +28,17 @@ mod tap;
 mod terminal;
 
 pub use hook_chain::HookChain;
-pub use hook_port::{Hooks, JobContext, NoHooks, PostResult, PreResult, PreVerdict};
+pub use hook_port::{
+    Hooks, JobContext, JobOutputStage, NoHooks, OutputStart, PostResult, PreResult, PreVerdict,
+};
 pub use request::{Accepted, ExecError, JobRequest};
 pub use session::{Closing, Origin, Session};
 
+use crate::audit::AuditLog;
 use crate::config::ExecConfig;
 use crate::containment::Containment;
 use crate::events::{Event, JobId};
+use crate::metrics::Metrics;
 use crate::protocol::ControlType;
 use crate::registry::Registry;
 use session::SessionInner;
@@ -67,6 +72,11 @@ pub struct Executor {
     running: AtomicUsize,
     /// Holds each job's processes together (cgroup or process group).
     containment: Arc<Containment>,
+    /// Counters for `/metrics`: jobs' ends, spawn latency, refusals.
+    metrics: Arc<Metrics>,
+    /// The audit log, when `[audit]` is on: refusals are written to it (jobs' records come
+    /// from the registry).
+    audit: std::sync::OnceLock<AuditLog>,
 }
 
 impl Executor {
@@ -117,6 +127,8 @@ impl Executor {
             jobs: Mutex::new(HashMap::new()),
             running: AtomicUsize::new(0),
             containment,
+            metrics: Arc::new(Metrics::new()),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
@@ -153,6 +165,41 @@ impl Executor {
     /// Processes running right now, across sessions.
     pub fn running_jobs(&self) -> usize {
         self.running.load(Ordering::Relaxed)
+    }
+
+    /// Jobs accepted that have not ended, running or not.
+    pub fn open_jobs(&self) -> usize {
+        self.jobs.lock().expect("lock").len()
+    }
+
+    /// The counters behind `/metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Sets the audit log refusals are written to (once; a second call is ignored).
+    pub fn set_audit(&self, log: AuditLog) {
+        let _ = self.audit.set(log);
+    }
+
+    /// The audit log, when one is on.
+    pub fn audit(&self) -> Option<&AuditLog> {
+        self.audit.get()
+    }
+
+    /// Records a request refused before a job existed: counted for `/metrics` as `reason`
+    /// and, with the audit log on, written as a `refused` record (`peer` is `ip:port`, or
+    /// absent for a local client; `body` gives the details).
+    pub fn refused(&self, reason: &'static str, peer: Option<&str>, mut body: serde_json::Value) {
+        self.metrics.refused(reason);
+        let Some(audit) = self.audit() else { return };
+        let ip = peer
+            .and_then(|p| p.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip())
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+        body["reason"] = reason.into();
+        body["peer"] = peer.into();
+        audit.refused(ip, body);
     }
 
     /// Opens a session whose events go to `events`. A full channel slows the session's own

@@ -2,7 +2,7 @@
 //! [`Accepted`] for an `execute` that was taken, and [`ExecError`] for one that was not.
 
 use crate::events::JobId;
-use crate::protocol::{ExecuteResult, OutputEncoding};
+use crate::protocol::{ExecuteResult, Limits, OutputEncoding, PtySize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -25,11 +25,50 @@ pub struct JobRequest {
     pub stdin: Option<String>,
     /// stderr goes to the stdout pipe (exact order, one stream).
     pub merge_stderr: bool,
+    /// Resource limits asked for; the server's defaults fill the rest.
+    pub limits: Option<Limits>,
+    /// stdin stays open for `input` (after `stdin`).
+    pub stdin_open: bool,
+    /// Run on a terminal of this size.
+    pub pty: Option<PtySize>,
+    /// The client's labels, for hooks (matchers, policies) and records.
+    pub labels: BTreeMap<String, String>,
+    /// The client's trace context; the job runs under a child span of it.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
+/// Most labels a request may carry.
+pub const MAX_LABELS: usize = 32;
+
 impl JobRequest {
+    /// Checks `labels`: at most [`MAX_LABELS`], keys of 1 to 64 bytes of `[A-Za-z0-9._/-]`,
+    /// values of at most 256 bytes without NUL. Errors are meant for the client.
+    pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), ExecError> {
+        if labels.len() > MAX_LABELS {
+            return Err(ExecError::Invalid(format!(
+                "`labels`: {} labels (at most {MAX_LABELS})",
+                labels.len()
+            )));
+        }
+        let key_ok = |k: &str| {
+            (1..=64).contains(&k.len())
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._/-".contains(&b))
+        };
+        match labels
+            .iter()
+            .find(|(k, v)| !key_ok(k) || v.len() > 256 || v.contains('\0'))
+        {
+            Some((k, _)) => Err(ExecError::Invalid(format!(
+                "`labels`: `{k}` is not a label key of 1 to 64 of [A-Za-z0-9._/-], or its value is longer than 256 bytes or has a NUL"
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// SHA-256 (hex) of what makes two requests the same for an idempotency key: command,
-    /// cwd, env, timeout, detach, encoding, stdin and `merge_stderr`.
+    /// cwd, env, timeout, detach, encoding, stdin, `merge_stderr`, limits, `stdin_open` and
+    /// pty.
     pub fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let canonical = serde_json::json!([
@@ -41,6 +80,10 @@ impl JobRequest {
             self.output_encoding,
             self.stdin,
             self.merge_stderr,
+            self.limits,
+            self.stdin_open,
+            self.pty,
+            self.labels,
         ]);
         Sha256::digest(canonical.to_string().as_bytes())
             .iter()
@@ -95,6 +138,11 @@ impl JobRequest {
             idempotency_key: None,
             stdin: None,
             merge_stderr: false,
+            limits: None,
+            stdin_open: false,
+            pty: None,
+            labels: BTreeMap::new(),
+            trace: None,
         })
     }
 }

@@ -1,3 +1,5 @@
+// Over 500 lines: a connection's queue and every operation on it (`execute`, `control`,
+// `status`, `close`) share one lock and its invariants; split, they would each re-check them.
 //! A connection's jobs: the [`Session`] handle, its queue, and `execute`, `control`, `status`
 //! and `close`. Lives as long as the connection (and its last job's task).
 //!
@@ -23,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// A connection's jobs. Cheap to clone; [`Session::close`] ends them.
 #[derive(Clone)]
 pub struct Session {
-    inner: Arc<SessionInner>,
+    pub(super) inner: Arc<SessionInner>,
 }
 
 /// Who submits a session's jobs, as their records keep it.
@@ -91,6 +93,11 @@ pub(super) struct Running {
     pub(super) started: Instant,
     pub(super) paused: bool,
     pub(super) ctrl: mpsc::Sender<Control>,
+    /// Its stdin or terminal, when it keeps one open.
+    pub(super) input: Option<crate::jobs::input::JobInput>,
+    /// The input stage for it: its generation's hooks, its context and its request as run
+    /// (`None` when no hook checks input).
+    pub(super) input_check: Option<Arc<super::input::InputCheck>>,
 }
 
 pub(super) struct Queued {
@@ -147,6 +154,13 @@ impl Session {
                 cfg.max_timeout.as_secs_f64()
             )));
         }
+        cfg.limits
+            .resolve(request.limits)
+            .map_err(ExecError::Invalid)?;
+        if let Some(pty) = &request.pty {
+            pty.check().map_err(ExecError::Invalid)?;
+        }
+        JobRequest::check_labels(&request.labels)?;
         let exec = &self.inner.exec;
         let registry = exec.registry();
         let job_id = exec.new_job_id();
@@ -169,6 +183,17 @@ impl Session {
             let refusal = if st.closed {
                 Some(ExecError::Closed)
             } else if st.head.is_some() && st.queue.len() >= cfg.max_queue {
+                self.inner.exec.refused(
+                    "queue_full",
+                    self.inner.origin.peer.as_deref(),
+                    serde_json::json!({
+                        "detail": format!("{} jobs already queued", st.queue.len()),
+                        "token_label": self.inner.origin.token_label,
+                        "session_id": &*self.inner.id,
+                        "command": request.command,
+                        "cwd": request.cwd,
+                    }),
+                );
                 Some(ExecError::QueueFull(st.queue.len()))
             } else {
                 None

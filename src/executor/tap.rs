@@ -25,7 +25,7 @@ impl JobTap {
 impl OutputTap for JobTap {
     fn output(&mut self, stream: Stream, seq: u64, offset: u64, bytes: &[u8]) -> Option<Event> {
         self.log
-            .output(stream == Stream::Stdout, seq, offset, bytes);
+            .output(stream != Stream::Stderr, seq, offset, bytes);
         self.encoder
             .encode(stream, seq, offset, bytes)
             .map(Event::Output)

@@ -18,7 +18,7 @@ use tokio::sync::{oneshot, watch};
 pub(super) enum End {
     /// Its process ran; `reports` are the post-hooks'.
     Ran {
-        outcome: ProcessOutcome,
+        outcome: Box<ProcessOutcome>,
         pid: u32,
         pgid: i32,
         reports: Vec<HookReport>,
@@ -71,6 +71,8 @@ impl End {
                 execution_time: outcome.duration.as_secs_f64(),
                 stdout_bytes: outcome.stdout_bytes,
                 stderr_bytes: outcome.stderr_bytes,
+                stdout_raw_bytes: outcome.raw_bytes.map(|r| r.0),
+                stderr_raw_bytes: outcome.raw_bytes.map(|r| r.1),
                 stdout_sha256: Some(outcome.stdout_sha256),
                 stderr_sha256: Some(outcome.stderr_sha256),
                 pid: Some(pid),
@@ -81,6 +83,8 @@ impl End {
                 hooks: reports,
                 leftovers_killed: (outcome.leftovers_killed > 0)
                     .then_some(outcome.leftovers_killed as u64),
+                limit: outcome.limit,
+                usage: Some(outcome.usage),
             },
             End::Denied { hook, reason } => {
                 let mut c = Completion::without_process(job_id, JobStatus::Denied);
@@ -115,7 +119,9 @@ impl SessionInner {
             });
             self.emit(log, note).await;
         }
-        let completion = Event::Completed(end.into_completion(job_id.clone()));
+        let completion = end.into_completion(job_id.clone());
+        self.exec.metrics.job_ended(&completion);
+        let completion = Event::Completed(completion);
         self.exec.untrack(job_id);
         self.emit(log, completion).await;
     }
@@ -142,7 +148,9 @@ impl SessionInner {
                 Some(err) => {
                     // The client never had the job's id: no event, but the record ends.
                     self.exec.untrack(job_id);
-                    log.event(&Event::Completed(end.into_completion(job_id.clone())));
+                    let completion = end.into_completion(job_id.clone());
+                    self.exec.metrics.job_ended(&completion);
+                    log.event(&Event::Completed(completion));
                     Some((tx, Err(err)))
                 }
                 None => {

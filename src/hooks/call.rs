@@ -4,7 +4,12 @@
 //! [`FailureKind`] with a message that names the limit.
 //!
 //! A store lives for exactly one call (spin's rule): nothing leaks between calls, a trapped
-//! instance is never reused, and a store never crosses tasks.
+//! instance is never reused, and a store never crosses tasks. The output stage is the one
+//! exception (a store per job, `output_stage.rs`); it builds its stores with [`new_store`] and
+//! classifies failures with [`classify`] from here.
+//!
+//! Over 500 lines: one call's whole path (store, limiter, host functions, the bounded call for
+//! each stage and contract version, the failure's classification) reads best in one place.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,9 +18,10 @@ use wasmtime::component::{InstancePre, ResourceTable};
 use wasmtime::{ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{host, post, pre, types as wit};
+use super::bindings::{host, input, post, pre, types as wit, v1};
 use super::capture::Capture;
 use super::kv::SharedKv;
+use super::types::{HookRequest, HookResult};
 use super::{FailureKind, HookHost, HookSpec};
 
 /// Longest `host.log` message kept, in bytes; longer ones are cut with a note.
@@ -152,6 +158,27 @@ impl host::Host for CallState {
 
 impl wit::Host for CallState {}
 
+/// A 0.1.0 hook's `host` imports: the same services.
+impl v1::host::Host for CallState {
+    fn log(&mut self, level: v1::host::Level, message: String) {
+        host::Host::log(self, super::convert::level_v1(level), message)
+    }
+
+    fn config(&mut self) -> Vec<(String, String)> {
+        host::Host::config(self)
+    }
+
+    fn kv_get(&mut self, key: String) -> Option<String> {
+        host::Host::kv_get(self, key)
+    }
+
+    fn kv_set(&mut self, key: String, value: String) {
+        host::Host::kv_set(self, key, value)
+    }
+}
+
+impl v1::types::Host for CallState {}
+
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -163,30 +190,47 @@ pub(crate) fn add_to_linker(
 ) -> anyhow::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     host::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(linker, |s| s)?;
+    v1::host::add_to_linker::<CallState, wasmtime::component::HasSelf<CallState>>(linker, |s| s)?;
     Ok(())
 }
 
 // ---- the call ---------------------------------------------------------------------------------
+
+/// A hook's `pre-execute` export, in the contract version it was built against.
+pub(crate) enum PreExport {
+    V1(v1::pre::PreHookIndices),
+    V2(pre::PreHookIndices),
+}
+
+/// A hook's `post-execute` export, in the contract version it was built against.
+pub(crate) enum PostExport {
+    V1(v1::post::PostHookIndices),
+    V2(post::PostHookIndices),
+}
 
 /// What a loaded hook needs to be called.
 pub(crate) struct Callable<'a> {
     pub(crate) ident: &'a Arc<HookIdentity>,
     pub(crate) limits: Limits,
     pub(crate) instance_pre: &'a InstancePre<CallState>,
-    pub(crate) pre: Option<&'a pre::PreHookIndices>,
-    pub(crate) post: Option<&'a post::PostHookIndices>,
+    pub(crate) pre: Option<&'a PreExport>,
+    pub(crate) post: Option<&'a PostExport>,
+    pub(crate) input: Option<&'a input::InputHookIndices>,
 }
 
-/// The input of one call.
+/// The input of one call, converted at the call to the hook's contract version.
 pub(crate) enum Input {
-    Pre(wit::ExecRequest),
-    Post(wit::ExecResult),
+    Pre(Box<HookRequest>),
+    Post(Box<HookResult>),
+    /// `check-input`: the job's request and the bytes typed or piped into it.
+    Typed(Box<HookRequest>, Vec<u8>),
 }
 
 /// A guest's raw answer, before checking.
 pub(crate) enum Answer {
     Pre(wit::PreDecision),
     Post(wit::PostOutcome),
+    Input(wit::InputDecision),
 }
 
 /// A failed call: what kind, and a message naming the hook and the limit.
@@ -206,7 +250,7 @@ pub(crate) struct CallOutcome {
 }
 
 /// Where an error came from, which decides its kind when it is not a trap.
-enum Phase {
+pub(crate) enum Phase {
     Instantiate,
     Call,
 }
@@ -220,44 +264,13 @@ enum Phase {
 /// returns within `timeout` plus about one tick and the timer's granularity.
 pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> CallOutcome {
     let name = hook.ident.name.as_str();
-    let stdout = Capture::default();
-    let stderr = Capture::default();
-    let wasi = WasiCtx::builder()
-        .stdout(stdout.clone())
-        .stderr(stderr.clone())
-        .build();
-    let mut store = Store::new(
-        &host.engine,
-        CallState {
-            wasi,
-            table: ResourceTable::new(),
-            ident: hook.ident.clone(),
-            limiter: CallLimiter {
-                memory_bytes: hook.limits.memory_bytes,
-                refused: None,
-            },
-            log_messages: 0,
-        },
-    );
-    store.limiter(|s| &mut s.limiter);
+    let (mut store, stdout, stderr) = new_store(host, hook.ident, &hook.limits);
     let fuel = if hook.limits.fuel == 0 {
         u64::MAX
     } else {
         hook.limits.fuel
     };
     let fuel_set = store.set_fuel(fuel).is_ok();
-    // A store's deadline starts at 0; every store must get one. Yield at each tick and keep
-    // going: the outer timeout decides when the call is over. The yield is tokio's
-    // `yield_now`, which defers the wake-up until the worker has polled its timer and I/O
-    // drivers; wasmtime's plain yield wakes the task at once, and tokio then polls its drivers
-    // only every ~61 polls, so a spinning guest would delay every timer on its worker by ~60 ms.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| {
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
 
     let started = Instant::now();
     let limits = hook.limits;
@@ -279,36 +292,69 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
             .map_err(|e| (Phase::Instantiate, e))?;
         match input {
             Input::Pre(req) => {
-                let Some(indices) = hook.pre else {
-                    return Err((
-                        Phase::Call,
-                        wasmtime::Error::msg("hook has no pre-execute export"),
-                    ));
+                let no_export = || {
+                    let e = wasmtime::Error::msg("hook has no pre-execute export");
+                    (Phase::Call, e)
+                };
+                match hook.pre.ok_or_else(no_export)? {
+                    PreExport::V2(indices) => {
+                        let bound = indices
+                            .load(&mut store, &instance)
+                            .map_err(|e| (Phase::Instantiate, e))?;
+                        let req = wit::ExecRequest::from(&*req);
+                        bound.call_pre_execute(&mut store, &req).await
+                    }
+                    PreExport::V1(indices) => {
+                        let bound = indices
+                            .load(&mut store, &instance)
+                            .map_err(|e| (Phase::Instantiate, e))?;
+                        let req = v1::types::ExecRequest::from(&*req);
+                        let answer = bound.call_pre_execute(&mut store, &req).await;
+                        answer.map(super::convert::pre_decision_v1)
+                    }
+                }
+                .map(Answer::Pre)
+                .map_err(|e| (Phase::Call, e))
+            }
+            Input::Typed(req, data) => {
+                let Some(indices) = hook.input else {
+                    let e = wasmtime::Error::msg("hook has no check-input export");
+                    return Err((Phase::Call, e));
                 };
                 let bound = indices
                     .load(&mut store, &instance)
                     .map_err(|e| (Phase::Instantiate, e))?;
+                let req = wit::ExecRequest::from(&*req);
                 bound
-                    .call_pre_execute(&mut store, &req)
+                    .call_check_input(&mut store, &req, &data)
                     .await
-                    .map(Answer::Pre)
+                    .map(Answer::Input)
                     .map_err(|e| (Phase::Call, e))
             }
             Input::Post(job) => {
-                let Some(indices) = hook.post else {
-                    return Err((
-                        Phase::Call,
-                        wasmtime::Error::msg("hook has no post-execute export"),
-                    ));
+                let no_export = || {
+                    let e = wasmtime::Error::msg("hook has no post-execute export");
+                    (Phase::Call, e)
                 };
-                let bound = indices
-                    .load(&mut store, &instance)
-                    .map_err(|e| (Phase::Instantiate, e))?;
-                bound
-                    .call_post_execute(&mut store, &job)
-                    .await
-                    .map(Answer::Post)
-                    .map_err(|e| (Phase::Call, e))
+                match hook.post.ok_or_else(no_export)? {
+                    PostExport::V2(indices) => {
+                        let bound = indices
+                            .load(&mut store, &instance)
+                            .map_err(|e| (Phase::Instantiate, e))?;
+                        let job = wit::ExecResult::from(&*job);
+                        bound.call_post_execute(&mut store, &job).await
+                    }
+                    PostExport::V1(indices) => {
+                        let bound = indices
+                            .load(&mut store, &instance)
+                            .map_err(|e| (Phase::Instantiate, e))?;
+                        let job = v1::types::ExecResult::from(&*job);
+                        let answer = bound.call_post_execute(&mut store, &job).await;
+                        answer.map(super::convert::post_outcome_v1)
+                    }
+                }
+                .map(Answer::Post)
+                .map_err(|e| (Phase::Call, e))
             }
         }
     })
@@ -357,8 +403,56 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
     }
 }
 
+/// A store for calls of the hook `ident` within `limits` (memory; fuel is set per call), with
+/// the guest's stdout and stderr captured.
+///
+/// A store's epoch deadline starts at 0; every store must get one. It yields at each tick and
+/// keeps going: the caller's outer timeout decides when a call is over. The yield is tokio's
+/// `yield_now`, which defers the wake-up until the worker has polled its timer and I/O
+/// drivers; wasmtime's plain yield wakes the task at once, and tokio then polls its drivers
+/// only every ~61 polls, so a spinning guest would delay every timer on its worker by ~60 ms.
+pub(crate) fn new_store(
+    host: &HookHost,
+    ident: &Arc<HookIdentity>,
+    limits: &Limits,
+) -> (Store<CallState>, Capture, Capture) {
+    let stdout = Capture::default();
+    let stderr = Capture::default();
+    let wasi = WasiCtx::builder()
+        .stdout(stdout.clone())
+        .stderr(stderr.clone())
+        .build();
+    let mut store = Store::new(
+        &host.engine,
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            ident: ident.clone(),
+            limiter: CallLimiter {
+                memory_bytes: limits.memory_bytes,
+                refused: None,
+            },
+            log_messages: 0,
+        },
+    );
+    store.limiter(|s| &mut s.limiter);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    (store, stdout, stderr)
+}
+
+/// The memory growth the limiter refused in `store`, if any (for [`classify`]).
+pub(crate) fn refused(store: &Store<CallState>) -> Option<usize> {
+    store.data().limiter.refused
+}
+
 /// Turns a wasmtime error into a failure kind and a message a person can act on.
-fn classify(
+pub(crate) fn classify(
     name: &str,
     limits: &Limits,
     refused: Option<usize>,

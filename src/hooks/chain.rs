@@ -5,14 +5,14 @@
 use std::convert::Infallible;
 use std::ops::ControlFlow;
 
-use super::bindings::types as wit;
 use super::call::{self, Answer, CallOutcome, Failure, Input};
+use super::decision_log::DecisionRecord;
 use super::set::{HookSet, LoadedHook, Ready, Slot};
 use super::stats::Tally;
 use super::types::{self, HookRequest, HookResult, PostOutcome, PreDecision};
 use super::{
-    FailureKind, HookReport, HookWarning, OnFailure, PostChain, PreChain, PreOutcome, Stage,
-    Verdict,
+    FailureKind, HookMode, HookReport, HookWarning, OnFailure, PostChain, PreChain, PreOutcome,
+    Stage, Verdict,
 };
 
 /// A guest's answer that passed the checks in `types`.
@@ -26,6 +26,7 @@ pub(super) fn check(hook: &str, answer: Answer) -> Result<Checked, Failure> {
     let checked = match answer {
         Answer::Pre(d) => types::check_pre(d).map(Checked::Pre),
         Answer::Post(o) => types::check_post(o).map(Checked::Post),
+        Answer::Input(_) => Err("a check-input answer where pre or post was called".into()),
     };
     checked.map_err(|why| Failure {
         kind: FailureKind::Invalid,
@@ -44,6 +45,8 @@ trait Fold {
 
     /// The input for the next hook.
     fn input(&self) -> Input;
+    /// The request whose parse matchers are evaluated against.
+    fn request(&self) -> &HookRequest;
     /// Folds a hook's checked answer into the chain and into its report, which already holds
     /// the call's timings; `Break` ends the chain.
     fn answered(
@@ -79,6 +82,9 @@ fn report(hook: &str, stage: Stage) -> HookReport {
         error: None,
         duration_us: 0,
         fuel_used: 0,
+        mode: None,
+        matched: None,
+        patch: None,
     }
 }
 
@@ -86,6 +92,47 @@ pub(super) fn stage_name(stage: Stage) -> &'static str {
     match stage {
         Stage::Pre => "pre",
         Stage::Post => "post",
+    }
+}
+
+/// One call as the decision log records it.
+fn decision_record(
+    hook: &LoadedHook,
+    ready: &Ready,
+    stage: Stage,
+    request: &HookRequest,
+    matched: Option<&str>,
+    (duration, fuel): (std::time::Duration, u64),
+    checked: &Result<Checked, Failure>,
+) -> DecisionRecord {
+    let (decision, reason, patch, failure) = match checked {
+        Ok(Checked::Pre(PreDecision::Allow)) => ("allow".to_string(), None, None, None),
+        Ok(Checked::Pre(PreDecision::Deny(r))) => ("deny".into(), Some(r.clone()), None, None),
+        Ok(Checked::Pre(PreDecision::Modify(p))) => ("modify".into(), None, Some(p.clone()), None),
+        Ok(Checked::Post(o)) => match &o.verdict {
+            Some(Verdict::Pass) => ("pass".into(), None, None, None),
+            Some(Verdict::Fail(r)) => ("fail".into(), Some(r.clone()), None, None),
+            None => ("annotate".into(), None, None, None),
+        },
+        Err(f) => ("failed".into(), Some(f.message.clone()), None, Some(f.kind)),
+    };
+    DecisionRecord {
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+        job_id: request.job_id.clone(),
+        hook: hook.spec.name.clone(),
+        sha256: ready.sha256.clone(),
+        stage: stage_name(stage),
+        mode: hook.spec.mode,
+        matched: matched.map(str::to_string),
+        decision,
+        reason,
+        patch,
+        duration_us: duration.as_micros() as u64,
+        fuel,
+        failure,
+        request: request.clone(),
     }
 }
 
@@ -107,14 +154,23 @@ impl HookSet {
         hook: &LoadedHook,
         ready: &Ready,
         stage: Stage,
-        input: Input,
+        (input, request, matched): (Input, &HookRequest, Option<&str>),
     ) -> (HookReport, Result<Checked, Failure>) {
         let name = hook.spec.name.as_str();
         let callable = ready.callable(&hook.ident, &hook.spec);
         let out = call::call(&self.host, &callable, input).await;
         log_output(name, stage, &out);
+        let (duration, fuel_used) = (out.duration, out.fuel_used);
         let checked = out.result.and_then(|answer| check(name, answer));
+        if let Some(log) = self.host.decision_log() {
+            let took = (duration, fuel_used);
+            log.record(decision_record(
+                hook, ready, stage, request, matched, took, &checked,
+            ));
+        }
+        let enforced = hook.spec.mode == HookMode::Enforce;
         let tally = match &checked {
+            Ok(Checked::Pre(decision)) if !enforced => Tally::Would(decision.name()),
             Ok(Checked::Pre(decision)) => Tally::Decision(decision.name()),
             Ok(Checked::Post(outcome)) => {
                 Tally::Verdict(outcome.verdict.as_ref().map(|v| *v == Verdict::Pass))
@@ -126,6 +182,7 @@ impl HookSet {
         let mut report = report(name, stage);
         report.duration_us = out.duration.as_micros() as u64;
         report.fuel_used = out.fuel_used;
+        report.mode = (!enforced).then_some(hook.spec.mode);
         (report, checked)
     }
 
@@ -142,6 +199,11 @@ impl HookSet {
         };
         for hook in &self.hooks {
             let name = hook.spec.name.as_str();
+            // A hook whose matcher does not match this job is not instantiated at all.
+            let Some(matched) = hook.sees(fold.request()) else {
+                continue;
+            };
+            let mode = hook.spec.mode;
             let (mut report, failure) = match &hook.slot {
                 Slot::Disabled => continue,
                 Slot::Ready(ready) if !ready.exports(stage) => continue,
@@ -156,9 +218,46 @@ impl HookSet {
                     )
                 }
                 Slot::Ready(ready) => {
-                    let input = fold.input();
-                    match self.call_checked(hook, ready, stage, input).await {
+                    let call = (fold.input(), fold.request(), matched.as_deref());
+                    match self.call_checked(hook, ready, stage, call).await {
+                        (mut report, Ok(answer)) if mode != HookMode::Enforce => {
+                            // Recorded, never applied; `warn` tells the client.
+                            report.matched = matched;
+                            if let Checked::Pre(decision) = &answer {
+                                report.decision = Some(decision.name().to_string());
+                                if let PreDecision::Modify(patch) = decision {
+                                    report.patch = Some(patch.clone());
+                                }
+                                let warning = match decision {
+                                    PreDecision::Deny(reason) => {
+                                        Some((FailureKind::Deny, format!("would deny: {reason}")))
+                                    }
+                                    PreDecision::Modify(patch) => Some((
+                                        FailureKind::Modify,
+                                        format!(
+                                            "would modify: {}",
+                                            serde_json::to_string(patch).unwrap_or_default()
+                                        ),
+                                    )),
+                                    PreDecision::Allow => None,
+                                };
+                                if let (Some((kind, message)), HookMode::Warn) = (warning, mode) {
+                                    run.warnings.push(HookWarning {
+                                        hook: name.to_string(),
+                                        stage,
+                                        kind,
+                                        mode: Some(mode),
+                                        message,
+                                    });
+                                }
+                            } else {
+                                let _ = fold.answered(name, answer, &mut report);
+                            }
+                            run.reports.push(report);
+                            continue;
+                        }
                         (mut report, Ok(answer)) => {
+                            report.matched = matched;
                             let flow = fold.answered(name, answer, &mut report);
                             run.reports.push(report);
                             if let ControlFlow::Break(stop) = flow {
@@ -171,16 +270,22 @@ impl HookSet {
                     }
                 }
             };
-            tracing::warn!(hook = name, stage = stage_name(stage), kind = ?failure.kind, on_failure = ?hook.spec.on_failure, "{}", failure.message);
-            run.warnings.push(HookWarning {
-                hook: name.to_string(),
-                stage,
-                kind: failure.kind,
-                message: failure.message.clone(),
-            });
-            let flow = match hook.spec.on_failure {
-                OnFailure::Allow => ControlFlow::Continue(()),
-                OnFailure::Deny => fold.failed_closed(name, &failure, report.as_mut()),
+            tracing::warn!(hook = name, stage = stage_name(stage), kind = ?failure.kind, on_failure = ?hook.spec.on_failure, ?mode, "{}", failure.message);
+            // A dry-run hook's failure is only recorded; outside `enforce` the job runs.
+            if mode != HookMode::DryRun {
+                run.warnings.push(HookWarning {
+                    hook: name.to_string(),
+                    stage,
+                    kind: failure.kind,
+                    mode: (mode != HookMode::Enforce).then_some(mode),
+                    message: failure.message.clone(),
+                });
+            }
+            let flow = match (hook.spec.on_failure, mode) {
+                (OnFailure::Deny, HookMode::Enforce) => {
+                    fold.failed_closed(name, &failure, report.as_mut())
+                }
+                _ => ControlFlow::Continue(()),
             };
             if let Some(mut report) = report {
                 report.error = Some(failure.message);
@@ -199,7 +304,9 @@ impl HookSet {
     ///
     /// A hook that failed to load counts as a `load` failure at each chain (we cannot know its
     /// stages), handled by its `on_failure` like any other failure.
-    pub async fn run_pre(&self, req: HookRequest) -> PreChain {
+    pub async fn run_pre(&self, mut req: HookRequest) -> PreChain {
+        // The one parse every hook and matcher of the chain sees (again after a change).
+        req.parse();
         let mut fold = PreFold {
             request: req,
             modified_by: Vec::new(),
@@ -208,7 +315,7 @@ impl HookSet {
         let outcome = match run.stopped {
             Some((hook, reason)) => PreOutcome::Deny { hook, reason },
             None => PreOutcome::Allow {
-                request: fold.request,
+                request: Box::new(fold.request),
                 modified_by: fold.modified_by,
             },
         };
@@ -222,9 +329,10 @@ impl HookSet {
     /// Runs every post-hook, in config order; each adds annotations and maybe a verdict. A
     /// fail-closed hook's failure becomes a failing verdict with the failure as its reason.
     pub async fn run_post(&self, result: &HookResult) -> PostChain {
-        let mut fold = PostFold {
-            result: result.into(),
-        };
+        let mut result = result.clone();
+        result.request.parse();
+        result.received.parse();
+        let mut fold = PostFold { result };
         let run = self.run_stage(&mut fold).await;
         PostChain {
             reports: run.reports,
@@ -246,7 +354,11 @@ impl Fold for PreFold {
     type Stop = (String, String);
 
     fn input(&self) -> Input {
-        Input::Pre((&self.request).into())
+        Input::Pre(Box::new(self.request.clone()))
+    }
+
+    fn request(&self) -> &HookRequest {
+        &self.request
     }
 
     fn answered(
@@ -263,6 +375,7 @@ impl Fold for PreFold {
             PreDecision::Allow => {}
             PreDecision::Modify(patch) => {
                 self.request.apply(&patch);
+                report.patch = Some(patch);
                 self.modified_by.push(hook.to_string());
             }
             PreDecision::Deny(reason) => return ControlFlow::Break((hook.to_string(), reason)),
@@ -282,7 +395,7 @@ impl Fold for PreFold {
 
 /// The post chain: every hook sees the same result; it never stops early.
 struct PostFold {
-    result: wit::ExecResult,
+    result: HookResult,
 }
 
 impl Fold for PostFold {
@@ -291,7 +404,11 @@ impl Fold for PostFold {
     type Stop = Infallible;
 
     fn input(&self) -> Input {
-        Input::Post(self.result.clone())
+        Input::Post(Box::new(self.result.clone()))
+    }
+
+    fn request(&self) -> &HookRequest {
+        &self.result.request
     }
 
     fn answered(

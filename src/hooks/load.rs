@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
-use super::bindings::{post, pre};
-use super::call::HookIdentity;
+use super::bindings::{post, pre, v1};
+use super::call::{HookIdentity, PostExport, PreExport};
 use super::set::{HookSet, LoadedHook, Ready, Slot};
 use super::stats::Tally;
 use super::{FailureKind, HookHost, HookSpec, MAX_MEMORY_MB, Stage};
+use sha2::Digest;
 
 /// Why a hook could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +38,9 @@ pub enum LoadError {
         path: PathBuf,
         message: String,
     },
-    #[error("hook `{hook}` ({path}) exports neither `pre-execute` nor `post-execute`")]
+    #[error(
+        "hook `{hook}` ({path}) exports none of `pre-execute`, `post-execute`, `check-input`, `filter-output`"
+    )]
     NoExports { hook: String, path: PathBuf },
     #[error("hook `{hook}` ({path}): export `{export}` has the wrong type: {message}")]
     ExportType {
@@ -45,6 +48,13 @@ pub enum LoadError {
         path: PathBuf,
         export: &'static str,
         message: String,
+    },
+    #[error("hook `{hook}` ({path}) is pinned to sha256 {expected}, but the file's is {found}")]
+    Digest {
+        hook: String,
+        path: PathBuf,
+        expected: String,
+        found: String,
     },
     #[error("hook `{hook}`: {message}")]
     Limits { hook: String, message: String },
@@ -78,6 +88,20 @@ pub(super) fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadEr
         path: path.clone(),
         source,
     })?;
+    let sha256: String = sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(expected) = &spec.sha256
+        && !expected.eq_ignore_ascii_case(&sha256)
+    {
+        return Err(LoadError::Digest {
+            hook,
+            path,
+            expected: expected.clone(),
+            found: sha256,
+        });
+    }
     let (component, source) = host
         .cache
         .load(&host.engine, &spec.name, &bytes)
@@ -102,17 +126,47 @@ pub(super) fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadEr
         export,
         message: format!("{e:#}"),
     };
+    // The newest contract version whose types the export matches; the error reported is the
+    // newest version's.
     let pre = if has("pre-execute") {
-        Some(pre::PreHookIndices::new(&instance_pre).map_err(|e| type_err("pre-execute", e))?)
+        Some(match pre::PreHookIndices::new(&instance_pre) {
+            Ok(i) => PreExport::V2(i),
+            Err(e) => v1::pre::PreHookIndices::new(&instance_pre)
+                .map(PreExport::V1)
+                .map_err(|_| type_err("pre-execute", e))?,
+        })
     } else {
         None
     };
     let post = if has("post-execute") {
-        Some(post::PostHookIndices::new(&instance_pre).map_err(|e| type_err("post-execute", e))?)
+        Some(match post::PostHookIndices::new(&instance_pre) {
+            Ok(i) => PostExport::V2(i),
+            Err(e) => v1::post::PostHookIndices::new(&instance_pre)
+                .map(PostExport::V1)
+                .map_err(|_| type_err("post-execute", e))?,
+        })
     } else {
         None
     };
-    if pre.is_none() && post.is_none() {
+    let input = if has("check-input") {
+        Some(
+            super::bindings::input::InputHookIndices::new(&instance_pre)
+                .map_err(|e| type_err("check-input", e))?,
+        )
+    } else {
+        None
+    };
+    let output = if has("filter-output") {
+        Some(
+            super::bindings::output::OutputHookIndices::new(&instance_pre)
+                .map_err(|e| type_err("filter-output", e))?,
+        )
+    } else {
+        None
+    };
+    let old = matches!(pre, Some(PreExport::V1(_))) || matches!(post, Some(PostExport::V1(_)));
+    let contract = if old { "0.1.0" } else { "0.2.0" };
+    if pre.is_none() && post.is_none() && input.is_none() && output.is_none() {
         return Err(LoadError::NoExports { hook, path });
     }
     tracing::info!(
@@ -122,12 +176,17 @@ pub(super) fn load_one(host: &HookHost, spec: &HookSpec) -> Result<Ready, LoadEr
         load_ms,
         pre = pre.is_some(),
         post = post.is_some(),
+        contract,
         "hook loaded"
     );
     Ok(Ready {
         instance_pre,
         pre,
         post,
+        input,
+        output,
+        contract,
+        sha256,
         source,
         load_ms,
     })
@@ -263,6 +322,11 @@ impl HookSet {
                     );
                 }
                 LoadedHook {
+                    matcher: spec.matcher.as_ref().and_then(|m| {
+                        m.compile()
+                            .inspect_err(|e| tracing::warn!(hook = %spec.name, "match {e}: the hook sees every job"))
+                            .ok()
+                    }),
                     ident: Arc::new(HookIdentity {
                         name: spec.name.clone(),
                         config: spec.config.clone(),

@@ -18,7 +18,8 @@
 //! - `load`: loading a set, its hooks in parallel with per-hook progress; [`LoadError`].
 //! - `chain`: running a set's hooks at a stage — one runner for the pre and the post chain.
 //! - `status`: a set's hooks as status pages show them ([`HookStatus`]).
-//! - `run_once`: `ccx hooks run`, one hook called once outside any set.
+//! - `run_once`: `ccx hooks run`, one hook called once outside any set; `trial`: one hook
+//!   loaded once and called on many requests (`ccx hooks test`, `ccx hooks replay`).
 //! - `call`: one call — store, limits, host functions, failure classification; `capture`: the
 //!   call's bounded guest stdout/stderr.
 //! - `bindings`: `bindgen!` output for `wit/hooks.wit`; `types`: plain, serde-friendly mirrors
@@ -33,12 +34,19 @@ mod cache;
 mod call;
 mod capture;
 mod chain;
+mod convert;
+pub mod decision_log;
+mod input_stage;
 mod kv;
 mod load;
+mod output_stage;
+mod parse;
+mod policy;
 mod run_once;
 mod set;
 mod stats;
 mod status;
+mod trial;
 mod types;
 
 use std::path::PathBuf;
@@ -55,14 +63,21 @@ pub use call::{LOG_MESSAGE_MAX_BYTES, LOG_MESSAGES_PER_CALL, MAX_TABLE_ELEMENTS}
 pub use capture::OUTPUT_CAP_BYTES;
 pub use kv::{KV_MAX_KEY_BYTES, KV_MAX_KEYS, KV_MAX_TOTAL_BYTES, KV_MAX_VALUE_BYTES, KvPersist};
 pub use load::LoadError;
+pub use output_stage::{
+    DEFAULT_FLUSH_MS, DEFAULT_JOB_FUEL, DEFAULT_MAX_LINE_BYTES, Filtered, Granularity, OutStream,
+    OutputFilter, OutputReport, OutputSpec, OutputWarning,
+};
+pub use parse::{Parse, SimpleCommand};
+pub use policy::{HookMode, MatchSpec, Matcher};
 pub use run_once::{RunFailure, RunInput, RunReport, run_once};
 pub use set::HookSet;
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
 pub use status::{HookState, HookStatus};
+pub use trial::{TrialCall, TrialDecision, TrialHook};
 pub use types::{
-    HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES, MAX_ANNOTATION_VALUE_BYTES,
-    MAX_ANNOTATIONS, MAX_ANSWER_BYTES, MAX_PATCH_ENV, MAX_REASON_BYTES, PostOutcome, PreDecision,
-    RequestPatch, Verdict,
+    HookLimits, HookRequest, HookResult, JobStatus, MAX_ANNOTATION_KEY_BYTES,
+    MAX_ANNOTATION_VALUE_BYTES, MAX_ANNOTATIONS, MAX_ANSWER_BYTES, MAX_PATCH_ENV, MAX_REASON_BYTES,
+    PostOutcome, PreDecision, RequestPatch, StdinMode, Submitter, TerminalSize, Verdict,
 };
 
 /// Default fuel per call. A Rust hook uses about 4,400 units per call and a componentize-py one
@@ -112,6 +127,18 @@ pub struct HookSpec {
     /// Limit on each linear memory, in MiB.
     pub memory_mb: u64,
     pub on_failure: OnFailure,
+    /// What its decisions do.
+    #[serde(default)]
+    pub mode: HookMode,
+    /// Which jobs it sees; `None`: every job.
+    #[serde(default)]
+    pub matcher: Option<MatchSpec>,
+    /// The component's pinned SHA-256 (hex): a file with another digest is refused at load.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// How the output stage cuts, bounds and fails (`output = {…}`), for a hook exporting it.
+    #[serde(default)]
+    pub output: OutputSpec,
     /// Returned to the hook by `host.config()`.
     pub config: Vec<(String, String)>,
 }
@@ -127,6 +154,10 @@ impl HookSpec {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             memory_mb: DEFAULT_MEMORY_MB,
             on_failure: OnFailure::Allow,
+            mode: HookMode::Enforce,
+            matcher: None,
+            sha256: None,
+            output: OutputSpec::default(),
             config: Vec::new(),
         }
     }
@@ -156,6 +187,10 @@ pub enum FailureKind {
     Invalid,
     /// Could not be loaded or instantiated.
     Load,
+    /// Not a failure: a `warn`-mode hook denied (the job ran).
+    Deny,
+    /// Not a failure: a `warn`-mode hook asked for a change (not applied).
+    Modify,
 }
 
 /// What one hook did in one chain.
@@ -174,6 +209,12 @@ pub struct HookReport {
     pub error: Option<String>,
     pub duration_us: u64,
     pub fuel_used: u64,
+    /// The hook's mode when it is not `enforce` (its decision was then not applied).
+    pub mode: Option<HookMode>,
+    /// The matcher rule that let the hook see the job, when it has a matcher.
+    pub matched: Option<String>,
+    /// Pre only: the hook's patch when it answered `modify` (applied only in `enforce`).
+    pub patch: Option<RequestPatch>,
 }
 
 /// A hook failure that did not stop the chain (or, when the hook fails closed, the failure
@@ -183,6 +224,8 @@ pub struct HookWarning {
     pub hook: String,
     pub stage: Stage,
     pub kind: FailureKind,
+    /// `warn` for a warn-mode hook's decision (kind `deny` or `modify`) or failure.
+    pub mode: Option<HookMode>,
     pub message: String,
 }
 
@@ -200,7 +243,7 @@ pub struct PreChain {
 pub enum PreOutcome {
     /// Run `request` (the original with every patch applied, in order).
     Allow {
-        request: HookRequest,
+        request: Box<HookRequest>,
         /// Names of the hooks whose patches were applied, in order.
         modified_by: Vec<String>,
     },
@@ -274,11 +317,13 @@ pub struct HookHost {
     linker: Linker<call::CallState>,
     cache: cache::ArtifactCache,
     /// Bounds concurrent calls to the instance pool's capacity.
-    call_slots: tokio::sync::Semaphore,
+    call_slots: Arc<tokio::sync::Semaphore>,
     pooling: bool,
     counters: std::sync::Mutex<std::collections::HashMap<String, Arc<stats::HookCounters>>>,
     kv: std::sync::Mutex<std::collections::HashMap<String, kv::SharedKv>>,
     kv_persist: std::sync::Mutex<Option<KvPersist>>,
+    /// Where each decision is logged, when `[sandbox] decision_log` is set.
+    decision_log: std::sync::Mutex<Option<decision_log::DecisionLog>>,
 }
 
 impl std::fmt::Debug for HookHost {
@@ -355,11 +400,12 @@ impl HookHost {
             engine,
             linker,
             cache,
-            call_slots: tokio::sync::Semaphore::new(calls as usize),
+            call_slots: Arc::new(tokio::sync::Semaphore::new(calls as usize)),
             pooling,
             counters: Default::default(),
             kv: Default::default(),
             kv_persist: Default::default(),
+            decision_log: Default::default(),
         }))
     }
 
@@ -403,6 +449,18 @@ impl HookHost {
     /// Makes the hooks' kv stores outlive the process: `seed` holds the values persisted
     /// before (hook, key, value), and `persist` takes every accepted write from now on. Call
     /// it before any hook is loaded (stores made earlier stay in memory only).
+    /// Logs every hook decision from now on to `log`.
+    pub fn set_decision_log(&self, log: decision_log::DecisionLog) {
+        *self.decision_log.lock().unwrap_or_else(|e| e.into_inner()) = Some(log);
+    }
+
+    pub(crate) fn decision_log(&self) -> Option<decision_log::DecisionLog> {
+        self.decision_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn persist_kv(&self, seed: Vec<(String, String, String)>, persist: KvPersist) {
         *self.kv_persist.lock().unwrap_or_else(|e| e.into_inner()) = Some(persist);
         for (hook, key, value) in seed {

@@ -17,8 +17,8 @@ use super::{FailureKind, HookHost, HookSpec, Stage};
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RunInput {
-    Pre(HookRequest),
-    Post(HookResult),
+    Pre(Box<HookRequest>),
+    Post(Box<HookResult>),
 }
 
 /// What a one-off run produced.
@@ -78,9 +78,19 @@ pub async fn run_once(
         config: spec.config.clone(),
         kv: host.kv_for(&spec.name),
     });
+    // The host's parse, as a chain would give it.
     let input = match &input {
-        RunInput::Pre(req) => Input::Pre(req.into()),
-        RunInput::Post(res) => Input::Post(res.into()),
+        RunInput::Pre(req) => {
+            let mut req = req.clone();
+            req.parse();
+            Input::Pre(req)
+        }
+        RunInput::Post(res) => {
+            let mut res = res.clone();
+            res.request.parse();
+            res.received.parse();
+            Input::Post(res)
+        }
     };
     let out = call::call(host, &ready.callable(&ident, spec), input).await;
     let checked = out

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use wasmtime::component::InstancePre;
 
-use super::bindings::{post, pre};
 use super::cache::LoadSource;
-use super::call::{CallState, Callable, HookIdentity, Limits};
+use super::call::{CallState, Callable, HookIdentity, Limits, PostExport, PreExport};
 use super::load::LoadError;
 use super::stats::HookCounters;
 use super::{HookHost, HookSpec, Stage};
@@ -24,9 +23,28 @@ pub struct HookSet {
 /// A hook of a set, whatever its state.
 pub(super) struct LoadedHook {
     pub(super) spec: HookSpec,
+    /// The spec's matcher, compiled (a matcher that does not compile matches every job).
+    pub(super) matcher: Option<super::Matcher>,
     pub(super) ident: Arc<HookIdentity>,
     pub(super) counters: Arc<HookCounters>,
     pub(super) slot: Slot,
+}
+
+impl LoadedHook {
+    /// The rule by which it sees the job `request` describes: `Some(None)` with no matcher,
+    /// `Some(Some(rule))` when its matcher matches, `None` when the job is not for it.
+    pub(super) fn sees(&self, request: &super::HookRequest) -> Option<Option<String>> {
+        match &self.matcher {
+            None => Some(None),
+            Some(m) => m
+                .matches(
+                    &request.command,
+                    &request.commands,
+                    request.unparsed.is_some(),
+                )
+                .map(Some),
+        }
+    }
 }
 
 /// A hook's state in a set.
@@ -39,8 +57,16 @@ pub(super) enum Slot {
 /// A compiled (or mapped) hook, ready to instantiate, with the stages it exports.
 pub(super) struct Ready {
     pub(super) instance_pre: InstancePre<CallState>,
-    pub(super) pre: Option<pre::PreHookIndices>,
-    pub(super) post: Option<post::PostHookIndices>,
+    pub(super) pre: Option<PreExport>,
+    pub(super) post: Option<PostExport>,
+    /// `check-input` (0.2.0 only).
+    pub(super) input: Option<super::bindings::input::InputHookIndices>,
+    /// `start-output` and `filter-output` (0.2.0 only).
+    pub(super) output: Option<super::bindings::output::OutputHookIndices>,
+    /// The contract version the component was built against (`0.1.0`, `0.2.0`).
+    pub(super) contract: &'static str,
+    /// SHA-256 (hex) of the component file as loaded.
+    pub(super) sha256: String,
     pub(super) source: LoadSource,
     /// Time to read and compile or map the component, in milliseconds.
     pub(super) load_ms: f64,
@@ -67,6 +93,7 @@ impl Ready {
             instance_pre: &self.instance_pre,
             pre: self.pre.as_ref(),
             post: self.post.as_ref(),
+            input: self.input.as_ref(),
         }
     }
 }

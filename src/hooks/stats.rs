@@ -12,6 +12,13 @@ use super::{FailureKind, Stage};
 /// How many recent calls the latency and fuel percentiles are computed over.
 pub const STATS_WINDOW: usize = 1024;
 
+/// Upper bounds (µs) of the latency histogram's buckets, for `/metrics`: 25 µs to ~1.6 s in
+/// factors of 2 (a last, unbounded bucket is implied).
+pub const LATENCY_BOUNDS_US: [u64; 17] = [
+    25, 50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800,
+    409_600, 819_200, 1_638_400,
+];
+
 /// Counters for one hook. A std `Mutex` because updates are a few integer bumps, never held
 /// across an await.
 #[derive(Debug, Default)]
@@ -27,9 +34,16 @@ struct Inner {
     allow: u64,
     deny: u64,
     modify: u64,
+    would_deny: u64,
+    would_modify: u64,
     pass: u64,
     fail: u64,
     failures: FailureCounts,
+    post_failures: u64,
+    /// Calls per [`LATENCY_BOUNDS_US`] bucket (not cumulative; the last is the overflow).
+    latency_counts: [u64; LATENCY_BOUNDS_US.len() + 1],
+    latency_sum_us: u64,
+    fuel_total: u64,
     durations_us: VecDeque<u64>,
     fuel: VecDeque<u64>,
     last_failure: Option<LastFailure>,
@@ -67,6 +81,9 @@ pub struct HookStats {
     pub allow: u64,
     pub deny: u64,
     pub modify: u64,
+    /// Decisions of a `warn` or `dry-run` hook, recorded but not applied.
+    pub would_deny: u64,
+    pub would_modify: u64,
     /// Post-hook verdicts (answers that passed the checks).
     pub pass: u64,
     pub fail: u64,
@@ -77,12 +94,29 @@ pub struct HookStats {
     pub latency_p99_us: Option<u64>,
     /// Fuel used per call over the last [`STATS_WINDOW`] calls.
     pub fuel_p50: Option<u64>,
+    /// Fuel used by every call since start.
+    pub fuel_total: u64,
+    /// Failures of post-hook calls (the rest of `failures` are pre-hook calls).
+    pub post_failures: u64,
+    /// Every call's latency since start, in buckets.
+    pub latency: LatencyHistogram,
     pub last_failure: Option<LastFailure>,
+}
+
+/// Call latencies since start: `counts[i]` calls took at most `le_us[i]` µs (and more than
+/// the bound before); `counts` has one more entry, the calls above the last bound.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LatencyHistogram {
+    pub le_us: Vec<u64>,
+    pub counts: Vec<u64>,
+    pub sum_us: u64,
 }
 
 /// What one call ended with, for the counters.
 pub(crate) enum Tally<'a> {
     Decision(&'a str),
+    /// A decision of a hook not in `enforce` mode.
+    Would(&'a str),
     Verdict(Option<bool>),
     Failure(FailureKind, &'a str),
 }
@@ -112,16 +146,28 @@ impl HookCounters {
             Stage::Pre => s.pre_calls += 1,
             Stage::Post => s.post_calls += 1,
         }
-        push_bounded(&mut s.durations_us, duration.as_micros() as u64);
+        let us = duration.as_micros() as u64;
+        let bucket = LATENCY_BOUNDS_US.partition_point(|&le| le < us);
+        s.latency_counts[bucket] += 1;
+        s.latency_sum_us += us;
+        s.fuel_total += fuel;
+        push_bounded(&mut s.durations_us, us);
         push_bounded(&mut s.fuel, fuel);
         match tally {
             Tally::Decision("allow") => s.allow += 1,
             Tally::Decision("deny") => s.deny += 1,
             Tally::Decision(_) => s.modify += 1,
+            Tally::Would("deny") => s.would_deny += 1,
+            Tally::Would("modify") => s.would_modify += 1,
+            Tally::Would(_) => s.allow += 1,
             Tally::Verdict(Some(true)) => s.pass += 1,
             Tally::Verdict(Some(false)) => s.fail += 1,
             Tally::Verdict(None) => {}
             Tally::Failure(kind, message) => {
+                let real = !matches!(kind, FailureKind::Deny | FailureKind::Modify);
+                if real && matches!(stage, Stage::Post) {
+                    s.post_failures += 1;
+                }
                 let f = &mut s.failures;
                 match kind {
                     FailureKind::Fuel => f.fuel += 1,
@@ -130,6 +176,8 @@ impl HookCounters {
                     FailureKind::Trap => f.trap += 1,
                     FailureKind::Invalid => f.invalid += 1,
                     FailureKind::Load => f.load += 1,
+                    // Decisions, never tallied as failures.
+                    FailureKind::Deny | FailureKind::Modify => {}
                 }
                 s.last_failure = Some(LastFailure {
                     stage,
@@ -153,12 +201,21 @@ impl HookCounters {
             allow: s.allow,
             deny: s.deny,
             modify: s.modify,
+            would_deny: s.would_deny,
+            would_modify: s.would_modify,
             pass: s.pass,
             fail: s.fail,
             failures: s.failures.clone(),
             latency_p50_us: percentile(&s.durations_us, 0.50),
             latency_p99_us: percentile(&s.durations_us, 0.99),
             fuel_p50: percentile(&s.fuel, 0.50),
+            fuel_total: s.fuel_total,
+            post_failures: s.post_failures,
+            latency: LatencyHistogram {
+                le_us: LATENCY_BOUNDS_US.to_vec(),
+                counts: s.latency_counts.to_vec(),
+                sum_us: s.latency_sum_us,
+            },
             last_failure: s.last_failure.clone(),
         }
     }

@@ -29,12 +29,18 @@ pub struct HookStatus {
     pub path: PathBuf,
     #[serde(flatten)]
     pub state: HookState,
-    /// The stages the component exports (empty unless loaded).
-    pub stages: Vec<Stage>,
+    /// The stages the component exports, of `pre`, `post`, `input`, `output` (empty unless
+    /// loaded).
+    pub stages: Vec<&'static str>,
     /// Compiled now or mapped from the cache (unless not loaded).
     pub source: Option<LoadSource>,
     /// Time to compile or map the component, in milliseconds.
     pub load_ms: Option<f64>,
+    /// The contract version the component was built against (`0.1.0` or `0.2.0`; unless not
+    /// loaded).
+    pub contract: Option<&'static str>,
+    /// SHA-256 (hex) of the component file as loaded (unless not loaded).
+    pub sha256: Option<String>,
     pub fuel: u64,
     pub timeout_ms: u64,
     pub memory_mb: u64,
@@ -50,12 +56,21 @@ impl HookSet {
         self.hooks
             .iter()
             .map(|h| {
+                let (contract, sha256) = match &h.slot {
+                    Slot::Ready(r) => (Some(r.contract), Some(r.sha256.clone())),
+                    _ => (None, None),
+                };
                 let (state, stages, source, load_ms) = match &h.slot {
                     Slot::Ready(r) => {
-                        let stages = [Stage::Pre, Stage::Post]
-                            .into_iter()
-                            .filter(|&stage| r.exports(stage))
-                            .collect();
+                        let stages = [
+                            ("pre", r.exports(Stage::Pre)),
+                            ("post", r.exports(Stage::Post)),
+                            ("input", r.input.is_some()),
+                            ("output", r.output.is_some()),
+                        ]
+                        .into_iter()
+                        .filter_map(|(name, has)| has.then_some(name))
+                        .collect();
                         (HookState::Loaded, stages, Some(r.source), Some(r.load_ms))
                     }
                     Slot::Disabled => (HookState::Disabled, vec![], None, None),
@@ -68,6 +83,8 @@ impl HookSet {
                     stages,
                     source,
                     load_ms,
+                    contract,
+                    sha256,
                     fuel: h.spec.fuel,
                     timeout_ms: h.spec.timeout_ms,
                     memory_mb: h.spec.memory_mb,

@@ -43,6 +43,73 @@ pub struct HookRequest {
     /// The job's timeout in milliseconds, when one applies.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// How the job's stdin is given.
+    #[serde(default)]
+    pub stdin: StdinMode,
+    /// The job's terminal, when it runs on one.
+    #[serde(default)]
+    pub terminal: Option<TerminalSize>,
+    /// The resource limits in force.
+    #[serde(default)]
+    pub limits: HookLimits,
+    /// The client's labels.
+    #[serde(default)]
+    pub labels: Vec<(String, String)>,
+    /// Who submitted the request.
+    #[serde(default)]
+    pub submitter: Submitter,
+    /// The host's parse of `command` (see [`HookRequest::parse`]).
+    #[serde(default)]
+    pub commands: Vec<super::parse::SimpleCommand>,
+    /// Why `command` could not be parsed, if it could not.
+    #[serde(default)]
+    pub unparsed: Option<String>,
+}
+
+/// How a job's stdin is given (mirror of WIT `stdin-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StdinMode {
+    /// `/dev/null`.
+    #[default]
+    None,
+    /// Text given with the request, then closed.
+    Text,
+    /// Kept open for `input`.
+    Open,
+    /// A terminal.
+    Terminal,
+}
+
+/// A terminal's size (mirror of WIT `terminal-size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TerminalSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Resource limits (mirror of WIT `limits`); `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookLimits {
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub pids: Option<u64>,
+    #[serde(default)]
+    pub cpu_seconds: Option<u64>,
+    #[serde(default)]
+    pub open_files: Option<u64>,
+    #[serde(default)]
+    pub file_size_mb: Option<u64>,
+}
+
+/// Who submitted a request (mirror of WIT `submitter`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitter {
+    #[serde(default)]
+    pub token_label: Option<String>,
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 /// How a job ended (mirror of WIT `job-status`).
@@ -65,6 +132,9 @@ pub enum JobStatus {
 pub struct HookResult {
     /// The request as it ran, after pre-hook changes.
     pub request: HookRequest,
+    /// The request as the client sent it (0.2.0 hooks only).
+    #[serde(default)]
+    pub received: HookRequest,
     /// How the job ended.
     pub status: JobStatus,
     /// The exit code, when the process exited.
@@ -103,6 +173,10 @@ pub struct RequestPatch {
     pub unset_env: Vec<String>,
     /// Replaces the timeout.
     pub timeout_ms: Option<u64>,
+    /// Replaces the limits, field by field (0.2.0 hooks only; the executor lowers a value
+    /// above the server's maximum to it).
+    #[serde(default)]
+    pub limits: Option<HookLimits>,
 }
 
 /// A pre-hook's answer, once checked.
@@ -163,17 +237,55 @@ pub(crate) fn serialize_pairs<S: serde::Serializer>(
 }
 
 impl HookRequest {
+    /// Parses `command` into `commands` (or `unparsed`), resolving programs on the request's
+    /// `PATH`, else the server's.
+    pub fn parse(&mut self) {
+        let path = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        let resolve = |name: &str| {
+            use std::os::unix::fs::PermissionsExt;
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| std::path::Path::new(d).join(name))
+                .find(|p| {
+                    std::fs::metadata(p)
+                        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                })
+                .map(|p| p.display().to_string())
+        };
+        let parsed = super::parse::parse(&self.command, &resolve);
+        self.commands = parsed.commands;
+        self.unparsed = parsed.unparsed;
+    }
+
     /// Applies a checked patch: command, cwd and timeout replace; `set_env` upserts (keeping the
     /// variable's position when it exists); `unset_env` removes.
     pub fn apply(&mut self, patch: &RequestPatch) {
         if let Some(command) = &patch.command {
             self.command = command.clone();
+            // Later hooks and matchers see the changed command's parse.
+            self.parse();
         }
         if let Some(cwd) = &patch.cwd {
             self.cwd = Some(cwd.clone());
         }
         if let Some(timeout) = patch.timeout_ms {
             self.timeout_ms = Some(timeout);
+        }
+        if let Some(l) = &patch.limits {
+            let merge = |new: Option<u64>, old: Option<u64>| new.or(old);
+            self.limits = HookLimits {
+                memory_mb: merge(l.memory_mb, self.limits.memory_mb),
+                pids: merge(l.pids, self.limits.pids),
+                cpu_seconds: merge(l.cpu_seconds, self.limits.cpu_seconds),
+                open_files: merge(l.open_files, self.limits.open_files),
+                file_size_mb: merge(l.file_size_mb, self.limits.file_size_mb),
+            };
         }
         for (key, value) in &patch.set_env {
             match self.env.iter_mut().find(|(k, _)| k == key) {
@@ -182,48 +294,6 @@ impl HookRequest {
             }
         }
         self.env.retain(|(k, _)| !patch.unset_env.contains(k));
-    }
-}
-
-// ---- conversions to the guest's types -------------------------------------------------------
-
-impl From<&HookRequest> for wit::ExecRequest {
-    fn from(r: &HookRequest) -> Self {
-        wit::ExecRequest {
-            session_id: r.session_id.clone(),
-            job_id: r.job_id.clone(),
-            command: r.command.clone(),
-            cwd: r.cwd.clone(),
-            env: r.env.clone(),
-            timeout_ms: r.timeout_ms,
-        }
-    }
-}
-
-impl From<JobStatus> for wit::JobStatus {
-    fn from(s: JobStatus) -> Self {
-        match s {
-            JobStatus::Completed => wit::JobStatus::Completed,
-            JobStatus::Failed => wit::JobStatus::Failed,
-            JobStatus::TimedOut => wit::JobStatus::TimedOut,
-            JobStatus::Canceled => wit::JobStatus::Canceled,
-        }
-    }
-}
-
-impl From<&HookResult> for wit::ExecResult {
-    fn from(r: &HookResult) -> Self {
-        wit::ExecResult {
-            request: (&r.request).into(),
-            status: r.status.into(),
-            exit_code: r.exit_code,
-            signal: r.signal,
-            duration_ms: r.duration_ms,
-            stdout_bytes: r.stdout_bytes,
-            stderr_bytes: r.stderr_bytes,
-            stdout_tail: r.stdout_tail.clone(),
-            stderr_tail: r.stderr_tail.clone(),
-        }
     }
 }
 
@@ -305,6 +375,13 @@ pub(crate) fn check_pre(answer: wit::PreDecision) -> Result<PreDecision, Invalid
                 set_env: p.set_env,
                 unset_env: p.unset_env,
                 timeout_ms: p.timeout_ms,
+                limits: p.limits.map(|l| HookLimits {
+                    memory_mb: l.memory_mb,
+                    pids: l.pids,
+                    cpu_seconds: l.cpu_seconds,
+                    open_files: l.open_files,
+                    file_size_mb: l.file_size_mb,
+                }),
             }))
         }
     }
@@ -386,6 +463,7 @@ mod tests {
             set_env: vec![("A=B".into(), "1".into())],
             unset_env: vec![],
             timeout_ms: None,
+            limits: None,
         }))
         .unwrap_err();
         assert!(err.contains("variable name"), "{err}");

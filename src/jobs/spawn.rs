@@ -58,8 +58,14 @@ pub struct Spawn<'a> {
     pub cgroup: Option<BorrowedFd<'a>>,
     /// `setsid` instead of a new process group.
     pub new_session: bool,
-    /// `(resource, limit)` pairs for setrlimit(2); soft and hard are both set.
-    pub rlimits: &'a [(libc::c_int, libc::rlim_t)],
+    /// Make stdin (a terminal's slave) the controlling terminal of the new session
+    /// (`TIOCSCTTY`, tty_ioctl(4)); needs `new_session`.
+    pub controlling_tty: bool,
+    /// `(resource, soft, hard)` for setrlimit(2).
+    pub rlimits: &'a [(libc::c_int, libc::rlim_t, libc::rlim_t)],
+    /// cgroup v1 `cgroup.procs` files the child joins before `execve`, by writing "0" to each
+    /// (Documentation/admin-guide/cgroup-v1/cgroups.rst: 0 names the writer).
+    pub join: &'a [BorrowedFd<'a>],
 }
 
 /// A started process: its pid and a pidfd to await it by.
@@ -87,6 +93,8 @@ const STEP_SIGNALS: u32 = 1;
 const STEP_GROUP: u32 = 2;
 const STEP_PDEATHSIG: u32 = 3;
 const STEP_RLIMIT: u32 = 4;
+const STEP_JOIN: u32 = 8;
+const STEP_TTY: u32 = 9;
 const STEP_STDIO: u32 = 5;
 const STEP_CWD: u32 = 6;
 const STEP_EXEC: u32 = 7;
@@ -97,6 +105,8 @@ fn step_name(step: u32) -> &'static str {
         STEP_GROUP => "making its process group",
         STEP_PDEATHSIG => "setting PR_SET_PDEATHSIG",
         STEP_RLIMIT => "setting its resource limits",
+        STEP_JOIN => "joining its cgroup v1 groups",
+        STEP_TTY => "taking its terminal (TIOCSCTTY)",
         STEP_STDIO => "wiring its standard streams",
         STEP_CWD => "changing to its working directory",
         _ => "executing it",
@@ -194,18 +204,25 @@ pub fn spawn(spec: &Spawn<'_>) -> io::Result<Child> {
 
 impl Child {
     /// Waits for the process to end and reaps it. A pidfd turns readable when its process
-    /// exits (pidfd_open(2)); `waitid(P_PIDFD)` then collects the status.
-    pub async fn wait(&self) -> io::Result<ExitStatus> {
+    /// exits (pidfd_open(2)); `waitid(P_PIDFD)` then collects the status and, through the
+    /// system call's fifth argument (which glibc's wrapper does not expose), its resource
+    /// usage: its own and that of the descendants it waited for (as getrusage(2)'s
+    /// `RUSAGE_BOTH`, kernel/exit.c).
+    pub async fn wait(&self) -> io::Result<(ExitStatus, libc::rusage)> {
         loop {
             let mut guard = self.pidfd.readable().await?;
             let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-            // SAFETY: waitid on our own child's pidfd, without blocking.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: waitid on our own child's pidfd, without blocking; both out-pointers
+            // are valid for writes.
             let r = unsafe {
-                libc::waitid(
+                libc::syscall(
+                    libc::SYS_waitid,
                     P_PIDFD,
-                    self.pidfd.get_ref().as_raw_fd() as libc::id_t,
-                    &mut info,
+                    self.pidfd.get_ref().as_raw_fd(),
+                    &mut info as *mut libc::siginfo_t,
                     libc::WEXITED | libc::WNOHANG,
+                    &mut usage as *mut libc::rusage,
                 )
             };
             if r < 0 {
@@ -224,7 +241,7 @@ impl Child {
                 libc::CLD_DUMPED => (status & 0x7f) | 0x80,
                 _ => status & 0x7f,
             };
-            return Ok(ExitStatus::from_raw(raw));
+            return Ok((ExitStatus::from_raw(raw), usage));
         }
     }
 }
@@ -309,10 +326,15 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> ! {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
             fail(STEP_PDEATHSIG);
         }
-        for &(resource, limit) in s.rlimits {
+        for fd in s.join {
+            if libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
+                fail(STEP_JOIN);
+            }
+        }
+        for &(resource, soft, hard) in s.rlimits {
             let l = libc::rlimit {
-                rlim_cur: limit,
-                rlim_max: limit,
+                rlim_cur: soft,
+                rlim_max: hard,
             };
             if libc::setrlimit(resource as _, &l) != 0 {
                 fail(STEP_RLIMIT);
@@ -329,6 +351,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> ! {
             if !ok {
                 fail(STEP_STDIO);
             }
+        }
+        if s.controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+            fail(STEP_TTY);
         }
         if let Some(cwd) = s.cwd
             && libc::chdir(cwd.as_ptr()) != 0

@@ -30,6 +30,10 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// Bytes of each stream kept for the report (head half + tail half).
     pub output_limit: usize,
+    /// Keep stdin open for `job_input`.
+    pub stdin_open: bool,
+    /// W3C `traceparent` from the tool call's `_meta`, if the client sent one.
+    pub traceparent: Option<String>,
 }
 
 impl JobSpec {
@@ -40,8 +44,25 @@ impl JobSpec {
             timeout: self.timeout,
             cwd: self.cwd,
             env: (!self.env.is_empty()).then_some(self.env),
+            stdin_open: self.stdin_open,
+            traceparent: self.traceparent,
             ..Default::default()
         }
+    }
+
+    /// The job as the executor takes it; errors are meant for the client.
+    pub fn request(self) -> Result<JobRequest, JobError> {
+        let refused = |e: String| JobError::Refused(e);
+        let mut request = JobRequest::new(self.command, self.timeout, self.cwd, self.env)
+            .map_err(|e| refused(e.to_string()))?;
+        request.stdin_open = self.stdin_open;
+        request.trace = self
+            .traceparent
+            .as_deref()
+            .map(crate::trace::TraceParent::parse)
+            .transpose()
+            .map_err(refused)?;
+        Ok(request)
     }
 }
 
@@ -161,7 +182,7 @@ impl Collector {
 
     pub fn output(&mut self, stream: Stream, data: &str) {
         let buf = match stream {
-            Stream::Stdout => &mut self.stdout,
+            Stream::Stdout | Stream::Pty => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         };
         buf.push(data.as_bytes());
@@ -283,8 +304,8 @@ impl Backend for Local {
         cancel: CancellationToken,
     ) -> BoxFuture<'_, Result<JobReport, JobError>> {
         Box::pin(async move {
-            let request = JobRequest::new(spec.command, spec.timeout, spec.cwd, spec.env)
-                .map_err(|e| JobError::Refused(e.to_string()))?;
+            let output_limit = spec.output_limit;
+            let request = spec.request()?;
             let (tx, mut rx) = mpsc::channel(EVENT_BUFFER);
             let id: Arc<str> = format!("mcp-{}", uuid::Uuid::new_v4().simple()).into();
             let session = self.exec.session(id, tx, Origin::default());
@@ -303,7 +324,7 @@ impl Backend for Local {
             let job_id = accepted.job_id().clone();
             // Lets the job's events flow (the executor holds them until the answer is out).
             drop(accepted);
-            let mut collector = Collector::new(spec.output_limit, progress);
+            let mut collector = Collector::new(output_limit, progress);
             let mut cancel_sent = false;
             let completion = loop {
                 let event = tokio::select! {

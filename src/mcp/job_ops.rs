@@ -5,7 +5,7 @@
 
 use super::backend::{JobError, JobSpec, Local, Remote, remote_error};
 use crate::events::Event;
-use crate::executor::{Closing, ExecError, JobRequest, Origin};
+use crate::executor::{Closing, ExecError, Origin};
 use crate::protocol::{
     AttachParams, AttachResult, Control, ControlParams, ControlType, Execute, ExecuteParams,
     GetJob, JobRecord, JobRef, ListJobs, ListJobsParams, Notification, OutputEncoding, ServerFrame,
@@ -27,6 +27,14 @@ pub trait JobOps: Send + Sync + 'static {
     /// The job's record.
     fn record(&self, job_id: String) -> BoxFuture<'_, Result<JobRecord, JobError>>;
     fn cancel(&self, job_id: String) -> BoxFuture<'_, Result<(), JobError>>;
+    /// Queues `data` (then the end of input, if `eof`) for the job's stdin; answers the
+    /// bytes queued.
+    fn input(
+        &self,
+        job_id: String,
+        data: Vec<u8>,
+        eof: bool,
+    ) -> BoxFuture<'_, Result<u64, JobError>>;
     /// The newest records.
     fn list(&self, limit: usize) -> BoxFuture<'_, Result<Vec<JobRecord>, JobError>>;
 }
@@ -38,8 +46,7 @@ fn refused(e: impl std::fmt::Display) -> JobError {
 impl JobOps for Local {
     fn start(&self, spec: JobSpec) -> BoxFuture<'_, Result<String, JobError>> {
         Box::pin(async move {
-            let mut request =
-                JobRequest::new(spec.command, spec.timeout, spec.cwd, spec.env).map_err(refused)?;
+            let mut request = spec.request()?;
             request.detach = true;
             // A session of its own that nobody reads: the job's output goes to the registry.
             let (tx, _rx) = mpsc::channel(1);
@@ -82,6 +89,21 @@ impl JobOps for Local {
                 .control(ControlType::Cancel, &job_id)
                 .await
                 .map(|_| ())
+                .map_err(refused)
+        })
+    }
+
+    fn input(
+        &self,
+        job_id: String,
+        data: Vec<u8>,
+        eof: bool,
+    ) -> BoxFuture<'_, Result<u64, JobError>> {
+        Box::pin(async move {
+            self.exec()
+                .input(&job_id, data, eof)
+                .await
+                .map(|n| n as u64)
                 .map_err(refused)
         })
     }
@@ -169,6 +191,29 @@ impl JobOps for Remote {
                 .call::<Control>(&params)
                 .await
                 .map(|_| ())
+                .map_err(remote_error)
+        })
+    }
+
+    fn input(
+        &self,
+        job_id: String,
+        data: Vec<u8>,
+        eof: bool,
+    ) -> BoxFuture<'_, Result<u64, JobError>> {
+        Box::pin(async move {
+            use base64::Engine;
+            let mut client = self.connect().await?;
+            let params = crate::protocol::InputParams {
+                job_id,
+                data: base64::engine::general_purpose::STANDARD.encode(data),
+                encoding: Some(OutputEncoding::Base64),
+                eof,
+            };
+            client
+                .call::<crate::protocol::Input>(&params)
+                .await
+                .map(|r| r.bytes)
                 .map_err(remote_error)
         })
     }

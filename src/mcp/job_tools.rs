@@ -35,6 +35,19 @@ pub struct JobStartArgs {
     pub cwd: Option<String>,
     /// Environment variables for the command.
     pub env: Option<BTreeMap<String, String>>,
+    /// Keep the command's stdin open, to send it text with job_input (for programs that
+    /// ask questions or read commands); absent or false: stdin is empty.
+    pub stdin_open: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobInputArgs {
+    pub job_id: String,
+    /// Text for the command's stdin (add "\n" to end a line).
+    pub data: String,
+    /// Close stdin after the text (the command then sees the end of its input).
+    pub eof: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -105,6 +118,7 @@ impl CcxTools {
     async fn job_start(
         &self,
         Parameters(args): Parameters<JobStartArgs>,
+        ctx: rmcp::service::RequestContext<rmcp::RoleServer>,
     ) -> Result<CallToolResult, McpError> {
         let spec = super::backend::JobSpec {
             command: args.command,
@@ -112,6 +126,8 @@ impl CcxTools {
             cwd: args.cwd,
             env: args.env.unwrap_or_default(),
             output_limit: 0,
+            stdin_open: args.stdin_open.unwrap_or(false),
+            traceparent: super::tools::traceparent(&ctx),
         };
         Ok(match self.backend().start(spec).await {
             Ok(job_id) => ok(
@@ -204,6 +220,29 @@ impl CcxTools {
             tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
             pause = (pause * 2).min(Duration::from_millis(250));
         }
+    }
+
+    #[tool(
+        description = "Send text to the stdin of a job started with job_start and \
+            stdin_open: true (an interactive program, a prompt waiting for an answer); eof: true \
+            closes its stdin afterwards. Answers at once; the output comes through job_output."
+    )]
+    async fn job_input(
+        &self,
+        Parameters(args): Parameters<JobInputArgs>,
+    ) -> Result<CallToolResult, McpError> {
+        let eof = args.eof.unwrap_or(false);
+        let sent = self
+            .backend()
+            .input(args.job_id.clone(), args.data.into_bytes(), eof)
+            .await;
+        Ok(match sent {
+            Ok(bytes) => ok(
+                format!("sent {bytes} bytes to job {}", args.job_id),
+                json!({"job_id": args.job_id, "bytes": bytes, "eof": eof}),
+            ),
+            Err(e) => error(&e),
+        })
     }
 
     #[tool(description = "Cancel a job: its process group gets SIGTERM, then SIGKILL.")]

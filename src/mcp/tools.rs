@@ -104,6 +104,8 @@ impl CcxTools {
             cwd: args.cwd.clone(),
             env: args.env.clone().unwrap_or_default(),
             output_limit: self.config.max_output_bytes,
+            stdin_open: false,
+            traceparent: None,
         }
     }
 
@@ -178,6 +180,8 @@ impl CcxTools {
                 cwd: None,
                 env: BTreeMap::new(),
                 output_limit: limit,
+                stdin_open: false,
+                traceparent: None,
             };
             let (entry, success) = match self.run_job(spec, &ctx, started, &head).await {
                 Ok(report) => {
@@ -324,11 +328,14 @@ impl CcxTools {
     /// while the job is quiet. `progress` is seconds since `started`, so it only grows.
     async fn run_job(
         &self,
-        spec: JobSpec,
+        mut spec: JobSpec,
         ctx: &RequestContext<RoleServer>,
         started: Instant,
         label: &str,
     ) -> Result<JobReport, JobError> {
+        if spec.traceparent.is_none() {
+            spec.traceparent = traceparent(ctx);
+        }
         let (tx, mut rx) = watch::channel(JobProgress::default());
         let job = self.backend.execute(spec, tx, ctx.ct.clone());
         let Some(token) = ctx.meta.get_progress_token() else {
@@ -488,4 +495,9 @@ fn report_text(command: &str, r: &JobReport) -> String {
         }
     }
     t
+}
+
+/// The W3C `traceparent` a client put in a request's `_meta` (SEP-414), if any.
+pub(super) fn traceparent(ctx: &RequestContext<RoleServer>) -> Option<String> {
+    ctx.meta.get_traceparent().map(str::to_owned)
 }

@@ -208,6 +208,18 @@ pub struct JobRecord {
     /// Processes it left running that were killed at its end (see `process.completed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leftovers_killed: Option<u64>,
+    /// The resource limits it ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::Limits>,
+    /// Its terminal, when it ran on one (its output is then `pty`, kept as stdout).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<super::PtySize>,
+    /// The limit that ended it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<super::LimitKind>,
+    /// What its processes used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<super::Usage>,
 }
 
 impl JobRecord {
@@ -248,6 +260,10 @@ impl JobRecord {
             output_gap: None,
             spool_error: None,
             leftovers_killed: None,
+            limits: None,
+            pty: None,
+            limit: None,
+            usage: None,
         }
     }
 }

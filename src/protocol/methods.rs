@@ -90,6 +90,29 @@ pub struct ExecuteParams {
     /// which the command wrote them (two pipes give read order only).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub merge_stderr: bool,
+    /// Resource limits for this job, each at most the server's maximum
+    /// (`[execution.limits.max]`; above it is `-32602`); an absent field takes the server's
+    /// default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::Limits>,
+    /// Keep stdin open (after `stdin`, if given) for `input`; absent: stdin is closed after
+    /// `stdin`, or is `/dev/null`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    /// Run on a pseudo-terminal of this size: stdin, stdout and stderr are the terminal,
+    /// output comes as `process.output {type: "pty"}` in exactly the order shown, `input`
+    /// types into it and `resize` changes its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<super::PtySize>,
+    /// Labels for hooks and policies (`{"team": "infra"}`): at most 32, keys of 1 to 64 of
+    /// `[A-Za-z0-9._/-]`, values of at most 256 bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// W3C Trace Context `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`): the job joins this
+    /// trace with a span of its own, and its processes get `TRACEPARENT` naming that span.
+    /// A malformed value is `-32602`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// The `execute` result.

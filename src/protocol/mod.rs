@@ -34,7 +34,9 @@
 //! | -32008 | [`RpcError::RegistryOff`] | the job registry is off (`[state] enabled = false`), or failed to open |
 
 pub mod frame;
+pub mod input;
 pub mod jobs;
+pub mod limits;
 pub mod methods;
 pub mod notify;
 pub mod output;
@@ -44,18 +46,21 @@ pub use frame::{
     ErrorObject, JsonRpcVersion, Request, ServerFrame, encode_error, encode_notification,
     encode_reply, encode_request, parse_request,
 };
+pub use input::{Input, InputParams, InputResult, PtySize, Resize, ResizeParams};
 pub use jobs::{
     Attach, AttachParams, AttachResult, Detach, DetachResult, GetJob, JobList, JobRecord, JobRef,
     JobState, ListJobs, ListJobsParams,
 };
+pub use limits::{LimitKind, Limits, Usage};
 pub use methods::{
     Control, ControlParams, ControlResult, ControlType, Execute, ExecuteParams, ExecuteResult,
     HookStatus, HookStatusReport, Method, NoParams, Pong, QueuedStatus, RunningStatus,
     SessionStatus, Status,
 };
 pub use notify::{
-    Completion, Connected, HookReport, HookWarning, JobId, JobNote, JobStatus, NoteStatus,
-    Notification, Output, OutputEncoding, OutputGap, PreHooks, Started, Stream, Verdict,
+    Completion, Connected, HookPatch, HookReport, HookWarning, JobId, JobNote, JobStatus,
+    NoteStatus, Notification, Output, OutputCounts, OutputEncoding, OutputGap, PreHooks,
+    ReceivedRequest, Started, Stream, Verdict,
 };
 
 use serde_json::{Value, json};
@@ -65,7 +70,8 @@ pub const JSONRPC: &str = "2.0";
 
 /// Capabilities announced in the `connected` notification.
 pub const CAPABILITIES: &[&str] = &[
-    "execute", "control", "stream", "status", "hooks", "jobs", "attach", "base64",
+    "execute", "control", "stream", "status", "hooks", "jobs", "attach", "base64", "limits",
+    "input", "pty",
 ];
 
 /// An error that goes back to the client as a JSON-RPC error object (codes: see the table in

@@ -6,6 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A job's id: a UUIDv7 (time-ordered), unique across the server's lifetime and restarts.
@@ -71,6 +72,9 @@ pub struct Connected {
 pub enum Stream {
     Stdout,
     Stderr,
+    /// A job's terminal (`execute {pty}`): stdout and stderr as the terminal shows them.
+    /// Counted as stdout in byte counts and SHA-256.
+    Pty,
 }
 
 /// How a job ended.
@@ -118,14 +122,61 @@ pub struct Started {
     /// What the pre-hooks did; absent when no pre-hook ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hooks: Option<PreHooks>,
+    /// The resource limits in force (the request's, else the server's defaults); absent
+    /// when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::Limits>,
+    /// The job's terminal, when it runs on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pty: Option<super::PtySize>,
 }
 
-/// The pre-hook chain's account in `process.started`.
+/// The pre-hook chain's account in `process.started`: the request as the client sent it,
+/// then each hook's report (with its patch, when it answered `modify`) in the order the
+/// hooks ran; applying the patches of `modified_by`, in order, to `received` gives what ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PreHooks {
+    /// The request as received, before any hook (values of secret variables masked).
+    /// Absent in records written before ccx recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received: Option<Box<ReceivedRequest>>,
     /// Hooks whose changes were applied, in order.
     pub modified_by: Vec<String>,
     pub reports: Vec<HookReport>,
+}
+
+/// The parts of a request that pre-hooks may change, as the client sent them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReceivedRequest {
+    pub command: String,
+    pub cwd: Option<String>,
+    /// The job's own variables (values of `[execution] secret_env` names as `***`).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Seconds; `null`: the server's default.
+    pub timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::Limits>,
+}
+
+/// A pre-hook's change to the request, as it answered it (before the executor checks it and
+/// lowers limits above the server's maxima).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct HookPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Variables set (values of secret names as `***`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set_env: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset_env: Vec<String>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<super::Limits>,
 }
 
 /// What one hook did for one job.
@@ -147,6 +198,31 @@ pub struct HookReport {
     pub duration_us: u64,
     /// WebAssembly fuel the call consumed.
     pub fuel_used: u64,
+    /// `warn` or `dry-run` when the hook's decision was recorded, not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// The matcher rule that let the hook see the job (`program rm`, `dynamic command …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matched: Option<String>,
+    /// Pre only: the hook's change when it answered `modify` (applied in `enforce` mode,
+    /// only recorded in `warn` and `dry-run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<HookPatch>,
+    /// Output only: what the hook did to the job's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<OutputCounts>,
+}
+
+/// What an output hook did to one job's output.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OutputCounts {
+    /// `filter-output` calls, end-of-stream calls included.
+    pub calls: u64,
+    /// Chunks it replaced or dropped (in `warn`/`dry-run`: would have).
+    pub chunks_changed: u64,
+    /// Bytes it was given, and bytes it let through.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
 }
 
 /// A post-hook's judgement: `"pass"` or `{"fail": "reason"}`.
@@ -231,8 +307,12 @@ pub struct HookWarning {
     pub hook: String,
     /// `pre` or `post`.
     pub stage: String,
-    /// `fuel`, `timeout`, `memory`, `trap`, `invalid` or `load`.
+    /// `fuel`, `timeout`, `memory`, `trap`, `invalid` or `load`; for a `warn`-mode hook's
+    /// decision, `deny` or `modify` (the job ran unchanged).
     pub kind: String,
+    /// `warn` for a warn-mode hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub message: String,
 }
 
@@ -245,9 +325,16 @@ pub struct Completion {
     pub signal: Option<i32>,
     /// Seconds from spawn to the end of the output.
     pub execution_time: f64,
+    /// Bytes sent to clients (after output hooks, when any ran).
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
-    /// SHA-256 (hex) of the stdout bytes the job produced, for a job that ran.
+    /// Bytes the job wrote to each stream, when output hooks ran (they may differ from what
+    /// was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_raw_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stderr_raw_bytes: Option<u64>,
+    /// SHA-256 (hex) of the stdout bytes sent (as clients received them), for a job that ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_sha256: Option<String>,
     /// SHA-256 (hex) of its stderr bytes.
@@ -266,13 +353,19 @@ pub struct Completion {
     /// For `denied`: its reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Post-hook reports, one per hook that ran.
+    /// Output-hook reports (stage `output`), then post-hook reports, one per hook that ran.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookReport>,
     /// How many processes the job had left running (`cmd &`, daemons) when its command
     /// ended, and that ccx killed then; absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leftovers_killed: Option<u64>,
+    /// The resource limit that ended the job, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<super::LimitKind>,
+    /// What its processes used; present for every job that ran a process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<super::Usage>,
 }
 
 impl Completion {
@@ -286,6 +379,8 @@ impl Completion {
             execution_time: 0.0,
             stdout_bytes: 0,
             stderr_bytes: 0,
+            stdout_raw_bytes: None,
+            stderr_raw_bytes: None,
             stdout_sha256: None,
             stderr_sha256: None,
             pid: None,
@@ -295,6 +390,8 @@ impl Completion {
             reason: None,
             hooks: Vec::new(),
             leftovers_killed: None,
+            limit: None,
+            usage: None,
         }
     }
 }

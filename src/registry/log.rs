@@ -190,6 +190,8 @@ impl JobLog {
                     r.pgid = Some(s.pgid);
                     r.timeout = Some(s.timeout);
                     r.pre_hooks = s.hooks.clone();
+                    r.limits = s.limits;
+                    r.pty = s.pty;
                     true
                 }
                 Event::Paused(_) => {
@@ -232,6 +234,8 @@ impl JobLog {
             r.stderr_sha256 = c.stderr_sha256.clone();
             r.execution_time = Some(c.execution_time);
             r.leftovers_killed = c.leftovers_killed;
+            r.limit = c.limit;
+            r.usage = c.usage;
             r.pid = c.pid.or(r.pid);
             r.pgid = c.pgid.or(r.pgid);
             r.last_seq = last_seq.max(l.live.last_seq.load(Ordering::Relaxed));
@@ -255,6 +259,9 @@ impl JobLog {
                 r.spool_error = closed.error;
                 r.clone()
             };
+            if let Some(listener) = reg.on_end.get() {
+                listener(&record);
+            }
             let id = record.job_id.clone();
             let weak = Arc::downgrade(&reg);
             reg.store.put_then(

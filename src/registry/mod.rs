@@ -10,6 +10,7 @@
 //! commit, is noted in the record and `/health`, and the job streams on.
 
 mod log;
+mod meta;
 pub mod reap;
 mod replay;
 pub mod spool;
@@ -17,6 +18,7 @@ mod startup;
 mod store;
 
 pub use log::JobLog;
+pub use meta::{EndListener, read_meta};
 pub use replay::Replay;
 use startup::{LockError, open_locked};
 
@@ -99,6 +101,10 @@ struct Inner {
     spool_io: spool::Io,
     /// Held for the registry's life: a second server on the same directory is refused.
     _lock: std::fs::File,
+    /// Told each job's final record (the audit log); see [`Registry::on_job_end`].
+    on_end: std::sync::OnceLock<EndListener>,
+    /// Records of jobs settled `lost` at the start, kept for the listener set after it.
+    settled: Mutex<Vec<JobRecord>>,
 }
 
 /// A job the registry is following: its current record and its spool's progress.
@@ -190,6 +196,8 @@ impl Registry {
             spiller: log::start_spiller().context("starting the spool thread")?,
             spool_io: spool::Io::start().context("starting the spool I/O thread")?,
             _lock: lock,
+            on_end: std::sync::OnceLock::new(),
+            settled: Mutex::new(Vec::new()),
         });
         inner
             .recover()

@@ -22,6 +22,8 @@ pub struct Replay {
     /// Per stream (stdout, stderr): the last output's `seq` and the offset after it, where a
     /// character left incomplete at the stream's end is flushed.
     stream_end: [(u64, u64); 2],
+    /// The job ran on a terminal: its output (kept as stdout) is replayed as `pty`.
+    tty: bool,
     /// Set once the spool is read to its end; then come the final gap (if output is
     /// missing) and the terminal event.
     tail: Option<Vec<Event>>,
@@ -45,6 +47,7 @@ impl Replay {
             job_id,
             writer_ended: false,
             stream_end: [(0, 0); 2],
+            tty: record.pty.is_some(),
             tail: None,
         }
     }
@@ -88,7 +91,14 @@ impl Replay {
 
     fn convert(&mut self, item: Item) -> Option<Event> {
         match item {
-            Item::Event(json) => serde_json::from_slice(&json).ok(),
+            Item::Event(json) => {
+                let event = serde_json::from_slice(&json).ok();
+                // A replay made before the job started learns of its terminal here.
+                if let Some(Event::Started(s)) = &event {
+                    self.tty |= s.pty.is_some();
+                }
+                event
+            }
             Item::Gap(g) => {
                 self.encoder.reset();
                 Some(Event::OutputGap(gap_note(&self.job_id, g)))
@@ -99,10 +109,10 @@ impl Replay {
                 offset,
                 bytes,
             } => {
-                let stream = if stdout {
-                    Stream::Stdout
-                } else {
-                    Stream::Stderr
+                let stream = match (stdout, self.tty) {
+                    (true, false) => Stream::Stdout,
+                    (true, true) => Stream::Pty,
+                    (false, _) => Stream::Stderr,
                 };
                 self.stream_end[usize::from(!stdout)] = (seq, offset + bytes.len() as u64);
                 self.encoder
@@ -118,7 +128,12 @@ impl Replay {
         let record = self.final_record().await;
         let mut tail = Vec::new();
         // A character cut off by the end of its stream becomes U+FFFD, as it did live.
-        for (i, stream) in [Stream::Stdout, Stream::Stderr].into_iter().enumerate() {
+        let first = if self.tty {
+            Stream::Pty
+        } else {
+            Stream::Stdout
+        };
+        for (i, stream) in [first, Stream::Stderr].into_iter().enumerate() {
             let (seq, offset) = self.stream_end[i];
             if let Some(o) = self.encoder.encode(stream, seq, offset, &[]) {
                 tail.push(Event::Output(o));
@@ -180,6 +195,8 @@ pub(super) fn completion(r: JobRecord) -> Completion {
         execution_time: r.execution_time.unwrap_or(0.0),
         stdout_bytes: r.stdout_bytes,
         stderr_bytes: r.stderr_bytes,
+        stdout_raw_bytes: None,
+        stderr_raw_bytes: None,
         stdout_sha256: r.stdout_sha256,
         stderr_sha256: r.stderr_sha256,
         pid: r.pid,
@@ -189,6 +206,8 @@ pub(super) fn completion(r: JobRecord) -> Completion {
         reason: r.denied_reason,
         hooks: r.post_hooks,
         leftovers_killed: r.leftovers_killed,
+        limit: r.limit,
+        usage: r.usage,
     }
 }
 

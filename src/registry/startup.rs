@@ -51,6 +51,7 @@ impl Inner {
             record.error = Some(error);
             record.output_gap = spool::read_gap(&dir).map(|g| gap_note(&record.job_id, g));
             // Written now: the first request after the start must see `lost`.
+            self.settled.lock().expect("lock").push(record.clone());
             let row = Row {
                 record,
                 request_hash,

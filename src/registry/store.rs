@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS kv (
     value BLOB NOT NULL,
     PRIMARY KEY (hook, key)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 ";
 
 /// A job row as the writer stores it.
@@ -59,6 +63,7 @@ enum Op {
     Put(Box<Row>, Option<OnCommit>),
     KvSet(String, String, Vec<u8>),
     KvDelete(String, String),
+    MetaSet(String, String),
     Flush(oneshot::Sender<()>),
 }
 
@@ -114,6 +119,11 @@ impl Store {
 
     pub fn kv_delete(&self, hook: &str, key: &str) {
         self.send(Op::KvDelete(hook.into(), key.into()));
+    }
+
+    /// Sets one of the server's own values (the audit log's last hash, …), asynchronously.
+    pub fn meta_set(&self, key: &str, value: &str) {
+        self.send(Op::MetaSet(key.into(), value.into()));
     }
 
     /// Waits until every write sent before this call is committed.
@@ -197,6 +207,12 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
                     Op::KvDelete(hook, key) => {
                         tx.prepare_cached("DELETE FROM kv WHERE hook = ?1 AND key = ?2")?
                             .execute(params![hook, key])?;
+                    }
+                    Op::MetaSet(key, value) => {
+                        tx.prepare_cached(
+                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+                        )?
+                        .execute(params![key, value])?;
                     }
                     Op::Flush(ack) => acks.push(ack),
                 }
@@ -333,4 +349,11 @@ pub fn kv_all(conn: &Connection) -> rusqlite::Result<Vec<(String, String, Vec<u8
     let mut stmt = conn.prepare("SELECT hook, key, value FROM kv")?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
     rows.collect()
+}
+
+/// One of the server's own values (see [`Store::meta_set`]).
+pub fn meta_get(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
 }

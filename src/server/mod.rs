@@ -1,11 +1,13 @@
-//! The WebSocket face: the axum router (`/ws`, `/ws/mcp`, `/health`, `/healthz`, `/hooks`, and
-//! MCP's Streamable HTTP at `/mcp`, see [`crate::mcp`]), auth and Origin checks, and one
-//! session per WebSocket connection.
+//! The WebSocket face: the axum router (`/ws`, `/ws/mcp`, `/health`, `/healthz`, `/hooks`,
+//! `/metrics`, MCP's Streamable HTTP at `/mcp`, see [`crate::mcp`], and the dashboard at
+//! `/ui`), auth and Origin checks, and one session per WebSocket connection.
 //!
 //! # Layout
 //! - this file: what the server shares between connections ([`ServerState`]), the router,
 //!   [`serve`] with its shutdown order, and the HTTP status pages.
 //! - [`auth`]: token and Origin checks.
+//! - `ui`: the dashboard's page, script and style sheet, compiled in; its data comes from the
+//!   guarded routes.
 //! - `session`: one connection — its receive task (parse, dispatch to the executor, reply)
 //!   and its send task (replies first, then the executor's events, encoded as notifications).
 //!
@@ -14,6 +16,7 @@
 
 mod auth;
 mod session;
+mod ui;
 
 pub use auth::check_exposure;
 
@@ -89,7 +92,8 @@ impl ServerState {
     }
 }
 
-/// The router, with auth and Origin checks on every route but `/healthz`.
+/// The router, with auth and Origin checks on every route but `/healthz` and the dashboard's
+/// files (`/ui`, which hold no data: the page brings the token to the routes that do).
 pub fn router(state: Arc<ServerState>) -> Router {
     let mcp = crate::mcp::http_service(
         state.exec.clone(),
@@ -104,10 +108,15 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/ws/mcp", get(session::ws_handler))
         .route("/health", get(health))
         .route("/hooks", get(hooks_page))
+        .route("/metrics", get(metrics_page))
         .route_service("/mcp", mcp)
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::slash))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/style.css", get(ui::style))
         .merge(guarded)
         .with_state(state)
 }
@@ -153,6 +162,38 @@ pub async fn serve(
     Ok(())
 }
 
+/// `GET /metrics`: the Prometheus exposition ([`crate::metrics`]); 404 when `[metrics]
+/// enabled = false`.
+async fn metrics_page(
+    axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !state.config.metrics.enabled {
+        return auth::refuse(axum::http::StatusCode::NOT_FOUND, "metrics are off");
+    }
+    let registry = state.exec.registry().health();
+    let running = state.exec.running_jobs();
+    let snapshot = crate::metrics::Snapshot {
+        active_sessions: (state.config.max_sessions - state.sessions.available_permits()) as u64,
+        running_jobs: running as u64,
+        queued_jobs: state.exec.open_jobs().saturating_sub(running) as u64,
+        detached_jobs: registry.detached_jobs as u64,
+        spool_errors: registry.spool_errors,
+        audit_write_errors: state.exec.audit().map(|a| a.health().write_errors),
+        audit_dropped: state.exec.audit().map(|a| a.health().dropped),
+        hooks: state.hook_status().hooks,
+    };
+    let body = state.exec.metrics().encode(snapshot);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
+}
+
 async fn hooks_page(
     axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
 ) -> Json<HookStatusReport> {
@@ -177,6 +218,8 @@ struct Health {
     state: crate::registry::StateHealth,
     /// How jobs' processes are contained (`cgroup` or `process-group`), and why.
     containment: crate::containment::ContainmentHealth,
+    /// The audit log, when `[audit]` is on: records written, lost, write errors.
+    audit: Option<crate::audit::AuditHealth>,
 }
 
 #[derive(Serialize)]
@@ -213,8 +256,10 @@ async fn health(
         .collect();
     let registry = state.exec.registry().health();
     let containment = state.exec.containment().health();
+    let audit = state.exec.audit().map(|a| a.health());
     Json(Health {
         containment,
+        audit,
         status: if hooks.state == "starting" {
             "starting"
         } else if registry.enabled && registry.error.is_some() {
@@ -235,6 +280,10 @@ async fn health(
             "default_timeout": exec.default_timeout.as_secs_f64(),
             "max_timeout": exec.max_timeout.as_secs_f64(),
             "kill_grace": exec.kill_grace.as_secs_f64(),
+            // Per job: what a job gets when it asks for nothing, and the most it may ask
+            // (how each is enforced: `containment.limits`).
+            "job_default": exec.limits.default,
+            "job_max": exec.limits.max,
         }),
         config_file: state.config_file.clone(),
         hooks: HealthHooks {

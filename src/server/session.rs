@@ -65,7 +65,15 @@ pub(super) async fn ws_handler(
                     state.active.fetch_sub(1, Ordering::Relaxed);
                     drop(permit);
                 }
-                Err(_) => refuse_session(socket, state.config.max_sessions).await,
+                Err(_) => {
+                    let body = serde_json::json!({
+                        "detail": format!("{} sessions already open", state.config.max_sessions),
+                    });
+                    state
+                        .exec
+                        .refused("max_sessions", Some(&peer.to_string()), body);
+                    refuse_session(socket, state.config.max_sessions).await
+                }
             }
         })
 }
@@ -323,6 +331,16 @@ impl Receiver {
                 request.idempotency_key = p.idempotency_key;
                 request.stdin = p.stdin;
                 request.merge_stderr = p.merge_stderr;
+                request.limits = p.limits;
+                request.stdin_open = p.stdin_open;
+                request.pty = p.pty;
+                request.labels = p.labels.unwrap_or_default();
+                request.trace = p
+                    .traceparent
+                    .as_deref()
+                    .map(crate::trace::TraceParent::parse)
+                    .transpose()
+                    .map_err(RpcError::InvalidParams)?;
                 if let Some(key) = &request.idempotency_key
                     && (key.is_empty() || key.len() > 256)
                 {
@@ -398,6 +416,31 @@ impl Receiver {
                     protocol::ControlType::Cancel => NoteStatus::Canceled,
                 };
                 Ok((encode(&JobNote { job_id, status })?, None))
+            }
+            "input" => {
+                let p: protocol::InputParams = protocol::frame::params(req.params)?;
+                let data = protocol::input::decode(&p.data, p.encoding)
+                    .map_err(RpcError::InvalidParams)?;
+                let bytes = self
+                    .state
+                    .exec
+                    .input(&p.job_id, data, p.eof)
+                    .await
+                    .map_err(exec_error)?;
+                let result = protocol::InputResult {
+                    job_id: p.job_id.into(),
+                    bytes: bytes as u64,
+                };
+                Ok((encode(&result)?, None))
+            }
+            "resize" => {
+                let p: protocol::ResizeParams = protocol::frame::params(req.params)?;
+                self.state
+                    .exec
+                    .resize(&p.job_id, p.rows, p.cols)
+                    .await
+                    .map_err(exec_error)?;
+                Ok((encode(&p)?, None))
             }
             "status" => {
                 let _: NoParams = protocol::frame::params(req.params)?;

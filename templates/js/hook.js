@@ -2,7 +2,7 @@
 // the contract. WIT types map to JS as: records → objects with camelCase fields, option →
 // value or undefined, u64 → BigInt, enum → string, variant → { tag, val }.
 
-import { config, log } from 'ccx:hooks/host@0.1.0';
+import { config, log } from 'ccx:hooks/host@0.2.0';
 
 /** A value from this hook's `config` table in ccx.toml. */
 function cfg(key) {

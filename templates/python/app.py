@@ -46,6 +46,7 @@ class WitWorld(wit_world.WitWorld):
                 set_env=[("CCX_HOOK", "{{name}}")],
                 unset_env=[],
                 timeout_ms=None,
+                limits=None,
             )
         )
 

@@ -43,6 +43,7 @@ impl Guest for Hook {
             set_env: vec![("CCX_HOOK".into(), "{{name}}".into())],
             unset_env: vec![],
             timeout_ms: None,
+            limits: None,
         })
     }
 @@end

@@ -1,8 +1,11 @@
 //! A hook that exports only `pre-execute`: it proves single-stage components load and are
 //! skipped at the stage they lack. It denies commands containing `rm -rf /`.
+//!
+//! Built against the old contract, `ccx:hooks@0.1.0` (`wit/v0.1.0`), on purpose: it is the
+//! test that hooks built before 0.2.0 still load and behave as they did.
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/v0.1.0",
     world: "pre-hook",
 });
 

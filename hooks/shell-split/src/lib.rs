@@ -8,6 +8,10 @@
 //! side of finding a command where a real shell might see plain text. Hooks that deny must
 //! assume it can be fooled by anything a shell evaluates at run time (`eval "$x"`, aliases,
 //! variables holding command names) and say so in their docs.
+//!
+//! Over 500 lines: a tokenizer for the whole POSIX grammar a judge needs. Only `venv-setup` still
+//! uses it (it looks through wrappers, which the 0.2.0 parse leaves in `argv`); new hooks should
+//! read the host's parse (`request.commands`) instead.
 
 /// One simple command: its words (quotes removed) and where it redirects output.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

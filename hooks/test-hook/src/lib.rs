@@ -3,14 +3,16 @@
 //!
 //! Config keys:
 //! - `mode` (pre-execute): `allow` (default), `deny` (`reason`), `modify` (`command`, `cwd`,
-//!   `set_env=K=V`, `unset_env`, `timeout_ms`), `deny-if-contains` (`needle`), `counter`, `log`,
+//!   `set_env=K=V`, `unset_env`, `timeout_ms`, `limit.memory_mb`, `limit.pids`, …),
+//!   `describe` (deny with what the request says besides its command line: stdin mode,
+//!   terminal, limits, labels, submitter, parse), `deny-if-contains` (`needle`), `counter`, `log`,
 //!   `big` (`size` bytes of deny reason), `instance-count` (deny with how many calls this
 //!   instance has seen), `probe` (deny with a report of what the sandbox let
 //!   through), or a misbehaviour below. With `when` set, the pre stage applies its mode only to
 //!   commands containing that text and allows the rest.
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
 //!   echo of the job; verdict fail when `fail_on_exit_nonzero=true` and the exit code is
-//!   non-zero), `big` (`count` annotations), `log`, or a misbehaviour below.
+//!   non-zero; `command` is the request as run, `received_command` as the client sent it), `big` (`count` annotations), `log`, or a misbehaviour below.
 //! - misbehaviours, either stage: `loop`, `alloc` (without end), `alloc-some` (`mb` MiB, then
 //!   answer normally), `stack`, `panic`, `sleep` (`ms`, default 60000).
 
@@ -27,6 +29,22 @@ struct TestHook;
 
 fn cfg(key: &str) -> Option<String> {
     host::config().into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// `limit.memory_mb`, `limit.pids`, … as a limits patch; `None` when no such key is set.
+fn cfg_limits() -> Option<ccx::hooks::types::Limits> {
+    let get = |k: &str| cfg(&format!("limit.{k}")).and_then(|v| v.parse().ok());
+    let l = ccx::hooks::types::Limits {
+        memory_mb: get("memory_mb"),
+        pids: get("pids"),
+        cpu_seconds: get("cpu_seconds"),
+        open_files: get("open_files"),
+        file_size_mb: get("file_size_mb"),
+    };
+    let any = [l.memory_mb, l.pids, l.cpu_seconds, l.open_files, l.file_size_mb]
+        .iter()
+        .any(Option::is_some);
+    any.then_some(l)
 }
 
 fn cfg_u64(key: &str, default: u64) -> u64 {
@@ -108,6 +126,7 @@ impl Guest for TestHook {
                     set_env,
                     unset_env: cfg("unset_env").into_iter().collect(),
                     timeout_ms: cfg("timeout_ms").and_then(|v| v.parse().ok()),
+                    limits: cfg_limits(),
                 })
             }
             "deny-if-contains" => {
@@ -129,6 +148,7 @@ impl Guest for TestHook {
                     set_env: vec![("COUNT".into(), n.to_string())],
                     unset_env: vec![],
                     timeout_ms: None,
+                    limits: None,
                 })
             }
             "log" => {
@@ -142,6 +162,16 @@ impl Guest for TestHook {
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 PreDecision::Deny(format!("calls seen by this instance: {n}"))
             }
+            "describe" => PreDecision::Deny(format!(
+                "stdin={:?} terminal={:?} limits={:?} labels={:?} submitter={:?} commands={:?} unparsed={:?}",
+                request.stdin,
+                request.terminal,
+                request.limits,
+                request.labels,
+                request.submitter,
+                request.commands,
+                request.unparsed
+            )),
             "probe" => {
                 // Reports what the sandbox let through; every probe should fail or be empty.
                 let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
@@ -179,6 +209,7 @@ impl Guest for TestHook {
                     .collect();
                 annotations.push(("status".into(), status.into()));
                 annotations.push(("command".into(), job.request.command.clone()));
+                annotations.push(("received_command".into(), job.received.command.clone()));
                 annotations.push((
                     "exit_code".into(),
                     job.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),

@@ -89,6 +89,7 @@ impl Guest for VenvSetup {
             set_env: vec![("PATH".into(), path), ("VIRTUAL_ENV".into(), venv)],
             unset_env: vec!["PYTHONHOME".into()],
             timeout_ms: None,
+            limits: None,
         })
     }
 }

@@ -103,6 +103,11 @@ struct Segment {
     len: u64,
     head: bool,
     last_seq: u64,
+    /// The `seq` a reader resumes at when this is the first segment after a gap: the first
+    /// record's own `seq` for output, one past it for an event (whose `seq` is the output
+    /// before it). Seqs of empty reads (a stream's end) are never stored, so the output seqs
+    /// in a spool need not be contiguous: the gap must name the next seq that exists.
+    first_seq: Option<u64>,
     output_bytes: u64,
 }
 
@@ -314,7 +319,7 @@ impl SpoolWriter {
             if m.bytes.len() as u64 + record <= self.inline_max {
                 m.bytes.extend_from_slice(&self.buf);
                 drop(m);
-                self.account(seq, record);
+                self.account(kind, seq, record);
                 self.shared.progress.send_modify(|p| {
                     p.segment = segment;
                     p.len = len;
@@ -325,7 +330,7 @@ impl SpoolWriter {
             self.spill();
         }
         let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(HEADER_BYTES + 64 * 1024));
-        self.account(seq, record);
+        self.account(kind, seq, record);
         let op = Op::Write {
             job: self.shared.clone(),
             bytes,
@@ -336,8 +341,10 @@ impl SpoolWriter {
     }
 
     /// Counts a record of `len` bytes in the current segment.
-    fn account(&mut self, seq: u64, len: u64) {
+    fn account(&mut self, kind: u8, seq: u64, len: u64) {
         let seg = self.segments.back_mut().expect("a segment is open");
+        let resume = if kind == KIND_EVENT { seq + 1 } else { seq };
+        seg.first_seq.get_or_insert(resume);
         seg.len += len;
         seg.last_seq = seg.last_seq.max(seq);
     }
@@ -349,6 +356,7 @@ impl SpoolWriter {
             len: 0,
             head,
             last_seq: self.last_seq,
+            first_seq: None,
             output_bytes: 0,
         });
     }
@@ -404,7 +412,9 @@ impl SpoolWriter {
                 next_seq: 0,
                 bytes: 0,
             });
-            gap.next_seq = dropped.last_seq + 1;
+            // The segment after the dropped one is full (the new one and the full one
+            // before it always stay), so it has a first record.
+            gap.next_seq = self.segments[pos].first_seq.unwrap_or(dropped.last_seq + 1);
             gap.bytes += dropped.output_bytes;
             let g = *gap;
             let op = Op::Gap {
