@@ -1,8 +1,11 @@
 //! What the example hooks cost, per language (`nice cargo bench --bench examples`): component
-//! size, compiled size, cold and cached load, per-call time (p50/p99, fresh store + instance +
-//! call, as the server does it) and fuel on a representative input; then the resident memory
-//! of a real `ccx serve` process with no hooks and with every example loaded, before and after
-//! jobs run through them. Prints Markdown tables (docs/hooks.md quotes them).
+//! size, compiled size, cold and cached load; per-call time as a job sees it (p50/p99) with
+//! every call instantiating on its path (spares off, as before issue 17) and with a spare
+//! instance ready (the default), so the difference is what instantiation costs; fuel per call
+//! (the call alone), and hook calls per second from four callers at once with spares on.
+//! Then the resident memory of a real `ccx serve` process with no hooks and with every example
+//! loaded, idle and after 1,000 jobs, spares off and on. Prints Markdown tables (the README and
+//! docs/hooks.md quote them).
 
 #[path = "support/common.rs"]
 mod common;
@@ -15,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookRequest, HookResult, HookSet, HookSpec, HostOptions, JobStatus};
-use common::{current_thread_runtime, percentiles, stop};
+use common::{current_thread_runtime, multi_thread_runtime, percentiles, stop};
 use util::{component, root, scratch};
 
 fn human_bytes(n: u64) -> String {
@@ -151,16 +154,19 @@ fn main() {
     // A fresh cache, so cold loads really compile.
     let cache_dir = scratch();
     let cache = cache_dir.path().to_path_buf();
-    let host = HookHost::new(HostOptions {
+    let options = |spares: u32| HostOptions {
         cache_dir: Some(cache.clone()),
+        spare_instances: spares,
         ..HostOptions::default()
-    })
-    .expect("hook host");
+    };
+    let host = HookHost::new(options(0)).expect("hook host");
+    let spared = HookHost::new(options(1)).expect("hook host");
     println!("pooling allocator: {}\n", host.pooling());
     println!(
-        "| hook | language | component | compiled | cold load | cached load | call p50 | call p99 | fuel/call |"
+        "| hook | language | component | compiled | cold load | cached load | call p50 / p99, instantiated on the path | call p50 / p99, on a spare | fuel/call | calls/s (4 callers, spares) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let many = multi_thread_runtime();
     for (name, lang, path, input, n) in cases {
         let size = std::fs::metadata(path).unwrap().len();
         let before = dir_size(&cache);
@@ -171,40 +177,51 @@ fn main() {
         let compiled = dir_size(&cache) - before;
         drop(set);
         // A new host maps the cached artifact, as a restarted server does.
-        let restarted = HookHost::new(HostOptions {
-            cache_dir: Some(cache.clone()),
-            ..HostOptions::default()
-        })
-        .unwrap();
+        let restarted = HookHost::new(options(0)).unwrap();
         let started = Instant::now();
         let set = HookSet::load(&restarted, std::slice::from_ref(&spec));
         let cached = started.elapsed();
         drop(set);
         let set = HookSet::load(&host, std::slice::from_ref(&spec));
-        let (samples, fuel) = rt.block_on(calls(&set, &input, n));
-        let (p50, p99) = percentiles(samples);
+        let (fresh, _) = rt.block_on(calls(&set, name, &input, n));
+        drop(set);
+        let (on_spare, fuel) = rt.block_on(async {
+            let set = HookSet::load(&spared, std::slice::from_ref(&spec));
+            calls(&set, name, &input, n).await
+        });
+        let rate = many.block_on(throughput(&spared, &spec, &input, n));
+        let ((f50, f99), (s50, s99)) = (percentiles(fresh), percentiles(on_spare));
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "| {name} | {lang} | {} | {} | {:.0} ms | {:.1} ms | {:.0} µs | {:.0} µs | {fuel} |",
+            "| {name} | {lang} | {} | {} | {:.0} ms | {:.1} ms | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {fuel} | {rate:.0} |",
             human_bytes(size),
             human_bytes(compiled),
             cold.as_secs_f64() * 1e3,
             cached.as_secs_f64() * 1e3,
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
+            us(f50),
+            us(f99),
+            us(s50),
+            us(s99),
         );
     }
     drop(host);
+    drop(spared);
     println!();
     server_memory(&cache);
     // The compiled Python and JavaScript hooks take ~80 MB.
     let _ = std::fs::remove_dir_all(&cache);
 }
 
-/// `n` calls (after n/10 unmeasured warm-up calls); returns their times and the median fuel.
-async fn calls(set: &HookSet, input: &Input, n: usize) -> (Vec<Duration>, u64) {
+/// `n` calls (after n/10 unmeasured warm-up calls), each after the hook's spare (if it has
+/// spares) is ready again, as for jobs that arrive one after another; returns their times and
+/// the median fuel.
+async fn calls(set: &HookSet, name: &str, input: &Input, n: usize) -> (Vec<Duration>, u64) {
     let mut samples = Vec::with_capacity(n);
     let mut fuel = Vec::with_capacity(n);
     for i in 0..n + n / 10 {
+        while set.spare_stats(name).is_some_and(|s| s.ready == 0) {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
         let started = Instant::now();
         let reports = match input {
             Input::Pre(r) => set.run_pre((**r).clone()).await.reports,
@@ -217,8 +234,43 @@ async fn calls(set: &HookSet, input: &Input, n: usize) -> (Vec<Duration>, u64) {
             fuel.push(reports[0].fuel_used);
         }
     }
+    if let Some(s) = set.spare_stats(name) {
+        assert!(s.served as usize >= n, "calls did not take spares: {s:?}");
+    }
     fuel.sort_unstable();
     (samples, fuel[fuel.len() / 2])
+}
+
+/// Hook calls per second: `n` calls from four callers at once, back to back, spares on.
+async fn throughput(
+    host: &std::sync::Arc<HookHost>,
+    spec: &HookSpec,
+    input: &Input,
+    n: usize,
+) -> f64 {
+    let set = std::sync::Arc::new(HookSet::load(host, std::slice::from_ref(spec)));
+    let started = Instant::now();
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let set = set.clone();
+            let input = match input {
+                Input::Pre(r) => Input::Pre(r.clone()),
+                Input::Post(r) => Input::Post(r.clone()),
+            };
+            tokio::spawn(async move {
+                for _ in 0..n / 4 {
+                    match &input {
+                        Input::Pre(r) => drop(set.run_pre((**r).clone()).await),
+                        Input::Post(r) => drop(set.run_post(r).await),
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in callers {
+        c.await.unwrap();
+    }
+    (n / 4 * 4) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Kills the server when the benchmark ends, however it ends.
@@ -273,22 +325,9 @@ fn start_server(config: &Path, port: u16) -> Server {
     Server(child)
 }
 
-fn exec(port: u16, command: &str) {
-    let status = Command::new(env!("CARGO_BIN_EXE_ccx"))
-        .args([
-            "exec",
-            "--url",
-            &format!("ws://127.0.0.1:{port}/ws"),
-            command,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "ccx exec {command}: {status}");
-}
-
-/// The memory of real `ccx serve` processes: without hooks, and with the example config.
+/// Real `ccx serve` processes without hooks, and with the example config with spares off and
+/// on: the `execute "true"` round trip over 1,000 jobs (50 with `CCX_BENCH_QUICK`), and the
+/// resident memory idle and after them.
 fn server_memory(cache: &Path) {
     let tmp = scratch();
     let dir = tmp.path();
@@ -298,30 +337,44 @@ fn server_memory(cache: &Path) {
         format!("[sandbox]\ncache_dir = \"{}\"\n", cache.display()),
     )
     .unwrap();
+    let examples = util::example_config(cache);
+    assert!(
+        examples.contains("[sandbox]\n"),
+        "ccx.toml has a [sandbox] table"
+    );
     let full = dir.join("examples.toml");
-    std::fs::write(&full, util::example_config(cache)).unwrap();
+    std::fs::write(&full, &examples).unwrap();
+    let no_spares = dir.join("examples-no-spares.toml");
+    std::fs::write(
+        &no_spares,
+        examples.replace("[sandbox]\n", "[sandbox]\nspare_instances = 0\n"),
+    )
+    .unwrap();
 
-    println!("| `ccx serve` | RSS after start | RSS after 50 jobs | peak RSS |");
-    println!("|---|---|---|---|");
-    for (label, config) in [("no hooks", &bare), ("all 5 example hooks", &full)] {
+    let jobs = if common::quick() { 50 } else { 1000 };
+    let rt = multi_thread_runtime();
+    println!(
+        "| `ccx serve` | `execute \"true\"` round trip p50 / p99 ({jobs} jobs, one connection) | RSS idle | RSS after the jobs | peak RSS |"
+    );
+    println!("|---|---|---|---|---|");
+    for (label, config) in [
+        ("no hooks", &bare),
+        ("all example hooks, spares off", &no_spares),
+        ("all example hooks, spares on (default)", &full),
+    ] {
         let port = free_port();
         let server = start_server(config, port);
-        std::thread::sleep(Duration::from_millis(300));
-        let (at_start, _) = rss(server.0.id());
-        let commands = [
-            "echo hello",
-            "ls /",
-            "python3 --version",
-            "true",
-            "uname -a",
-        ];
-        for i in 0..50 {
-            exec(port, commands[i % commands.len()]);
-        }
+        // Until every hook has loaded and made its spares.
+        std::thread::sleep(Duration::from_millis(1500));
+        let (idle, _) = rss(server.0.id());
+        let url = format!("ws://127.0.0.1:{port}/ws");
+        let sorted = rt.block_on(common::round_trips(&url, jobs));
         let (after, peak) = rss(server.0.id());
         println!(
-            "| {label} | {} | {} | {} |",
-            human_bytes(at_start),
+            "| {label} | {} / {} | {} | {} | {} |",
+            common::us(common::pct(&sorted, 50)),
+            common::us(common::pct(&sorted, 99)),
+            human_bytes(idle),
             human_bytes(after),
             human_bytes(peak)
         );

@@ -70,6 +70,8 @@ impl App {
             pooling: sandbox.pooling,
             max_concurrent_calls: sandbox.max_concurrent_calls,
             cache_max_bytes: sandbox.cache_max_bytes,
+            spare_instances: sandbox.spare_instances,
+            spare_memory_bytes: sandbox.spare_memory_bytes,
         })
         .context("cannot start the hook runtime")?;
         if let Some(path) = &sandbox.decision_log {
@@ -196,7 +198,10 @@ impl App {
     fn install(&self, config: Config, set: Arc<HookSet>) -> u64 {
         let mut cur = self.current.lock().expect("generation lock");
         cur.number += 1;
-        cur.set = Some(set.clone());
+        // The old generation's spares go now; jobs still running on it instantiate.
+        if let Some(old) = cur.set.replace(set.clone()) {
+            old.retire();
+        }
         cur.loaded_at = SystemTime::now();
         cur.reload_error = None;
         let chain = Arc::new(HookChain::new(
@@ -304,6 +309,8 @@ impl App {
             config_file: self.config.source.as_ref().map(|p| p.display().to_string()),
             pooling: self.host.pooling(),
             cache_dir: self.host.cache_dir().map(|p| p.display().to_string()),
+            spare_memory_bytes: self.host.spare_memory().0 as u64,
+            spare_memory_budget_bytes: self.host.spare_memory().1 as u64,
             hooks,
         }
     }
@@ -397,6 +404,14 @@ fn restart_required(running: &Config, new: &Config) -> Vec<String> {
         (
             "sandbox.cache_max_mb",
             s.cache_max_bytes != t.cache_max_bytes,
+        ),
+        (
+            "sandbox.spare_instances",
+            s.spare_instances != t.spare_instances,
+        ),
+        (
+            "sandbox.spare_memory_mb",
+            s.spare_memory_bytes != t.spare_memory_bytes,
         ),
     ]
     .into_iter()

@@ -37,6 +37,8 @@
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 //! - `dashboard`: the `/ui` dashboard in headless Chromium against a live server running jobs.
+//! - `spares`: spare hook instances: one call each, never reused; the memory budget; a reload
+//!   dropping the old generation's spares.
 //! - `fuzz_frames`: a few hundred generated hostile frames through one connection, each
 //!   answered once, while another connection runs commands.
 
@@ -68,6 +70,7 @@ mod redact_core;
 mod restructure;
 mod secret_redact;
 mod server;
+mod spares;
 mod spool;
 mod stdin;
 mod terminal;

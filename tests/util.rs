@@ -152,10 +152,18 @@ pub fn write_config(dir: &Path, watch_interval: f64, rest: &str) -> PathBuf {
         Some(_) => ("", rest.to_string()),
         None => ("[execution]\nkill_grace = 0.3\n\n", rest.to_string()),
     };
+    // The shared cache, in `rest`'s own `[sandbox]` if it has one.
+    let cache = format!("cache_dir = \"{}\"\n", shared_cache().display());
+    let (sandbox, rest) = match rest.find("[sandbox]\n") {
+        Some(at) => {
+            let mut r = rest;
+            r.insert_str(at + "[sandbox]\n".len(), &cache);
+            (String::new(), r)
+        }
+        None => (format!("[sandbox]\n{cache}\n"), rest),
+    };
     let text = format!(
-        "[server]\nwatch_interval = {watch_interval}\n\n{execution}\
-         [sandbox]\ncache_dir = \"{}\"\n\n{}",
-        shared_cache().display(),
+        "[server]\nwatch_interval = {watch_interval}\n\n{execution}{sandbox}{}",
         fill_in_components(&rest)
     );
     std::fs::write(&path, text).expect("writing the test config");

@@ -31,6 +31,9 @@ pub(super) fn host(config: &Config) -> Result<Arc<HookHost>> {
         pooling: false,
         max_concurrent_calls: 4,
         cache_max_bytes: config.sandbox.cache_max_bytes,
+        // One-shot commands: each hook is called once or a few times.
+        spare_instances: 0,
+        spare_memory_bytes: 0,
     })
 }
 

@@ -77,6 +77,8 @@ struct RawSandbox {
     cache_max_mb: Option<u64>,
     decision_log: Option<PathBuf>,
     decision_log_max_mb: Option<u64>,
+    spare_instances: Option<u32>,
+    spare_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -187,6 +189,10 @@ pub struct SandboxConfig {
     pub decision_log: Option<PathBuf>,
     /// Size at which the decision log is rotated.
     pub decision_log_max_bytes: u64,
+    /// Fresh instances kept ready per hook so calls skip instantiation; 0: off.
+    pub spare_instances: u32,
+    /// Largest total linear memory of all spare instances, in bytes.
+    pub spare_memory_bytes: u64,
 }
 
 impl Default for SandboxConfig {
@@ -199,6 +205,8 @@ impl Default for SandboxConfig {
             cache_max_bytes: 1 << 30,
             decision_log: None,
             decision_log_max_bytes: 64 << 20,
+            spare_instances: 1,
+            spare_memory_bytes: 256 << 20,
         }
     }
 }
@@ -252,7 +260,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8003)),
-            max_sessions: 100,
+            max_sessions: 1024,
             max_frame_bytes: 1 << 20,
             token: None,
             tokens: Vec::new(),
@@ -356,6 +364,21 @@ impl Config {
         if let Some(mb) = sb.cache_max_mb {
             cfg.sandbox.cache_max_bytes =
                 (positive("sandbox.cache_max_mb", mb as usize)? as u64) << 20;
+        }
+        if let Some(n) = sb.spare_instances {
+            if n > hooks::MAX_SPARES {
+                bail!(
+                    "sandbox.spare_instances must be at most {} (spares across all hooks), got {n}",
+                    hooks::MAX_SPARES
+                );
+            }
+            cfg.sandbox.spare_instances = n;
+        }
+        if let Some(mb) = sb.spare_memory_mb {
+            if mb > 1 << 20 {
+                bail!("sandbox.spare_memory_mb must be at most 1048576 (1 TiB), got {mb}");
+            }
+            cfg.sandbox.spare_memory_bytes = mb << 20;
         }
         cfg.sandbox.decision_log = sb.decision_log.map(|p| base.join(p));
         if let Some(mb) = sb.decision_log_max_mb {

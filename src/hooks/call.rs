@@ -21,6 +21,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::bindings::{host, input, post, pre, types as wit, v1};
 use super::capture::Capture;
 use super::kv::SharedKv;
+use super::spare::SparePool;
 use super::types::{HookRequest, HookResult};
 use super::{FailureKind, HookHost, HookSpec};
 
@@ -83,12 +84,14 @@ impl WasiView for CallState {
 struct CallLimiter {
     memory_bytes: usize,
     refused: Option<usize>,
+    /// Bytes of linear memory granted so far (creation counts as growth from 0).
+    granted: usize,
 }
 
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -96,6 +99,7 @@ impl ResourceLimiter for CallLimiter {
             self.refused = Some(desired);
             return Ok(false);
         }
+        self.granted += desired.saturating_sub(current);
         Ok(true)
     }
 
@@ -197,25 +201,31 @@ pub(crate) fn add_to_linker(
 // ---- the call ---------------------------------------------------------------------------------
 
 /// A hook's `pre-execute` export, in the contract version it was built against.
+#[derive(Clone)]
 pub(crate) enum PreExport {
     V1(v1::pre::PreHookIndices),
     V2(pre::PreHookIndices),
 }
 
 /// A hook's `post-execute` export, in the contract version it was built against.
+#[derive(Clone)]
 pub(crate) enum PostExport {
     V1(v1::post::PostHookIndices),
     V2(post::PostHookIndices),
 }
 
-/// What a loaded hook needs to be called.
-pub(crate) struct Callable<'a> {
-    pub(crate) ident: &'a Arc<HookIdentity>,
+/// What a loaded hook needs to be called. Owned (a few reference counts), so a call can run
+/// on a task of its own.
+#[derive(Clone)]
+pub(crate) struct Callable {
+    pub(crate) ident: Arc<HookIdentity>,
     pub(crate) limits: Limits,
-    pub(crate) instance_pre: &'a InstancePre<CallState>,
-    pub(crate) pre: Option<&'a PreExport>,
-    pub(crate) post: Option<&'a PostExport>,
-    pub(crate) input: Option<&'a input::InputHookIndices>,
+    pub(crate) instance_pre: InstancePre<CallState>,
+    pub(crate) pre: Option<PreExport>,
+    pub(crate) post: Option<PostExport>,
+    pub(crate) input: Option<input::InputHookIndices>,
+    /// Fresh instances made ahead of time; `None`: every call instantiates.
+    pub(crate) spares: Option<Arc<SparePool>>,
 }
 
 /// The input of one call, converted at the call to the hook's contract version.
@@ -249,6 +259,19 @@ pub(crate) struct CallOutcome {
     pub(crate) stderr: String,
 }
 
+impl CallOutcome {
+    /// A call that failed before its instance existed (or whose task failed).
+    pub(crate) fn failed(failure: Failure, duration: Duration) -> CallOutcome {
+        CallOutcome {
+            result: Err(failure),
+            fuel_used: 0,
+            duration,
+            stdout: String::new(),
+            stderr: String::new(),
+        }
+    }
+}
+
 /// Where an error came from, which decides its kind when it is not a trap.
 pub(crate) enum Phase {
     Instantiate,
@@ -262,41 +285,71 @@ pub(crate) enum Phase {
 /// an outer `tokio::time::timeout` around instantiation and the call (so a guest blocked in a
 /// host or WASI call, such as a sleep, is cut too: its future is dropped). The call therefore
 /// returns within `timeout` plus about one tick and the timer's granularity.
-pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> CallOutcome {
+///
+/// With a spare ready (see `spare`), the call takes it instead of instantiating: the fuel and
+/// the deadline then start at the call itself, and `fuel_used` leaves out what instantiation
+/// burned.
+pub(crate) async fn call(host: &HookHost, hook: &Callable, input: Input) -> CallOutcome {
     let name = hook.ident.name.as_str();
-    let (mut store, stdout, stderr) = new_store(host, hook.ident, &hook.limits);
     let fuel = if hook.limits.fuel == 0 {
         u64::MAX
     } else {
         hook.limits.fuel
     };
-    let fuel_set = store.set_fuel(fuel).is_ok();
-
     let started = Instant::now();
     let limits = hook.limits;
     // A slot in the instance pool, held until the store (which holds the slot) is dropped, so
-    // a new call never finds the pool full of instances that are on their way out.
-    let mut permit = None;
-    let timed = tokio::time::timeout(limits.timeout, async {
-        // Waiting for a slot counts against the deadline.
-        permit = Some(
-            host.call_slots
-                .acquire()
+    // a new call never finds the pool full of instances that are on their way out. Waiting
+    // for it counts against the deadline.
+    let permit = tokio::time::timeout(limits.timeout, host.call_slots.acquire()).await;
+    let permit = match permit {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(closed)) => {
+            let err = wasmtime::Error::msg(closed.to_string());
+            let failure = classify(name, &limits, None, Phase::Instantiate, &err, "");
+            return CallOutcome::failed(failure, started.elapsed());
+        }
+        Err(_elapsed) => {
+            let failure = Failure {
+                kind: FailureKind::Timeout,
+                message: format!(
+                    "hook `{name}` passed its deadline of {} ms waiting for a free instance slot",
+                    limits.timeout.as_millis()
+                ),
+            };
+            return CallOutcome::failed(failure, started.elapsed());
+        }
+    };
+    let (mut store, ready, stdout, stderr) = match hook.spares.as_ref().and_then(|p| p.take()) {
+        Some(spare) => {
+            let (store, instance, stdout, stderr) = spare.into_parts();
+            (store, Some(instance), stdout, stderr)
+        }
+        None => {
+            let (store, stdout, stderr) = new_store(host, &hook.ident, &hook.limits);
+            (store, None, stdout, stderr)
+        }
+    };
+    let fuel_set = store.set_fuel(fuel).is_ok();
+    // The deadline counts from now (a spare's store was made earlier).
+    store.set_epoch_deadline(1);
+    let remaining = limits.timeout.saturating_sub(started.elapsed());
+    let timed = tokio::time::timeout(remaining, async {
+        let instance = match ready {
+            Some(instance) => instance,
+            None => hook
+                .instance_pre
+                .instantiate_async(&mut store)
                 .await
-                .map_err(|e| (Phase::Instantiate, wasmtime::Error::msg(e.to_string())))?,
-        );
-        let instance = hook
-            .instance_pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| (Phase::Instantiate, e))?;
+                .map_err(|e| (Phase::Instantiate, e))?,
+        };
         match input {
             Input::Pre(req) => {
                 let no_export = || {
                     let e = wasmtime::Error::msg("hook has no pre-execute export");
                     (Phase::Call, e)
                 };
-                match hook.pre.ok_or_else(no_export)? {
+                match hook.pre.as_ref().ok_or_else(no_export)? {
                     PreExport::V2(indices) => {
                         let bound = indices
                             .load(&mut store, &instance)
@@ -317,7 +370,7 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
                 .map_err(|e| (Phase::Call, e))
             }
             Input::Typed(req, data) => {
-                let Some(indices) = hook.input else {
+                let Some(indices) = hook.input.as_ref() else {
                     let e = wasmtime::Error::msg("hook has no check-input export");
                     return Err((Phase::Call, e));
                 };
@@ -336,7 +389,7 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable<'_>, input: Input) -> 
                     let e = wasmtime::Error::msg("hook has no post-execute export");
                     (Phase::Call, e)
                 };
-                match hook.post.ok_or_else(no_export)? {
+                match hook.post.as_ref().ok_or_else(no_export)? {
                     PostExport::V2(indices) => {
                         let bound = indices
                             .load(&mut store, &instance)
@@ -431,6 +484,7 @@ pub(crate) fn new_store(
             limiter: CallLimiter {
                 memory_bytes: limits.memory_bytes,
                 refused: None,
+                granted: 0,
             },
             log_messages: 0,
         },
@@ -444,6 +498,11 @@ pub(crate) fn new_store(
         ))
     });
     (store, stdout, stderr)
+}
+
+/// Bytes of linear memory the limiter has granted `store`'s instances (their total size).
+pub(crate) fn memory_bytes(store: &Store<CallState>) -> usize {
+    store.data().limiter.granted
 }
 
 /// The memory growth the limiter refused in `store`, if any (for [`classify`]).

@@ -1,6 +1,8 @@
 //! Running a set's hooks at one stage: one runner walks the hooks in config order for both the
 //! pre and the post chain — call, check, count, log, apply `on_failure` — and hands each answer
 //! to the stage's [`Fold`], which decides what it does to the chain. Lives for one chain run.
+//! Post-hooks all get the same input and never see each other's answers, so their calls start
+//! together, each on a task of its own; their answers are still folded in config order.
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;
@@ -40,6 +42,9 @@ trait Fold {
     /// Whether a hook that failed to load gets a report (besides its warning). Pre reports
     /// only the hooks it called; post reports every hook, as it always has.
     const REPORTS_LOAD_FAILURES: bool;
+    /// Whether the stage's calls may run at once, each on a task of its own: true when every
+    /// hook gets the same input and none sees another's answer (post).
+    const CONCURRENT: bool;
     /// Why the chain stopped early.
     type Stop;
 
@@ -155,10 +160,19 @@ impl HookSet {
         ready: &Ready,
         stage: Stage,
         (input, request, matched): (Input, &HookRequest, Option<&str>),
+        started: Option<tokio::task::JoinHandle<CallOutcome>>,
     ) -> (HookReport, Result<Checked, Failure>) {
         let name = hook.spec.name.as_str();
-        let callable = ready.callable(&hook.ident, &hook.spec);
-        let out = call::call(&self.host, &callable, input).await;
+        let out = match started {
+            Some(task) => task.await.unwrap_or_else(|e| {
+                let failure = Failure {
+                    kind: FailureKind::Trap,
+                    message: format!("hook `{name}`: its call's task failed: {e}"),
+                };
+                CallOutcome::failed(failure, std::time::Duration::ZERO)
+            }),
+            None => call::call(&self.host, &hook.callable(ready), input).await,
+        };
         log_output(name, stage, &out);
         let (duration, fuel_used) = (out.duration, out.fuel_used);
         let checked = out.result.and_then(|answer| check(name, answer));
@@ -197,7 +211,8 @@ impl HookSet {
             warnings: Vec::new(),
             stopped: None,
         };
-        for hook in &self.hooks {
+        let mut started = self.start_all(&*fold);
+        for (index, hook) in self.hooks.iter().enumerate() {
             let name = hook.spec.name.as_str();
             // A hook whose matcher does not match this job is not instantiated at all.
             let Some(matched) = hook.sees(fold.request()) else {
@@ -219,7 +234,8 @@ impl HookSet {
                 }
                 Slot::Ready(ready) => {
                     let call = (fold.input(), fold.request(), matched.as_deref());
-                    match self.call_checked(hook, ready, stage, call).await {
+                    let task = started.take(index);
+                    match self.call_checked(hook, ready, stage, call, task).await {
                         (mut report, Ok(answer)) if mode != HookMode::Enforce => {
                             // Recorded, never applied; `warn` tells the client.
                             report.matched = matched;
@@ -299,6 +315,32 @@ impl HookSet {
         run
     }
 
+    /// For a concurrent stage, starts the call of every hook that will be called, each on a
+    /// task of its own (outside a tokio runtime: none; the runner then calls in turn).
+    fn start_all<F: Fold>(&self, fold: &F) -> Started {
+        let mut tasks = Vec::new();
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (true, Ok(runtime)) = (F::CONCURRENT, runtime) {
+            for hook in &self.hooks {
+                let task = match &hook.slot {
+                    Slot::Ready(ready)
+                        if ready.exports(F::STAGE) && hook.sees(fold.request()).is_some() =>
+                    {
+                        let host = self.host.clone();
+                        let callable = hook.callable(ready);
+                        let input = fold.input();
+                        Some(
+                            runtime.spawn(async move { call::call(&host, &callable, input).await }),
+                        )
+                    }
+                    _ => None,
+                };
+                tasks.push(task);
+            }
+        }
+        Started(tasks)
+    }
+
     /// Runs the pre-hooks in config order. Each sees the request as changed by the hooks before
     /// it; the first deny (or the first failure of a fail-closed hook) ends the chain.
     ///
@@ -341,6 +383,24 @@ impl HookSet {
     }
 }
 
+/// The calls a concurrent stage started, by hook index; those not awaited are aborted when the
+/// chain ends (or is dropped).
+struct Started(Vec<Option<tokio::task::JoinHandle<CallOutcome>>>);
+
+impl Started {
+    fn take(&mut self, index: usize) -> Option<tokio::task::JoinHandle<CallOutcome>> {
+        self.0.get_mut(index).and_then(Option::take)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for task in self.0.iter().flatten() {
+            task.abort();
+        }
+    }
+}
+
 /// The pre chain: the request as patched so far; stops at the first denial.
 struct PreFold {
     request: HookRequest,
@@ -350,6 +410,7 @@ struct PreFold {
 impl Fold for PreFold {
     const STAGE: Stage = Stage::Pre;
     const REPORTS_LOAD_FAILURES: bool = false;
+    const CONCURRENT: bool = false;
     /// The denying hook and its reason.
     type Stop = (String, String);
 
@@ -401,6 +462,7 @@ struct PostFold {
 impl Fold for PostFold {
     const STAGE: Stage = Stage::Post;
     const REPORTS_LOAD_FAILURES: bool = true;
+    const CONCURRENT: bool = true;
     type Stop = Infallible;
 
     fn input(&self) -> Input {

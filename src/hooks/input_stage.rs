@@ -37,7 +37,7 @@ impl HookSet {
             }
             let name = hook.spec.name.clone();
             let enforce = hook.spec.mode == HookMode::Enforce;
-            let callable = ready.callable(&hook.ident, &hook.spec);
+            let callable = hook.callable(ready);
             let input = Input::Typed(Box::new(request.clone()), data.to_vec());
             let out = call::call(&self.host, &callable, input).await;
             let refusal = match out.result {

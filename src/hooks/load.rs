@@ -9,8 +9,9 @@ use std::thread::ScopedJoinHandle;
 use std::time::{Duration, Instant};
 
 use super::bindings::{post, pre, v1};
-use super::call::{HookIdentity, PostExport, PreExport};
+use super::call::{HookIdentity, Limits, PostExport, PreExport};
 use super::set::{HookSet, LoadedHook, Ready, Slot};
+use super::spare::SparePool;
 use super::stats::Tally;
 use super::{FailureKind, HookHost, HookSpec, MAX_MEMORY_MB, Stage};
 use sha2::Digest;
@@ -321,26 +322,41 @@ impl HookSet {
                         Tally::Failure(FailureKind::Load, &err.to_string()),
                     );
                 }
+                let ident = Arc::new(HookIdentity {
+                    name: spec.name.clone(),
+                    config: spec.config.clone(),
+                    kv: host.kv_for(&spec.name),
+                });
+                // Spares serve every stage: a call's fresh instance, or an output hook's
+                // job-long one.
+                let spares = match &slot {
+                    Slot::Ready(r) if host.spares.per_hook > 0 =>
+                    {
+                        let limits = Limits::from_spec(spec);
+                        Some(SparePool::new(host, &r.instance_pre, &ident, limits))
+                    }
+                    _ => None,
+                };
                 LoadedHook {
                     matcher: spec.matcher.as_ref().and_then(|m| {
                         m.compile()
                             .inspect_err(|e| tracing::warn!(hook = %spec.name, "match {e}: the hook sees every job"))
                             .ok()
                     }),
-                    ident: Arc::new(HookIdentity {
-                        name: spec.name.clone(),
-                        config: spec.config.clone(),
-                        kv: host.kv_for(&spec.name),
-                    }),
+                    ident,
                     counters,
                     spec: spec.clone(),
                     slot,
+                    spares,
                 }
             })
             .collect();
-        HookSet {
+        let set = HookSet {
             host: host.clone(),
             hooks,
-        }
+        };
+        // No cold call after start or a reload: the first spares are made now.
+        set.prime();
+        set
     }
 }

@@ -44,6 +44,7 @@ mod parse;
 mod policy;
 mod run_once;
 mod set;
+mod spare;
 mod stats;
 mod status;
 mod trial;
@@ -71,6 +72,7 @@ pub use parse::{Parse, SimpleCommand};
 pub use policy::{HookMode, MatchSpec, Matcher};
 pub use run_once::{RunFailure, RunInput, RunReport, run_once};
 pub use set::HookSet;
+pub use spare::{MAX_SPARES, SpareStats};
 pub use stats::{FailureCounts, HookStats, LastFailure, STATS_WINDOW};
 pub use status::{HookState, HookStatus};
 pub use trial::{TrialCall, TrialDecision, TrialHook};
@@ -298,6 +300,13 @@ pub struct HostOptions {
     /// total is at most this; the new artifact itself is always kept, so a cap below one
     /// artifact keeps only the newest. Defaults to [`DEFAULT_CACHE_MAX_BYTES`].
     pub cache_max_bytes: u64,
+    /// Fresh instances kept ready per hook, made in the background so calls skip
+    /// instantiation (`[sandbox] spare_instances`); 0 turns spares off. At most
+    /// [`MAX_SPARES`] live at once across all hooks. Defaults to 1.
+    pub spare_instances: u32,
+    /// Largest total linear memory of all spare instances, in bytes (`[sandbox]
+    /// spare_memory_mb`); a spare that would not fit is not made. Defaults to 256 MiB.
+    pub spare_memory_bytes: u64,
 }
 
 impl Default for HostOptions {
@@ -307,6 +316,8 @@ impl Default for HostOptions {
             pooling: true,
             max_concurrent_calls: 32,
             cache_max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            spare_instances: 1,
+            spare_memory_bytes: 256 << 20,
         }
     }
 }
@@ -318,6 +329,8 @@ pub struct HookHost {
     cache: cache::ArtifactCache,
     /// Bounds concurrent calls to the instance pool's capacity.
     call_slots: Arc<tokio::sync::Semaphore>,
+    /// The bounds of spare instances (slots and memory), shared by every set's pools.
+    spares: spare::SpareBudget,
     pooling: bool,
     counters: std::sync::Mutex<std::collections::HashMap<String, Arc<stats::HookCounters>>>,
     kv: std::sync::Mutex<std::collections::HashMap<String, kv::SharedKv>>,
@@ -372,9 +385,16 @@ impl HookHost {
     /// Builds the engine (pooling if the machine allows it) and starts the epoch ticker.
     pub fn new(opts: HostOptions) -> anyhow::Result<Arc<HookHost>> {
         let calls = opts.max_concurrent_calls.max(1);
+        // Spares hold instance slots of their own beside the calls'.
+        let slots = calls
+            + if opts.spare_instances > 0 {
+                MAX_SPARES
+            } else {
+                0
+            };
         let (engine, pooling) = if opts.pooling {
             let mut config = engine_config();
-            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(calls)));
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(slots)));
             match Engine::new(&config) {
                 Ok(engine) => (engine, true),
                 Err(err) => {
@@ -401,6 +421,10 @@ impl HookHost {
             linker,
             cache,
             call_slots: Arc::new(tokio::sync::Semaphore::new(calls as usize)),
+            spares: spare::SpareBudget::new(
+                opts.spare_instances,
+                usize::try_from(opts.spare_memory_bytes).unwrap_or(usize::MAX),
+            ),
             pooling,
             counters: Default::default(),
             kv: Default::default(),
@@ -412,6 +436,11 @@ impl HookHost {
     /// Whether the pooling allocator is in use.
     pub fn pooling(&self) -> bool {
         self.pooling
+    }
+
+    /// Spare instances: `(linear memory they hold now, the budget)`, in bytes.
+    pub fn spare_memory(&self) -> (usize, usize) {
+        (self.spares.memory_used(), self.spares.memory_cap)
     }
 
     /// The artifact cache directory, if caching is on.

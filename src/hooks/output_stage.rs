@@ -181,10 +181,25 @@ impl HookSet {
             spec.get_or_insert_with(|| out.clone());
             let name = hook.spec.name.clone();
             let limits = Limits::from_spec(&hook.spec);
-            let (mut store, _stdout, stderr) = call::new_store(&self.host, &hook.ident, &limits);
             // The instance holds a slot of the instance pool for the whole job; a job never
             // waits for one (it could wait for as long as other jobs run).
             let slot = self.host.call_slots.clone().try_acquire_owned();
+            // A spare instance when one is ready (never one without a slot to hold).
+            let spare = match (&slot, &hook.spares) {
+                (Ok(_), Some(pool)) => pool.take(),
+                _ => None,
+            };
+            let (mut store, made, stderr) = match spare {
+                Some(spare) => {
+                    let (store, instance, _stdout, stderr) = spare.into_parts();
+                    (store, Some(instance), stderr)
+                }
+                None => {
+                    let (store, _stdout, stderr) =
+                        call::new_store(&self.host, &hook.ident, &limits);
+                    (store, None, stderr)
+                }
+            };
             let started = with_fuel(&mut store, &limits, u64::MAX);
             let timed = tokio::time::timeout(limits.timeout, async {
                 if slot.is_err() {
@@ -194,11 +209,14 @@ impl HookSet {
                     );
                     return Err((Phase::Instantiate, e));
                 }
-                let instance = ready
-                    .instance_pre
-                    .instantiate_async(&mut store)
-                    .await
-                    .map_err(|e| (Phase::Instantiate, e))?;
+                let instance = match made {
+                    Some(instance) => instance,
+                    None => ready
+                        .instance_pre
+                        .instantiate_async(&mut store)
+                        .await
+                        .map_err(|e| (Phase::Instantiate, e))?,
+                };
                 let bound = indices
                     .load(&mut store, &instance)
                     .map_err(|e| (Phase::Instantiate, e))?;

@@ -10,6 +10,7 @@ use wasmtime::component::InstancePre;
 use super::cache::LoadSource;
 use super::call::{CallState, Callable, HookIdentity, Limits, PostExport, PreExport};
 use super::load::LoadError;
+use super::spare::{SparePool, SpareStats};
 use super::stats::HookCounters;
 use super::{HookHost, HookSpec, Stage};
 
@@ -28,9 +29,20 @@ pub(super) struct LoadedHook {
     pub(super) ident: Arc<HookIdentity>,
     pub(super) counters: Arc<HookCounters>,
     pub(super) slot: Slot,
+    /// Fresh instances made ahead of time for its calls and its job-long output instances
+    /// (`None`: spares are off, or it is not loaded).
+    pub(super) spares: Option<Arc<SparePool>>,
 }
 
 impl LoadedHook {
+    /// What a call of this (loaded) hook needs, spares included.
+    pub(super) fn callable(&self, ready: &Ready) -> Callable {
+        Callable {
+            spares: self.spares.clone(),
+            ..ready.callable(&self.ident, &self.spec)
+        }
+    }
+
     /// The rule by which it sees the job `request` describes: `Some(None)` with no matcher,
     /// `Some(Some(rule))` when its matcher matches, `None` when the job is not for it.
     pub(super) fn sees(&self, request: &super::HookRequest) -> Option<Option<String>> {
@@ -81,20 +93,23 @@ impl Ready {
         }
     }
 
-    /// What a call needs, with the limits of `spec`.
-    pub(super) fn callable<'a>(
-        &'a self,
-        ident: &'a Arc<HookIdentity>,
-        spec: &HookSpec,
-    ) -> Callable<'a> {
+    /// What a call needs, with the limits of `spec`, without spares.
+    pub(super) fn callable(&self, ident: &Arc<HookIdentity>, spec: &HookSpec) -> Callable {
         Callable {
-            ident,
+            ident: ident.clone(),
             limits: Limits::from_spec(spec),
-            instance_pre: &self.instance_pre,
-            pre: self.pre.as_ref(),
-            post: self.post.as_ref(),
-            input: self.input.as_ref(),
+            instance_pre: self.instance_pre.clone(),
+            pre: self.pre.clone(),
+            post: self.post.clone(),
+            input: self.input.clone(),
+            spares: None,
         }
+    }
+}
+
+impl Drop for HookSet {
+    fn drop(&mut self) {
+        self.retire();
     }
 }
 
@@ -121,6 +136,30 @@ impl HookSet {
     /// True when no hook is enabled and loaded (so the chains are no-ops).
     pub fn is_empty(&self) -> bool {
         !self.hooks.iter().any(|h| matches!(h.slot, Slot::Ready(_)))
+    }
+
+    /// Starts making the spare instances of every hook that has them (in the background, on
+    /// the current tokio runtime; nothing happens outside one). [`HookSet::load`] does this
+    /// itself when called inside a runtime.
+    pub fn prime(&self) {
+        for pool in self.hooks.iter().filter_map(|h| h.spares.as_ref()) {
+            pool.refill();
+        }
+    }
+
+    /// Drops every spare instance of this set and makes no more: call when a new generation
+    /// replaces it (jobs still running on it then instantiate on their path). Dropping the
+    /// set does the same.
+    pub fn retire(&self) {
+        for pool in self.hooks.iter().filter_map(|h| h.spares.as_ref()) {
+            pool.retire();
+        }
+    }
+
+    /// The spare-instance counts of the hook `name`, if it is loaded with spares.
+    pub fn spare_stats(&self, name: &str) -> Option<SpareStats> {
+        let hook = self.hooks.iter().find(|h| h.spec.name == name)?;
+        hook.spares.as_ref().map(|p| p.stats())
     }
 
     /// True when some enabled hook (loaded or failed to load) could run at `stage`. The

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::cache::LoadSource;
 use super::set::{HookSet, Slot};
-use super::{HookStats, OnFailure, Stage};
+use super::{HookStats, OnFailure, SpareStats, Stage};
 
 /// A hook's state in a set. Serializes as `{"state": "loaded"}`, `{"state": "disabled"}` or
 /// `{"state": "failed", "error": "…"}`.
@@ -48,6 +48,9 @@ pub struct HookStatus {
     /// Keys in the hook's kv store.
     pub kv_keys: usize,
     pub stats: HookStats,
+    /// Its spare instances (absent when spares are off or it is not loaded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spares: Option<SpareStats>,
 }
 
 impl HookSet {
@@ -91,6 +94,7 @@ impl HookSet {
                     on_failure: h.spec.on_failure,
                     kv_keys: h.ident.kv.lock().map(|kv| kv.len()).unwrap_or(0),
                     stats: h.counters.snapshot(),
+                    spares: h.spares.as_ref().map(|p| p.stats()),
                 }
             })
             .collect()

@@ -227,6 +227,13 @@ pub struct HookStatusReport {
     pub pooling: bool,
     #[serde(default)]
     pub cache_dir: Option<String>,
+    /// Linear memory the spare hook instances hold now, in bytes (each hook's `spares` says
+    /// how many it has ready).
+    #[serde(default)]
+    pub spare_memory_bytes: u64,
+    /// The spare instances' memory budget (`[sandbox] spare_memory_mb`), in bytes.
+    #[serde(default)]
+    pub spare_memory_budget_bytes: u64,
     /// One entry per configured hook: name, path, `state` (`loading`, `loaded`, `failed`,
     /// `disabled`), limits, load time and counters; see docs/hooks.md. Kept open here: its
     /// shape belongs to the hook runtime.

@@ -7,7 +7,8 @@
 //!   `describe` (deny with what the request says besides its command line: stdin mode,
 //!   terminal, limits, labels, submitter, parse), `deny-if-contains` (`needle`), `counter`, `log`,
 //!   `big` (`size` bytes of deny reason), `instance-count` (deny with how many calls this
-//!   instance has seen), `probe` (deny with a report of what the sandbox let
+//!   instance has seen), `remember` (deny with the command an earlier call on this instance saw,
+//!   kept on the heap), `probe` (deny with a report of what the sandbox let
 //!   through), or a misbehaviour below. With `when` set, the pre stage applies its mode only to
 //!   commands containing that text and allows the rest.
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
@@ -161,6 +162,15 @@ impl Guest for TestHook {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 PreDecision::Deny(format!("calls seen by this instance: {n}"))
+            }
+            "remember" => {
+                // Heap memory: what an earlier call on this instance left there, if any.
+                static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+                let previous = LAST.lock().unwrap().replace(request.command.clone());
+                PreDecision::Deny(format!(
+                    "previous command in this instance: {}",
+                    previous.as_deref().unwrap_or("none")
+                ))
             }
             "describe" => PreDecision::Deny(format!(
                 "stdin={:?} terminal={:?} limits={:?} labels={:?} submitter={:?} commands={:?} unparsed={:?}",
