@@ -27,6 +27,8 @@ use tokio::time::{Instant, sleep_until};
 
 /// Largest piece of output read (and so sent) at once.
 pub const CHUNK_BYTES: usize = 64 * 1024;
+/// A pipe's first read buffer, in bytes (it grows to [`CHUNK_BYTES`] while reads fill it).
+const FIRST_READ_BYTES: usize = 4 * 1024;
 
 /// Pipe capacity asked of the kernel: fewer wake-ups per megabyte on big outputs.
 const PIPE_BYTES: libc::c_int = 1 << 20;
@@ -151,14 +153,23 @@ impl<R: tokio::io::AsyncRead + Unpin> Pipe<R> {
             bytes: 0,
             raw_bytes: 0,
             tail: Vec::new(),
-            buf: vec![0; CHUNK_BYTES],
+            buf: vec![0; FIRST_READ_BYTES],
             hash: Sha256::new(),
         }
     }
 
+    /// Reads what the pipe has, up to the buffer's size. The buffer starts small (a quiet job
+    /// costs little: a thousand `sleep`s would otherwise hold 128 MiB of idle buffers) and
+    /// doubles, up to [`CHUNK_BYTES`], each time a read fills it.
     async fn read(&mut self) -> io::Result<usize> {
         match self.reader.as_mut() {
-            Some(r) => r.read(&mut self.buf).await,
+            Some(r) => {
+                let n = r.read(&mut self.buf).await?;
+                if n == self.buf.len() && n < CHUNK_BYTES {
+                    self.buf.resize((n * 2).min(CHUNK_BYTES), 0);
+                }
+                Ok(n)
+            }
             None => std::future::pending().await,
         }
     }

@@ -280,6 +280,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     // Refuse an exposed, unauthenticated address before spending time on hooks.
     server::check_exposure(config.server.listen, config.server.has_auth())?;
+    open_file_limit(config.server.max_sessions);
     // Before listening: a second server on the same state directory stops here, and the
     // jobs a crashed predecessor left are settled before new ones start.
     let registry = Registry::open(&config.state)?;
@@ -301,6 +302,31 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         registry.flush().await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-file limit for `max_sessions` connections and their jobs (each connection
+/// costs a socket, each running job about six descriptors); warns when it stays too low.
+fn open_file_limit(max_sessions: usize) {
+    let wanted = (max_sessions as libc::rlim_t)
+        .saturating_mul(8)
+        .saturating_add(256);
+    match ccx::containment::nofile::raise_open_file_limit() {
+        Ok((before, now)) => {
+            if now != before {
+                tracing::info!(before, now, "open-file limit raised");
+            }
+            if now < wanted {
+                tracing::warn!(
+                    limit = now,
+                    max_sessions,
+                    "the open-file limit is low for max_sessions (about {wanted} wanted): \
+                     connections and jobs past it fail with EMFILE; raise the hard limit \
+                     (`ulimit -Hn`, LimitNOFILE= in a systemd unit)"
+                );
+            }
+        }
+        Err(why) => tracing::warn!("cannot raise the open-file limit: {why}"),
+    }
 }
 
 async fn mcp(args: McpArgs) -> Result<ExitCode> {

@@ -186,6 +186,10 @@ impl Enforcer {
         }
         if let Some(n) = limits.open_files {
             job.rlimits.push(rl(libc::RLIMIT_NOFILE, n));
+        } else if let Some((soft, hard)) = super::nofile::for_jobs() {
+            // The soft limit the server started with, not the one it raised for itself.
+            job.rlimits
+                .push((libc::RLIMIT_NOFILE as libc::c_int, soft, hard));
         }
         if let Some(mb) = limits.file_size_mb {
             job.rlimits
@@ -211,11 +215,14 @@ pub struct JobLimits {
 }
 
 impl JobLimits {
-    /// No limits.
+    /// No limits (but the open-file limit the server started with, if it raised its own).
     pub fn none() -> JobLimits {
         JobLimits {
             limits: Limits::default(),
-            rlimits: Vec::new(),
+            rlimits: super::nofile::for_jobs()
+                .map(|(soft, hard)| (libc::RLIMIT_NOFILE as libc::c_int, soft, hard))
+                .into_iter()
+                .collect(),
             v1: Vec::new(),
             v2_memory: false,
             v2_pids: false,

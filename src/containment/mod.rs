@@ -17,6 +17,7 @@
 
 pub mod cgroup;
 pub mod limits;
+pub mod nofile;
 pub mod subreaper;
 
 use crate::config::{ContainmentConfig, ContainmentMode};

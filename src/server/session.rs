@@ -34,6 +34,9 @@ const REPLY_BUFFER: usize = 16;
 /// error; larger ones close the connection (1009) without being buffered.
 const HARD_FRAME_FACTOR: usize = 4;
 
+/// Each connection's WebSocket read buffer, in bytes.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+
 pub(super) async fn ws_handler(
     State(state): State<Arc<ServerState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -48,6 +51,10 @@ pub(super) async fn ws_handler(
     let token = state.tracker.token();
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
+        // tungstenite allocates its read buffer whole for each connection (128 KiB by
+        // default): at 1,000 connections that alone was 128 MiB of the server's memory.
+        // Requests are small; a large frame still arrives, in more reads.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let _token = token;
             match permit {

@@ -1,0 +1,104 @@
+//! A thousand connections on one machine (`nice cargo bench --bench connections`): a release
+//! `ccx serve` with the default config and no hooks; N WebSocket connections open, then each
+//! sends `execute "sleep 1"` at once; reports the time from the first send until the last
+//! `process.completed`, the server's CPU time over the run and its resident memory (peak and
+//! after). N = 200 and 1,000 (200 only with `CCX_BENCH_QUICK`). Prints a Markdown table.
+
+#[path = "support/common.rs"]
+mod common;
+#[path = "../tests/util.rs"]
+mod util;
+
+use std::time::{Duration, Instant};
+
+use common::{connect, cpu_time, folder, multi_thread_runtime, send_execute, start_server, stop};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// (VmRSS, VmHWM) of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Reads one connection until its job's `process.completed`; returns the job's status.
+async fn completed(ws: &mut common::Ws) -> String {
+    loop {
+        let Message::Text(t) = ws.next().await.expect("open").expect("frame") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "process.completed" {
+            return v["params"]["status"].as_str().unwrap_or("").to_string();
+        }
+        if let Some(e) = v.get("error") {
+            panic!("server error: {e}");
+        }
+    }
+}
+
+fn main() {
+    // The client holds N sockets too.
+    let _ = ccx::containment::nofile::raise_open_file_limit();
+    let rt = multi_thread_runtime();
+    let tmp = util::scratch();
+    let sizes: &[usize] = if common::quick() {
+        &[200]
+    } else {
+        &[200, 1000]
+    };
+    println!(
+        "| connections, each `sleep 1` at once | all completed after | server CPU | server RSS: idle / peak / after |"
+    );
+    println!("|---|---|---|---|");
+    for &n in sizes {
+        let (mut child, url, _) = start_server(&folder(tmp.path(), &format!("c{n}")), "serve", "");
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(300));
+        let (idle, _) = rss_mib(pid);
+        let (elapsed, cpu) = rt.block_on(async {
+            let mut conns = Vec::with_capacity(n);
+            for _ in 0..n {
+                conns.push(connect(&url).await);
+            }
+            let cpu_before = cpu_time(pid);
+            let started = Instant::now();
+            let tasks: Vec<_> = conns
+                .into_iter()
+                .map(|mut ws| {
+                    tokio::spawn(async move {
+                        send_execute(&mut ws, 1, "sleep 1").await;
+                        let status = completed(&mut ws).await;
+                        (status, ws)
+                    })
+                })
+                .collect();
+            let mut open = Vec::with_capacity(n);
+            for t in tasks {
+                let (status, ws) = t.await.unwrap();
+                assert_eq!(status, "completed");
+                open.push(ws);
+            }
+            let elapsed = started.elapsed();
+            let cpu = cpu_time(pid) - cpu_before;
+            drop(open);
+            (elapsed, cpu)
+        });
+        let (after, peak) = rss_mib(pid);
+        println!(
+            "| {n} | {:.2} s | {:.2} s | {idle:.1} / {peak:.1} / {after:.1} MiB |",
+            elapsed.as_secs_f64(),
+            cpu.as_secs_f64(),
+        );
+        stop(&mut child);
+    }
+}
