@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ccx::hooks::{HookHost, HookRequest, HookResult, HookSet, HookSpec, HostOptions, JobStatus};
-use common::{current_thread_runtime, multi_thread_runtime, percentiles, stop};
+use common::{multi_thread_runtime, percentiles, stop};
 use util::{component, root, scratch};
 
 fn human_bytes(n: u64) -> String {
@@ -91,7 +91,6 @@ enum Input {
 }
 
 fn main() {
-    let rt = current_thread_runtime();
     let transcript =
         std::fs::read_to_string(root().join("tests/fixtures/agent-success.jsonl")).unwrap();
     let cases: Vec<(&str, &str, &Path, Input, usize)> = vec![
@@ -182,12 +181,12 @@ fn main() {
         let set = HookSet::load(&restarted, std::slice::from_ref(&spec));
         let cached = started.elapsed();
         drop(set);
-        let set = HookSet::load(&host, std::slice::from_ref(&spec));
-        let (fresh, _) = rt.block_on(calls(&set, name, &input, n));
-        drop(set);
-        let (on_spare, fuel) = rt.block_on(async {
-            let set = HookSet::load(&spared, std::slice::from_ref(&spec));
-            calls(&set, name, &input, n).await
+        // On two workers, as in the server; the two kinds of call alternate, so both see the
+        // same machine.
+        let (fresh, on_spare, fuel) = many.block_on(async {
+            let fresh = HookSet::load(&host, std::slice::from_ref(&spec));
+            let spare = HookSet::load(&spared, std::slice::from_ref(&spec));
+            calls(&fresh, &spare, name, &input, n).await
         });
         let rate = many.block_on(throughput(&spared, &spec, &input, n));
         let ((f50, f99), (s50, s99)) = (percentiles(fresh), percentiles(on_spare));
@@ -212,33 +211,67 @@ fn main() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
-/// `n` calls (after n/10 unmeasured warm-up calls), each after the hook's spare (if it has
-/// spares) is ready again, as for jobs that arrive one after another; returns their times and
-/// the median fuel.
-async fn calls(set: &HookSet, name: &str, input: &Input, n: usize) -> (Vec<Duration>, u64) {
-    let mut samples = Vec::with_capacity(n);
+/// `n` calls of each set (after n/10 unmeasured warm-up calls), alternating: one that
+/// instantiates on the path (`fresh`) and one that takes a spare (`spare`). Before each call
+/// the machine is left 2 ms to finish the last call's background work (teardown, refill), as
+/// between jobs. Returns both sets' times and the median fuel of a call.
+async fn calls(
+    fresh: &HookSet,
+    spare: &HookSet,
+    name: &str,
+    input: &Input,
+    n: usize,
+) -> (Vec<Duration>, Vec<Duration>, u64) {
+    let mut samples = [Vec::with_capacity(n), Vec::with_capacity(n)];
     let mut fuel = Vec::with_capacity(n);
+    let mut faults = [Vec::with_capacity(n), Vec::with_capacity(n)];
     for i in 0..n + n / 10 {
-        while set.spare_stats(name).is_some_and(|s| s.ready == 0) {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        let started = Instant::now();
-        let reports = match input {
-            Input::Pre(r) => set.run_pre((**r).clone()).await.reports,
-            Input::Post(r) => set.run_post(r).await.reports,
-        };
-        let elapsed = started.elapsed();
-        assert!(reports[0].error.is_none(), "{:?}", reports[0]);
-        if i >= n / 10 {
-            samples.push(elapsed);
-            fuel.push(reports[0].fuel_used);
+        for (k, set) in [fresh, spare].into_iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            while set.spare_stats(name).is_some_and(|s| s.ready == 0) {
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+            let faults_before = minor_faults();
+            let started = Instant::now();
+            let reports = match input {
+                Input::Pre(r) => set.run_pre((**r).clone()).await.reports,
+                Input::Post(r) => set.run_post(r).await.reports,
+            };
+            let elapsed = started.elapsed();
+            assert!(reports[0].error.is_none(), "{:?}", reports[0]);
+            if i >= n / 10 {
+                samples[k].push(elapsed);
+                faults[k].push(minor_faults() - faults_before);
+                if k == 1 {
+                    fuel.push(reports[0].fuel_used);
+                }
+            }
         }
     }
-    if let Some(s) = set.spare_stats(name) {
-        assert!(s.served as usize >= n, "calls did not take spares: {s:?}");
-    }
+    let s = spare.spare_stats(name).expect("spares on");
+    assert!(s.served as usize >= n, "calls did not take spares: {s:?}");
     fuel.sort_unstable();
-    (samples, fuel[fuel.len() / 2])
+    for f in &mut faults {
+        f.sort_unstable();
+    }
+    eprintln!(
+        "{name}: minor page faults per call p50: {} instantiating, {} on a spare",
+        faults[0][n / 2],
+        faults[1][n / 2]
+    );
+    let [a, b] = samples;
+    (a, b, fuel[fuel.len() / 2])
+}
+
+/// Minor page faults of this process so far (`minflt`, field 10 of /proc/self/stat; proc(5)).
+fn minor_faults() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after
+        .split(' ')
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Hook calls per second: `n` calls from four callers at once, back to back, spares on.
@@ -339,15 +372,15 @@ fn server_memory(cache: &Path) {
     .unwrap();
     let examples = util::example_config(cache);
     assert!(
-        examples.contains("[sandbox]\n"),
-        "ccx.toml has a [sandbox] table"
+        examples.contains("\nspare_instances = 0 "),
+        "ccx.toml sets spare_instances"
     );
     let full = dir.join("examples.toml");
     std::fs::write(&full, &examples).unwrap();
-    let no_spares = dir.join("examples-no-spares.toml");
+    let with_spares = dir.join("examples-spares.toml");
     std::fs::write(
-        &no_spares,
-        examples.replace("[sandbox]\n", "[sandbox]\nspare_instances = 0\n"),
+        &with_spares,
+        examples.replace("\nspare_instances = 0 ", "\nspare_instances = 1 "),
     )
     .unwrap();
 
@@ -359,8 +392,8 @@ fn server_memory(cache: &Path) {
     println!("|---|---|---|---|---|");
     for (label, config) in [
         ("no hooks", &bare),
-        ("all example hooks, spares off", &no_spares),
-        ("all example hooks, spares on (default)", &full),
+        ("all example hooks, spares off (default)", &full),
+        ("all example hooks, spares on (1 per hook)", &with_spares),
     ] {
         let port = free_port();
         let server = start_server(config, port);

@@ -37,6 +37,10 @@
 //! - `restructure`: `ccx exec` on a closed pipe and with several words, concurrent config
 //!   edits, listening before hooks load, `/mcp` and `max_sessions`, restart-only settings.
 //! - `dashboard`: the `/ui` dashboard in headless Chromium against a live server running jobs.
+//! - `auth_attack`: bad tokens throttled with 429 and `Retry-After`, valid ones served, no
+//!   token in the log.
+//! - `soak`: 1,000 jobs over 50 connections ending every way there is: one terminal event each,
+//!   no process or descriptor left, memory levelled off, the spool within retention.
 //! - `spares`: spare hook instances: one call each, never reused; the memory budget; a reload
 //!   dropping the old generation's spares.
 //! - `fuzz_frames`: a few hundred generated hostile frames through one connection, each
@@ -45,6 +49,7 @@
 mod util;
 
 mod audit;
+mod auth_attack;
 mod cli;
 mod containment;
 mod contract;
@@ -70,6 +75,7 @@ mod redact_core;
 mod restructure;
 mod secret_redact;
 mod server;
+mod soak;
 mod spares;
 mod spool;
 mod stdin;

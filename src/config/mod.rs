@@ -205,7 +205,7 @@ impl Default for SandboxConfig {
             cache_max_bytes: 1 << 30,
             decision_log: None,
             decision_log_max_bytes: 64 << 20,
-            spare_instances: 1,
+            spare_instances: 0,
             spare_memory_bytes: 256 << 20,
         }
     }

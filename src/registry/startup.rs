@@ -69,10 +69,16 @@ pub(super) enum LockError {
     Io(std::io::Error),
 }
 
-/// Creates `dir` and takes an exclusive lock on `dir/lock` (flock(2), released by the kernel
-/// when the process dies, however it dies).
+/// Creates `dir` (folders it makes are the server user's alone, mode 0700: spools hold job
+/// output, which may hold secrets) and takes an exclusive lock on `dir/lock` (flock(2),
+/// released by the kernel when the process dies, however it dies).
 pub(super) fn open_locked(dir: &Path) -> Result<std::fs::File, LockError> {
-    std::fs::create_dir_all(dir.join("spool")).map_err(LockError::Io)?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("spool"))
+        .map_err(LockError::Io)?;
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

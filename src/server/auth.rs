@@ -1,8 +1,10 @@
 //! Who may talk to the server: the bearer token (header or `?token=`), compared in constant
 //! time, and the browser `Origin` check (the server's own origin, else the allowlist). Applied
-//! to every route but `/healthz` and the dashboard's static files (`/ui`).
+//! to every route but `/healthz` and the dashboard's static files (`/ui`). Repeated failures
+//! from one address are throttled (`throttle`).
 
 use super::ServerState;
+use super::throttle::{self, Verdict};
 use anyhow::{Result, bail};
 use axum::Json;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -69,8 +71,7 @@ pub(super) async fn guard(
                     .and_then(|Query(mut q)| q.remove("token"))
             });
         let Some(presented) = presented else {
-            refused(&state, "auth", peer, &request, "missing token");
-            return refuse(StatusCode::UNAUTHORIZED, "missing token");
+            return failed(&state, peer, &request, "missing token");
         };
         // Every token is compared, so the time taken does not say which one matched.
         let mut label = None;
@@ -83,13 +84,62 @@ pub(super) async fn guard(
             Some(l) => {
                 request.extensions_mut().insert(TokenLabel(l));
             }
-            None => {
-                refused(&state, "auth", peer, &request, "invalid token");
-                return refuse(StatusCode::UNAUTHORIZED, "invalid token");
-            }
+            None => return failed(&state, peer, &request, "invalid token"),
         }
     }
     next.run(request).await
+}
+
+/// Answers a missing or wrong token: 401 (counted and audited), or 429 with `Retry-After`
+/// once the peer has failed too often (see `throttle`). Nothing here logs the token.
+fn failed(
+    state: &ServerState,
+    peer: Option<SocketAddr>,
+    request: &Request,
+    why: &'static str,
+) -> Response {
+    let verdict = match peer {
+        Some(p) => state
+            .auth_throttle
+            .failed(p.ip(), std::time::Instant::now()),
+        None => Verdict::Refuse,
+    };
+    let retry_after = match verdict {
+        Verdict::Refuse => {
+            refused(state, "auth", peer, request, why);
+            return refuse(StatusCode::UNAUTHORIZED, why);
+        }
+        Verdict::StartThrottling(after) => {
+            tracing::warn!(
+                peer = ?peer.map(|p| p.ip()),
+                failures = throttle::FAILURES_ALLOWED,
+                window_s = throttle::WINDOW.as_secs(),
+                "too many failed authentications from this address: answering 429 until its window ends"
+            );
+            refused(
+                state,
+                "auth",
+                peer,
+                request,
+                "throttled after repeated bad tokens",
+            );
+            after
+        }
+        Verdict::Throttled(after) => {
+            state.exec.metrics().refused("auth");
+            after
+        }
+    };
+    let mut response = refuse(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications from this address; try again later",
+    );
+    // Whole seconds, rounded up (RFC 9110 §10.2.3).
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
+    response
 }
 
 fn peer_of(request: &Request) -> Option<SocketAddr> {

@@ -16,6 +16,7 @@
 
 mod auth;
 mod session;
+mod throttle;
 mod ui;
 
 pub use auth::check_exposure;
@@ -57,6 +58,8 @@ pub struct ServerState {
     started: Instant,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Failed authentication per peer address (429 past the limit).
+    auth_throttle: throttle::AuthThrottle,
 }
 
 impl ServerState {
@@ -78,6 +81,7 @@ impl ServerState {
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            auth_throttle: throttle::AuthThrottle::default(),
         })
     }
 

@@ -1,0 +1,321 @@
+//! The soak: many jobs over many connections through the built binary, each ending one of
+//! seven ways (completed, canceled, paused and resumed, timed out, denied by a pre-hook, its
+//! client gone, detached and attached again), checking that every job ends exactly once,
+//! that no process or descriptor is left behind, that the server's memory levels off, and that
+//! after a restart the spool is within its retention.
+//!
+//! `cargo test` runs 1,000 jobs over 50 connections; the long run is
+//! `CCX_SOAK_JOBS=10000 cargo test --test integration soak -- --nocapture` (it prints its
+//! figures either way; `CCX_SOAK_CONNECTIONS` changes the 50).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::util::{KillOnDrop, Ws, scratch, spawn_ccx_serve, write_config};
+
+const RETAIN_JOBS: usize = 200;
+
+/// A small deterministic generator (xorshift64*), so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
+    }
+}
+
+/// What the run saw: terminal events per job id, and every job id it was given.
+#[derive(Default)]
+struct Seen {
+    terminal: HashMap<String, u32>,
+    jobs: HashSet<String>,
+    denied: u64,
+    by_end: HashMap<&'static str, u64>,
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Processes whose environment names one of `jobs` (`CCX_JOB_ID`), alive or zombie.
+fn leftovers(jobs: &HashSet<String>) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        for var in env.split(|b| *b == 0) {
+            if let Some(id) = var.strip_prefix(b"CCX_JOB_ID=")
+                && jobs.contains(String::from_utf8_lossy(id).as_ref())
+            {
+                found.push((pid, String::from_utf8_lossy(id).into_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Notes every terminal event in `events`.
+fn note(seen: &Mutex<Seen>, events: &[Value]) {
+    let mut s = seen.lock().unwrap();
+    for e in events {
+        if e["method"] == "process.completed"
+            && let Some(id) = e["params"]["job_id"].as_str()
+        {
+            *s.terminal.entry(id.to_string()).or_default() += 1;
+        }
+    }
+}
+
+fn job_id(reply: &Value) -> String {
+    reply["result"]["job_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no job id: {reply}"))
+        .to_string()
+}
+
+/// Waits until the job has started (its `process.started`), keeping other messages.
+async fn started(ws: &mut Ws, id: &str) -> Vec<Value> {
+    let mut kept = Vec::new();
+    loop {
+        let m = ws.next().await;
+        let done = m["method"] == "process.started" && m["params"]["job_id"] == id;
+        kept.push(m);
+        if done {
+            return kept;
+        }
+    }
+}
+
+/// One connection's share: `n` jobs, each ending the way `rng` picks.
+async fn client(url: String, n: usize, seed: u64, seen: Arc<Mutex<Seen>>) {
+    let mut rng = Rng(seed | 1);
+    let mut ws = Ws::connect(&url).await;
+    for _ in 0..n {
+        let way = rng.below(7);
+        let end = match way {
+            0 => {
+                let r = ws.call("execute", json!({"command": "echo soak"})).await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                note(&seen, &ws.collect(&id).await);
+                "completed"
+            }
+            1 => {
+                let r = ws.call("execute", json!({"command": "sleep 30"})).await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                let mut events = started(&mut ws, &id).await;
+                let ack = ws
+                    .call("control", json!({"type": "CANCEL", "job_id": id}))
+                    .await;
+                assert!(ack.get("result").is_some(), "{ack}");
+                events.extend(ws.collect(&id).await);
+                note(&seen, &events);
+                "canceled"
+            }
+            2 => {
+                let r = ws
+                    .call("execute", json!({"command": "sleep 0.05; echo resumed"}))
+                    .await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                let mut events = started(&mut ws, &id).await;
+                for t in ["PAUSE", "RESUME"] {
+                    // The job may already have ended: then the control is refused, which is fine.
+                    let _ = ws.call("control", json!({"type": t, "job_id": id})).await;
+                }
+                events.extend(ws.collect(&id).await);
+                note(&seen, &events);
+                "paused"
+            }
+            3 => {
+                let r = ws
+                    .call("execute", json!({"command": "sleep 30", "timeout": 0.1}))
+                    .await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                let events = ws.collect(&id).await;
+                assert_eq!(events.last().unwrap()["params"]["status"], "timed_out");
+                note(&seen, &events);
+                "timed_out"
+            }
+            4 => {
+                let r = ws
+                    .call("execute", json!({"command": "echo SOAK-DENY"}))
+                    .await;
+                assert!(r.get("error").is_some(), "a denial: {r}");
+                seen.lock().unwrap().denied += 1;
+                "denied"
+            }
+            5 => {
+                // The client goes away mid-job: the job ends (canceled) with nobody listening.
+                let r = ws.call("execute", json!({"command": "sleep 30"})).await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                started(&mut ws, &id).await;
+                ws = Ws::connect(&url).await;
+                // Counted from the registry at the end.
+                seen.lock().unwrap().terminal.entry(id).or_default();
+                "disconnected"
+            }
+            _ => {
+                let r = ws
+                    .call(
+                        "execute",
+                        json!({"command": "sleep 0.1; echo detached", "detach": true}),
+                    )
+                    .await;
+                let id = job_id(&r);
+                seen.lock().unwrap().jobs.insert(id.clone());
+                ws = Ws::connect(&url).await;
+                let a = ws.call("attach", json!({"job_id": id})).await;
+                assert!(a.get("result").is_some(), "{a}");
+                note(&seen, &ws.collect(&id).await);
+                "attached"
+            }
+        };
+        *seen.lock().unwrap().by_end.entry(end).or_default() += 1;
+    }
+    // Anything else arriving now would be a second terminal event.
+    while let Ok(m) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+        note(&seen, &[m]);
+    }
+}
+
+/// `jobs` jobs over `conns` connections, all at once.
+async fn round(url: &str, jobs: usize, conns: usize, seed: u64, seen: &Arc<Mutex<Seen>>) {
+    let tasks: Vec<_> = (0..conns)
+        .map(|c| {
+            let share = jobs / conns + usize::from(c < jobs % conns);
+            tokio::spawn(client(
+                url.to_string(),
+                share,
+                seed.wrapping_mul(31).wrapping_add(c as u64),
+                seen.clone(),
+            ))
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("a soak client failed");
+    }
+}
+
+fn count_dir(path: &Path) -> usize {
+    std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soak_every_job_ends_once_and_nothing_is_left_behind() {
+    let jobs: usize = std::env::var("CCX_SOAK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let conns: usize = std::env::var("CCX_SOAK_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
+    let tmp = scratch();
+    let config = write_config(
+        tmp.path(),
+        0.0,
+        &format!(
+            "[state]\nretain_jobs = {RETAIN_JOBS}\n\n[[hooks]]\nname = \"soak-deny\"\n\
+             path = \"{{test-hook}}\"\nconfig = {{ mode = \"deny-if-contains\", needle = \"SOAK-DENY\" }}\n"
+        ),
+    );
+    let (child, addr, _) = spawn_ccx_serve(crate::util::CCX, &config, &[]);
+    let server = KillOnDrop(child);
+    let pid = server.id();
+    let url = format!("ws://{addr}/ws");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let started = Instant::now();
+
+    // Warm-up: a fifth of the jobs; then the rest. Memory and descriptors are read when no
+    // connection is open.
+    let warm = (jobs / 5).max(conns);
+    round(&url, warm, conns, 7, &seen).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_warm, fds_warm) = (rss_kib(pid), fds(pid));
+    round(&url, jobs - warm, conns, 99, &seen).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (rss_end, fds_end) = (rss_kib(pid), fds(pid));
+    let took = started.elapsed();
+
+    let seen = Arc::try_unwrap(seen).ok().unwrap().into_inner().unwrap();
+    // Jobs whose client left: the registry must show them ended, once.
+    let mut ws = Ws::connect(&url).await;
+    let mut unheard = 0;
+    for (id, n) in &seen.terminal {
+        if *n == 0 {
+            unheard += 1;
+            let r = ws.call("get_job", json!({"job_id": id})).await;
+            assert_eq!(
+                r["result"]["status"], "canceled",
+                "a job whose client left: {r}"
+            );
+            assert!(r["result"]["ended_at"].is_number(), "{r}");
+        } else {
+            assert_eq!(*n, 1, "job {id} got {n} terminal events");
+        }
+    }
+    assert_eq!(
+        seen.terminal.len(),
+        seen.jobs.len(),
+        "a job without its terminal event"
+    );
+    drop(ws);
+
+    let left = leftovers(&seen.jobs);
+    assert!(left.is_empty(), "processes left behind: {left:?}");
+    assert!(
+        fds_end <= fds_warm + 8,
+        "descriptors grew from {fds_warm} to {fds_end}"
+    );
+    let growth = rss_end as f64 / rss_warm as f64;
+    println!(
+        "soak: {} jobs ({} denied) over {conns} connections in {:.1} s; ends {:?}; \
+         RSS {rss_warm} KiB after warm-up, {rss_end} KiB at the end ({:+.1}%); \
+         descriptors {fds_warm} → {fds_end}; {unheard} jobs ended with their client gone",
+        seen.jobs.len() as u64 + seen.denied,
+        seen.denied,
+        took.as_secs_f64(),
+        seen.by_end,
+        (growth - 1.0) * 100.0,
+    );
+    assert!(
+        growth <= 1.2,
+        "memory grew {:.0}% after warm-up",
+        (growth - 1.0) * 100.0
+    );
+
+    // A restart prunes past retention at once: the spool keeps at most `retain_jobs` jobs.
+    drop(server);
+    let (child, _, _) = spawn_ccx_serve(crate::util::CCX, &config, &[]);
+    let _server = KillOnDrop(child);
+    let spool = tmp.path().join("state/spool");
+    let pruned =
+        crate::util::eventually(Duration::from_secs(10), || count_dir(&spool) <= RETAIN_JOBS).await;
+    assert!(pruned, "{} spools kept", count_dir(&spool));
+}
