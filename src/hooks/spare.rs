@@ -184,21 +184,30 @@ impl SparePool {
         call::lock(&self.ready).clear();
     }
 
+    // Each lock below is taken and released in a statement of its own: the pool's two mutexes
+    // are never held together (a guard in a larger expression lives until the statement
+    // ends, and two orders would deadlock).
+
     pub(crate) fn stats(&self) -> SpareStats {
+        let ready = call::lock(&self.ready).len();
+        let stopped = call::lock(&self.stopped).clone();
         SpareStats {
             target: self.target() as u32,
-            ready: call::lock(&self.ready).len(),
+            ready,
             instance_bytes: self.instance_bytes.load(Ordering::Relaxed),
             served: self.served.load(Ordering::Relaxed),
             cold: self.cold.load(Ordering::Relaxed),
-            stopped: call::lock(&self.stopped).clone(),
+            stopped,
         }
     }
 
     fn wanted(&self) -> bool {
-        !self.retired.load(Ordering::Acquire)
-            && call::lock(&self.stopped).is_none()
-            && call::lock(&self.ready).len() < self.target()
+        if self.retired.load(Ordering::Acquire) {
+            return false;
+        }
+        let stopped = call::lock(&self.stopped).is_some();
+        let ready = call::lock(&self.ready).len();
+        !stopped && ready < self.target()
     }
 
     /// Starts a background task that makes spares until the pool is full, the budget is
