@@ -3,6 +3,9 @@
 //! to the stage's [`Fold`], which decides what it does to the chain. Lives for one chain run.
 //! Post-hooks all get the same input and never see each other's answers, so their calls start
 //! together, each on a task of its own; their answers are still folded in config order.
+//!
+//! Over 500 lines: the one runner serves both stages, and its folds, checks and decision
+//! records read best beside it.
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;

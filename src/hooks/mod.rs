@@ -28,6 +28,9 @@
 //!   per-hook counters): per-process services the host owns.
 //!
 //! This module depends on no other ccx module: the executor calls it with plain data.
+//!
+//! Over 500 lines: the host and the plain data every stage shares (specs, failure kinds,
+//! reports) are one contract with the executor, kept in one place.
 
 mod bindings;
 mod cache;
