@@ -239,10 +239,12 @@ config = { mode = "alloc", mb = "8" }
         error.contains("hoarder") && error.contains("memory"),
         "{error}"
     );
-    // What went out before the failure went out whole; nothing after it.
+    // What went out before the failure went out whole; nothing after it. (Each chunk costs
+    // 8 MB, so the fourth fails; on a loaded machine one chunk may carry several lines.)
     let out = output(&events, "stdout");
+    let all = "1\n2\n3\n4\n5\n6\n7\n8\n";
     assert!(
-        ["", "1\n", "1\n2\n", "1\n2\n3\n"].contains(&out.as_str()),
+        out.len() < all.len() && all.starts_with(&out) && (out.is_empty() || out.ends_with('\n')),
         "{out:?}"
     );
 }

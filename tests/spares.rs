@@ -81,9 +81,7 @@ async fn zero_spares_turns_them_off() {
     assert_eq!(host.spare_memory().0, 0);
 }
 
-// Hung in a full `cargo test` run (passed alone earlier): not yet understood; run it with
-// `cargo test --test integration spares -- --ignored`.
-#[ignore = "hangs in full runs; under investigation (see the stop note)"]
+// This test once hung: a pool short of budget refilled in a loop that never yielded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memory_budget_bounds_the_spares() {
     // The size of one spare, from a host with room for three.

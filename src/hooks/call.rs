@@ -322,10 +322,7 @@ pub(crate) async fn call(host: &HookHost, hook: &Callable, input: Input) -> Call
         }
     };
     let (mut store, ready, stdout, stderr) = match hook.spares.as_ref().and_then(|p| p.take()) {
-        Some(spare) => {
-            let (store, instance, stdout, stderr) = spare.into_parts();
-            (store, Some(instance), stdout, stderr)
-        }
+        Some((store, instance, stdout, stderr)) => (store, Some(instance), stdout, stderr),
         None => {
             let (store, stdout, stderr) = new_store(host, &hook.ident, &hook.limits);
             (store, None, stdout, stderr)

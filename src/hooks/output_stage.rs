@@ -190,10 +190,7 @@ impl HookSet {
                 _ => None,
             };
             let (mut store, made, stderr) = match spare {
-                Some(spare) => {
-                    let (store, instance, _stdout, stderr) = spare.into_parts();
-                    (store, Some(instance), stderr)
-                }
+                Some((store, instance, _stdout, stderr)) => (store, Some(instance), stderr),
                 None => {
                     let (store, _stdout, stderr) =
                         call::new_store(&self.host, &hook.ident, &limits);

@@ -97,10 +97,13 @@ pub(crate) struct Spare {
     _lease: Lease,
 }
 
+/// What a call gets of a spare: its store, its instance and the guest's captured stdout and
+/// stderr. The spare's slot and memory are back in the budget by then (the call holds a call
+/// slot instead).
+pub(crate) type Taken = (Store<CallState>, Instance, Capture, Capture);
+
 impl Spare {
-    /// The store, the instance and the guest's captured stdout and stderr, for one call; the
-    /// spare's slot and memory go back to the budget (the call holds a call slot instead).
-    pub(crate) fn into_parts(self) -> (Store<CallState>, Instance, Capture, Capture) {
+    fn into_parts(self) -> Taken {
         (self.store, self.instance, self.stdout, self.stderr)
     }
 }
@@ -167,9 +170,9 @@ impl SparePool {
     }
 
     /// A spare for a call, if one is ready (counted as served, else as cold); starts a refill
-    /// either way.
-    pub(crate) fn take(self: &Arc<Self>) -> Option<Spare> {
-        let spare = call::lock(&self.ready).pop();
+    /// either way, after the taken spare's memory is back in the budget.
+    pub(crate) fn take(self: &Arc<Self>) -> Option<Taken> {
+        let spare = call::lock(&self.ready).pop().map(Spare::into_parts);
         match spare {
             Some(_) => self.served.fetch_add(1, Ordering::Relaxed),
             None => self.cold.fetch_add(1, Ordering::Relaxed),
@@ -224,6 +227,8 @@ impl SparePool {
         let pool = self.clone();
         runtime.spawn(async move {
             loop {
+                let takes = pool.takes();
+                let mut short = false;
                 while pool.wanted() {
                     match pool.make().await {
                         Ok(Some(spare)) => {
@@ -233,7 +238,11 @@ impl SparePool {
                                 ready.push(spare);
                             }
                         }
-                        Ok(None) => break, // no slot or no budget now; a later take retries
+                        Ok(None) => {
+                            // No slot or no budget now; a later take retries.
+                            short = true;
+                            break;
+                        }
                         Err(why) => {
                             tracing::warn!(hook = %pool.ident.name, "no spare instances for this hook: {why}");
                             *call::lock(&pool.stopped) = Some(why);
@@ -241,14 +250,26 @@ impl SparePool {
                         }
                     }
                 }
-                pool.filling.store(false, Ordering::Release);
-                // A take between the last check and the store above would find `filling` set
-                // and start nothing: check once more.
+                // A swap, not a store: its acquire makes the count of a take that found
+                // `filling` set (and then started nothing) visible below.
+                pool.filling.swap(false, Ordering::AcqRel);
+                // A take between the last check and the store above found `filling` set and
+                // started nothing: look once more. After running short of slots or budget,
+                // only if a take came meanwhile: `wanted` stays true then, and looking again
+                // at once would spin without ever yielding.
+                if short && pool.takes() == takes {
+                    break;
+                }
                 if !pool.wanted() || pool.filling.swap(true, Ordering::AcqRel) {
                     break;
                 }
             }
         });
+    }
+
+    /// Calls that asked this pool for a spare so far (served and cold).
+    fn takes(&self) -> u64 {
+        self.served.load(Ordering::Acquire) + self.cold.load(Ordering::Acquire)
     }
 
     /// Makes one spare: `Ok(None)` when no slot is free or the budget has no room for it,
