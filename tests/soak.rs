@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{KillOnDrop, Ws, scratch, spawn_ccx_serve, write_config};
+use crate::util::{
+    KillOnDrop, Ws, fds, leftovers, rss_kib, scratch, spawn_ccx_serve, write_config,
+};
 
 const RETAIN_JOBS: usize = 200;
 
@@ -39,42 +41,6 @@ struct Seen {
     jobs: HashSet<String>,
     denied: u64,
     by_end: HashMap<&'static str, u64>,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Processes whose environment names one of `jobs` (`CCX_JOB_ID`), alive or zombie.
-fn leftovers(jobs: &HashSet<String>) -> Vec<(u32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        for var in env.split(|b| *b == 0) {
-            if let Some(id) = var.strip_prefix(b"CCX_JOB_ID=")
-                && jobs.contains(String::from_utf8_lossy(id).as_ref())
-            {
-                found.push((pid, String::from_utf8_lossy(id).into_owned()));
-            }
-        }
-    }
-    found
 }
 
 /// Notes every terminal event in `events`.

@@ -89,10 +89,10 @@ async fn a_short_jobs_spool_lives_in_its_record_and_replays_exactly_after_a_rest
 
 /// A small tmpfs mounted over `at` for the test's life (a full disk, for real); `None` where
 /// mounting is not allowed.
-struct SmallDisk(std::path::PathBuf);
+pub struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
+    pub fn mount(at: &Path, size: &str) -> Option<SmallDisk> {
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)

@@ -45,6 +45,9 @@
 //!   dropping the old generation's spares.
 //! - `fuzz_frames`: a few hundred generated hostile frames through one connection, each
 //!   answered once, while another connection runs commands.
+//! - `exhaustion`: the built server under a connection storm, a flood of maximum-size frames,
+//!   clients that never read, `ulimit -n 256` and a full disk: clear refusals, no crash,
+//!   served again after.
 
 mod util;
 
@@ -56,6 +59,7 @@ mod contract;
 mod dashboard;
 mod examples;
 mod executor_lifecycle;
+mod exhaustion;
 mod fuzz_frames;
 mod hooks_loading;
 mod hooks_policy;

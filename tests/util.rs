@@ -22,7 +22,7 @@ use ccx::hooks::{HookRequest, HookSpec, OnFailure};
 use ccx::server::{self, ServerState};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
@@ -403,6 +403,44 @@ pub fn spawn_ccx_serve(
     (child, addr, took)
 }
 
+/// The resident memory of process `pid`, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How many file descriptors process `pid` holds open.
+pub fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Processes whose environment names one of `jobs` (`CCX_JOB_ID`), alive or zombie.
+pub fn leftovers(jobs: &HashSet<String>) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        for var in env.split(|b| *b == 0) {
+            if let Some(id) = var.strip_prefix(b"CCX_JOB_ID=")
+                && jobs.contains(String::from_utf8_lossy(id).as_ref())
+            {
+                found.push((pid, String::from_utf8_lossy(id).into_owned()));
+            }
+        }
+    }
+    found
+}
+
 /// A child process that is killed and reaped when dropped, so a failing test leaves nothing
 /// running.
 pub struct KillOnDrop(pub Child);
@@ -484,6 +522,16 @@ impl Ws {
         c.hello = c.next().await;
         assert_eq!(c.hello["method"], "connected", "{}", c.hello);
         c
+    }
+
+    /// A client on a connection whose greeting (`hello`) was already read.
+    pub fn adopt(ws: WebSocketStream<MaybeTlsStream<TcpStream>>, hello: Value) -> Ws {
+        Ws {
+            ws,
+            next_id: 1,
+            hello,
+            backlog: VecDeque::new(),
+        }
     }
 
     pub async fn send_raw(&mut self, text: &str) {

@@ -46,3 +46,23 @@ pub fn raise_open_file_limit() -> Result<(libc::rlim_t, libc::rlim_t), String> {
 pub fn for_jobs() -> Option<(libc::rlim_t, libc::rlim_t)> {
     STARTED_WITH.get().copied()
 }
+
+/// Most sessions this process's open-file limit leaves room for: a quarter of the soft limit
+/// (at least 32) is kept for the server's own files and for refusing connections clearly,
+/// and each session is given two descriptors (its socket and a share of its jobs' pipes).
+/// `None` when the limit cannot be read or is unlimited.
+pub fn session_room() -> Option<usize> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let soft = usize::try_from(lim.rlim_cur).ok()?;
+    let kept = (soft / 4).max(32);
+    Some((soft.saturating_sub(kept) / 2).max(1))
+}

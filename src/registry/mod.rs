@@ -7,7 +7,11 @@
 //! follows a live job through its [`spool::Progress`]; records of ended jobs come from SQLite.
 //!
 //! The registry never stops a job: a spool that cannot be written, or a database that cannot
-//! commit, is noted in the record and `/health`, and the job streams on.
+//! commit, is noted in the record and `/health`, and the job streams on (a failed commit's
+//! writes are retried until the disk has room again: see `store`).
+//!
+//! Over 500 lines: the registry's one public face (open, health, get, list, attach, keys, kv,
+//! pruning); the parts behind it are in `store`, `spool`, `log`, `replay` and `reap`.
 
 mod log;
 mod meta;
@@ -73,6 +77,11 @@ pub struct StateHealth {
     /// Spools that failed since the start, and the last reason.
     pub spool_errors: u64,
     pub last_spool_error: Option<String>,
+    /// Commits of the database that failed since the start (a full disk, …), the last
+    /// reason, and the writes kept for a retry now (0 once the disk has room again).
+    pub write_errors: u64,
+    pub last_write_error: Option<String>,
+    pub retained_writes: usize,
     pub detached_jobs: usize,
 }
 
@@ -139,6 +148,9 @@ impl Registry {
                 error: Some(reason.into()),
                 spool_errors: 0,
                 last_spool_error: None,
+                write_errors: 0,
+                last_write_error: None,
+                retained_writes: 0,
                 detached_jobs: 0,
             }),
         }
@@ -210,6 +222,9 @@ impl Registry {
                 error: None,
                 spool_errors: 0,
                 last_spool_error: None,
+                write_errors: 0,
+                last_write_error: None,
+                retained_writes: 0,
                 detached_jobs: 0,
             }),
         })
@@ -243,6 +258,11 @@ impl Registry {
             Some(i) => StateHealth {
                 spool_errors: i.spool_errors.load(Ordering::Relaxed),
                 last_spool_error: i.last_spool_error.lock().expect("lock").clone(),
+                write_errors: i.store.write_health().errors.load(Ordering::Relaxed),
+                last_write_error: (i.store.write_health().last_error.lock())
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                retained_writes: i.store.write_health().retained.load(Ordering::Relaxed),
                 detached_jobs: i.detached.load(Ordering::Relaxed),
                 ..(*self.off).clone()
             },

@@ -7,6 +7,11 @@
 //! commits them in one transaction. Readers that must see every write so far call
 //! [`Store::flush`] first (which ends the window at once). Reads use their own connection
 //! (WAL: readers and the writer do not block each other).
+//!
+//! A commit that fails (a full disk, an I/O error) loses nothing at once: its writes are kept,
+//! newest row per job, and retried with the next batch or after [`RETRY_EVERY`], up to
+//! [`MAX_RETAINED`] of them (the oldest go first beyond that). [`Store::write_health`] counts
+//! the failures for `/health`.
 
 use crate::protocol::{JobRecord, JobState};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -56,7 +61,25 @@ pub struct Row {
 /// How long the writer gathers writes before it commits them.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
-/// Runs after the write it came with is committed.
+/// How often the writer retries writes whose commit failed, when nothing new arrives.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Most writes kept for a retry after failed commits.
+pub const MAX_RETAINED: usize = 10_000;
+
+/// The writer's failures, as `/health` shows them.
+#[derive(Debug, Default)]
+pub struct WriteHealth {
+    /// Commits that failed since the start.
+    pub errors: std::sync::atomic::AtomicU64,
+    /// The last failure's message.
+    pub last_error: Mutex<Option<String>>,
+    /// Writes waiting for a retry now.
+    pub retained: std::sync::atomic::AtomicUsize,
+}
+
+/// Runs after the write it came with is committed (or its commit failed: it then waits for a
+/// retry without its callback, so nothing waits on the disk).
 pub type OnCommit = Box<dyn FnOnce() + Send>;
 
 enum Op {
@@ -71,6 +94,7 @@ enum Op {
 pub struct Store {
     tx: Mutex<std_mpsc::Sender<Op>>,
     read: Arc<Mutex<Connection>>,
+    health: Arc<WriteHealth>,
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -89,14 +113,22 @@ impl Store {
         migrate(&writer)?;
         let read = open(path)?;
         let (tx, rx) = std_mpsc::channel();
+        let health = Arc::new(WriteHealth::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("ccx-registry".into())
-            .spawn(move || write_loop(writer, rx))
+            .spawn(move || write_loop(writer, rx, &writer_health))
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         Ok(Store {
             tx: Mutex::new(tx),
             read: Arc::new(Mutex::new(read)),
+            health,
         })
+    }
+
+    /// The writer's failed commits so far.
+    pub fn write_health(&self) -> &WriteHealth {
+        &self.health
     }
 
     fn send(&self, op: Op) {
@@ -165,15 +197,32 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
-    while let Ok(first) = rx.recv() {
+fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, health: &WriteHealth) {
+    use std::sync::atomic::Ordering;
+    // Writes of failed commits, oldest first.
+    let mut retained: Vec<Op> = Vec::new();
+    loop {
+        let first = if retained.is_empty() {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => break,
+            }
+        } else {
+            match rx.recv_timeout(RETRY_EVERY) {
+                Ok(op) => Some(op),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        };
         // Sleep through the window rather than wake for each write: senders then never
         // wake this thread, which matters on a busy machine.
-        if !matches!(first, Op::Flush(_)) {
+        if first.as_ref().is_some_and(|op| !matches!(op, Op::Flush(_))) {
             std::thread::sleep(BATCH_WINDOW);
         }
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
+        let mut batch = std::mem::take(&mut retained);
+        batch.extend(first);
+        let most = batch.len() + 4096;
+        while batch.len() < most {
             match rx.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
@@ -186,17 +235,14 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
                 newest.insert(row.record.job_id.clone(), i);
             }
         }
-        let mut acks = Vec::new();
-        let mut callbacks = Vec::new();
         let result = (|| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            for (i, op) in batch.into_iter().enumerate() {
+            for (i, op) in batch.iter().enumerate() {
                 match op {
-                    Op::Put(row, on_commit) => {
+                    Op::Put(row, _) => {
                         if newest.get(&row.record.job_id) == Some(&i) {
-                            put_row(&tx, &row)?;
+                            put_row(&tx, row)?;
                         }
-                        callbacks.extend(on_commit);
                     }
                     Op::KvSet(hook, key, value) => {
                         tx.prepare_cached(
@@ -214,14 +260,40 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>) {
                         )?
                         .execute(params![key, value])?;
                     }
-                    Op::Flush(ack) => acks.push(ack),
+                    Op::Flush(_) => {}
                 }
             }
             tx.commit()
         })();
-        if let Err(e) = result {
-            tracing::error!(error = %e, "the job registry could not commit; records may be missing");
+        let failed = result.is_err();
+        let mut acks = Vec::new();
+        let mut callbacks = Vec::new();
+        for (i, op) in batch.into_iter().enumerate() {
+            match op {
+                Op::Put(row, on_commit) => {
+                    callbacks.extend(on_commit);
+                    if failed && newest.get(&row.record.job_id) == Some(&i) {
+                        retained.push(Op::Put(row, None));
+                    }
+                }
+                Op::Flush(ack) => acks.push(ack),
+                op if failed => retained.push(op),
+                _ => {}
+            }
         }
+        if let Err(e) = result {
+            health.errors.fetch_add(1, Ordering::Relaxed);
+            *health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            let over = retained.len().saturating_sub(MAX_RETAINED);
+            retained.drain(..over);
+            tracing::error!(
+                error = %e,
+                retained = retained.len(),
+                dropped = over,
+                "the job registry could not commit; its writes are kept and retried"
+            );
+        }
+        health.retained.store(retained.len(), Ordering::Relaxed);
         for f in callbacks {
             f();
         }

@@ -53,6 +53,10 @@ pub struct ServerState {
     /// One permit per connected session, WebSocket or MCP: `max_sessions` bounds them, and a
     /// client over the limit is told so (-32003) rather than left waiting.
     sessions: Arc<Semaphore>,
+    /// `max_sessions` in effect: the configured one, lowered to what the open-file limit
+    /// leaves room for (see [`crate::containment::nofile::session_room`]), so that a client past the limit is
+    /// refused rather than left unaccepted.
+    max_sessions: usize,
     /// WebSocket sessions open now (MCP sessions hold permits but are not counted here).
     active: AtomicUsize,
     started: Instant,
@@ -71,10 +75,12 @@ impl ServerState {
         config_file: Option<PathBuf>,
         hooks: Option<HookStatusFn>,
     ) -> Arc<Self> {
+        let max_sessions = effective_max_sessions(config.max_sessions);
         Arc::new(ServerState {
             exec,
             hooks,
-            sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            sessions: Arc::new(Semaphore::new(max_sessions)),
+            max_sessions,
             config,
             config_file,
             active: AtomicUsize::new(0),
@@ -178,7 +184,7 @@ async fn metrics_page(
     let registry = state.exec.registry().health();
     let running = state.exec.running_jobs();
     let snapshot = crate::metrics::Snapshot {
-        active_sessions: (state.config.max_sessions - state.sessions.available_permits()) as u64,
+        active_sessions: (state.max_sessions - state.sessions.available_permits()) as u64,
         running_jobs: running as u64,
         queued_jobs: state.exec.open_jobs().saturating_sub(running) as u64,
         detached_jobs: registry.detached_jobs as u64,
@@ -276,7 +282,7 @@ async fn health(
         version: env!("CARGO_PKG_VERSION"),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         active_sessions: state.active.load(Ordering::Relaxed),
-        max_sessions: state.config.max_sessions,
+        max_sessions: state.max_sessions,
         running_jobs: state.exec.running_jobs(),
         limits: json!({
             "max_frame_bytes": state.config.max_frame_bytes,
@@ -303,4 +309,21 @@ async fn health(
         },
         state: registry,
     })
+}
+
+/// `configured`, lowered (with a warning) to the sessions the open-file limit leaves room for.
+fn effective_max_sessions(configured: usize) -> usize {
+    match crate::containment::nofile::session_room() {
+        Some(room) if room < configured => {
+            warn!(
+                configured,
+                lowered_to = room,
+                "max_sessions is lowered to what the open-file limit leaves room for: clients \
+                 past it are refused with -32003; raise the hard limit (`ulimit -Hn`, \
+                 LimitNOFILE= in a systemd unit) to allow more"
+            );
+            room
+        }
+        _ => configured,
+    }
 }

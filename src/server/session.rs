@@ -74,12 +74,12 @@ pub(super) async fn ws_handler(
                 }
                 Err(_) => {
                     let body = serde_json::json!({
-                        "detail": format!("{} sessions already open", state.config.max_sessions),
+                        "detail": format!("{} sessions already open", state.max_sessions),
                     });
                     state
                         .exec
                         .refused("max_sessions", Some(&peer.to_string()), body);
-                    refuse_session(socket, state.config.max_sessions).await
+                    refuse_session(socket, state.max_sessions).await
                 }
             }
         })
