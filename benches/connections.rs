@@ -18,16 +18,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// (VmRSS, VmHWM) of a process, in MiB.
 fn rss_mib(pid: u32) -> (f64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let (rss, hwm) = common::memory(pid);
+    (rss as f64 / 1048576.0, hwm as f64 / 1048576.0)
 }
 
 /// Reads one connection until its job's `process.completed`; returns the job's status.

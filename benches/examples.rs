@@ -325,16 +325,7 @@ fn free_port() -> u16 {
 
 /// (VmRSS, VmHWM) of a process, in bytes.
 fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-            * 1024
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    common::memory(pid)
 }
 
 fn start_server(config: &Path, port: u16) -> Server {

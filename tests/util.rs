@@ -403,14 +403,20 @@ pub fn spawn_ccx_serve(
     (child, addr, took)
 }
 
-/// The resident memory of process `pid`, in KiB (0 once it is gone).
-pub fn rss_kib(pid: u32) -> u64 {
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`, …; proc(5)), in KiB; 0 once the
+/// process is gone.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
+        .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The resident memory of process `pid`, in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
 }
 
 /// How many file descriptors process `pid` holds open.

@@ -181,3 +181,11 @@ pub fn cpu_time(pid: u32) -> Duration {
         .collect();
     Duration::from_millis((f[0] + f[1]) * 10)
 }
+
+/// Resident and peak resident memory of process `pid`, in bytes (`VmRSS`, `VmHWM`).
+pub fn memory(pid: u32) -> (u64, u64) {
+    (
+        util::status_kib(pid, "VmRSS:") * 1024,
+        util::status_kib(pid, "VmHWM:") * 1024,
+    )
+}
