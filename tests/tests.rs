@@ -43,8 +43,11 @@
 //!   no process or descriptor left, memory levelled off, the spool within retention.
 //! - `spares`: spare hook instances: one call each, never reused; the memory budget; a reload
 //!   dropping the old generation's spares.
+//! - `frame_gen`: the hostile-frame generator `fuzz_frames` and the live fuzzer share.
 //! - `fuzz_frames`: a few hundred generated hostile frames through one connection, each
 //!   answered once, while another connection runs commands.
+//! - `hook_boundary`: random well-typed answers from a real component, past every bound:
+//!   accepted within bounds or refused as `invalid`, the host's memory levelled off.
 //! - `exhaustion`: the built server under a connection storm, a flood of maximum-size frames,
 //!   clients that never read, `ulimit -n 256` and a full disk: clear refusals, no crash,
 //!   served again after.
@@ -60,7 +63,9 @@ mod dashboard;
 mod examples;
 mod executor_lifecycle;
 mod exhaustion;
+mod frame_gen;
 mod fuzz_frames;
+mod hook_boundary;
 mod hooks_loading;
 mod hooks_policy;
 mod hooks_runtime;

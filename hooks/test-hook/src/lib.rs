@@ -14,6 +14,9 @@
 //! - `post_mode` (post-execute): `annotate` (default; `note.*` keys become annotations, plus an
 //!   echo of the job; verdict fail when `fail_on_exit_nonzero=true` and the exit code is
 //!   non-zero; `command` is the request as run, `received_command` as the client sent it), `big` (`count` annotations), `log`, or a misbehaviour below.
+//! - `random` (either stage): a well-typed answer drawn at random (seeded by the command line,
+//!   and `seed`), with strings and lists below, at and past the host's bounds, up to 4 MiB
+//!   strings and 100,000-entry lists: the hook boundary's fuzzer.
 //! - misbehaviours, either stage: `loop`, `alloc` (without end), `alloc-some` (`mb` MiB, then
 //!   answer normally), `stack`, `panic`, `sleep` (`ms`, default 60000).
 
@@ -103,6 +106,152 @@ fn say(stage: &str) {
     host::log(Level::Info, &format!("{stage} says hello"));
 }
 
+/// xorshift64* (Vigna, "An experimental exploration of Marsaglia's xorshift generators"),
+/// seeded by FNV-1a of a text: each command line draws its own answer, the same each time.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(text: &str) -> Rng {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ cfg_u64("seed", 0);
+        for b in text.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        Rng(h | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn chance(&mut self) -> bool {
+        self.below(2) == 0
+    }
+
+    /// A byte length: empty, short, at or just past a host bound, or up to `huge` (never
+    /// more than `huge`).
+    fn len(&mut self, huge: usize) -> usize {
+        let len = match self.below(7) {
+            0 => 0,
+            1 => self.below(64) as usize,
+            2 => 128,
+            3 => 4096,
+            4 => 4097,
+            5 => 65_537,
+            _ => self.below(huge as u64 + 1) as usize,
+        };
+        len.min(huge)
+    }
+
+    /// A string of about `len` bytes from every Unicode plane, with NUL, controls, quotes.
+    fn string(&mut self, len: usize) -> String {
+        const POOL: &[char] = &[
+            'a', ' ', '\0', '\n', '\r', '\t', '"', '\\', '$', '(', '`', 'é', '\u{7ff}', '\u{ffff}',
+            '\u{fffd}', '😀', '\u{1d11e}', '\u{2a6d6}', '\u{e0001}', '\u{10fffd}',
+        ];
+        let mut s = String::with_capacity(len + 4);
+        while s.len() < len {
+            s.push(POOL[self.below(POOL.len() as u64) as usize]);
+        }
+        s
+    }
+
+    fn maybe_string(&mut self, huge: usize) -> Option<String> {
+        let len = self.len(huge);
+        self.chance().then(|| self.string(len))
+    }
+
+    /// A list length: empty, short, at or just past a host bound, or up to 100,000.
+    fn count(&mut self) -> usize {
+        match self.below(6) {
+            0 => 0,
+            1 => self.below(8) as usize,
+            2 => 64,
+            3 => 65,
+            4 => 257,
+            _ => self.below(100_001) as usize,
+        }
+    }
+
+    /// A number: 0, 1, small, or the largest there is.
+    fn number(&mut self) -> Option<u64> {
+        match self.below(5) {
+            0 => None,
+            1 => Some(0),
+            2 => Some(1),
+            3 => Some(self.below(100_000)),
+            _ => Some(u64::MAX),
+        }
+    }
+
+    /// `count` strings: long ones only when there are few, so one answer stays within a few
+    /// MiB of guest memory.
+    fn strings(&mut self, count: usize) -> Vec<String> {
+        let huge = if count > 100 { 16 } else { 64 << 10 };
+        (0..count)
+            .map(|_| {
+                let len = self.len(huge);
+                self.string(len)
+            })
+            .collect()
+    }
+
+    fn pre(&mut self) -> PreDecision {
+        match self.below(3) {
+            0 => PreDecision::Allow,
+            1 => {
+                let len = self.len(4 << 20);
+                PreDecision::Deny(self.string(len))
+            }
+            _ => {
+                let n = self.count();
+                let keys = self.strings(n);
+                let values = self.strings(n);
+                let unset = self.count();
+                let limits = self.chance().then(|| ccx::hooks::types::Limits {
+                    memory_mb: self.number(),
+                    pids: self.number(),
+                    cpu_seconds: self.number(),
+                    open_files: self.number(),
+                    file_size_mb: self.number(),
+                });
+                PreDecision::Modify(RequestPatch {
+                    command: self.maybe_string(4 << 20),
+                    cwd: self.maybe_string(64 << 10),
+                    set_env: keys.into_iter().zip(values).collect(),
+                    unset_env: self.strings(unset),
+                    timeout_ms: self.number(),
+                    limits,
+                })
+            }
+        }
+    }
+
+    fn post(&mut self) -> PostOutcome {
+        let n = self.count();
+        let keys = self.strings(n);
+        let values = self.strings(n);
+        let verdict = match self.below(3) {
+            0 => None,
+            1 => Some(Verdict::Pass),
+            _ => {
+                let len = self.len(4 << 20);
+                Some(Verdict::Fail(self.string(len)))
+            }
+        };
+        PostOutcome {
+            annotations: keys.into_iter().zip(values).collect(),
+            verdict,
+        }
+    }
+}
+
 impl Guest for TestHook {
     fn pre_execute(request: ExecRequest) -> PreDecision {
         let mode = cfg("mode").unwrap_or_else(|| "allow".into());
@@ -115,6 +264,7 @@ impl Guest for TestHook {
         }
         misbehave(&mode);
         match mode.as_str() {
+            "random" => Rng::seeded(&request.command).pre(),
             "deny" => PreDecision::Deny(cfg("reason").unwrap_or_else(|| "denied by test-hook".into())),
             "modify" => {
                 let set_env = cfg("set_env")
@@ -198,6 +348,7 @@ impl Guest for TestHook {
         let mode = cfg("post_mode").unwrap_or_else(|| "annotate".into());
         misbehave(&mode);
         match mode.as_str() {
+            "random" => Rng::seeded(&job.request.command).post(),
             "big" => PostOutcome {
                 annotations: (0..cfg_u64("count", 1000)).map(|i| (format!("k{i}"), "v".into())).collect(),
                 verdict: None,
