@@ -20,6 +20,8 @@ mod replay;
 pub mod spool;
 mod startup;
 mod store;
+#[cfg(test)]
+mod store_tests;
 
 pub use log::JobLog;
 pub use meta::{EndListener, read_meta};

@@ -201,6 +201,7 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, health: &WriteHe
     use std::sync::atomic::Ordering;
     // Writes of failed commits, oldest first.
     let mut retained: Vec<Op> = Vec::new();
+    let mut failing = false;
     loop {
         let first = if retained.is_empty() {
             match rx.recv() {
@@ -235,63 +236,72 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, health: &WriteHe
                 newest.insert(row.record.job_id.clone(), i);
             }
         }
-        let result = (|| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
-            for (i, op) in batch.iter().enumerate() {
-                match op {
-                    Op::Put(row, _) => {
-                        if newest.get(&row.record.job_id) == Some(&i) {
-                            put_row(&tx, row)?;
-                        }
+        let is_newest = |i: usize, op: &Op| match op {
+            Op::Put(row, _) => newest.get(&row.record.job_id) == Some(&i),
+            _ => true,
+        };
+        let writes: Vec<&Op> = (batch.iter().enumerate())
+            .filter(|(i, op)| is_newest(*i, op))
+            .map(|(_, op)| op)
+            .collect();
+        let result = match commit(&mut conn, &writes) {
+            Err(e) if !transient(&e) => {
+                // A write itself is at fault (a constraint, a row too big): commit each on
+                // its own, so only the faulty ones are lost.
+                for op in &writes {
+                    if let Err(e) = commit(&mut conn, &[op]) {
+                        tracing::error!(error = %e, "the job registry dropped a write it cannot store");
                     }
-                    Op::KvSet(hook, key, value) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO kv (hook, key, value) VALUES (?1, ?2, ?3)",
-                        )?
-                        .execute(params![hook, key, value])?;
-                    }
-                    Op::KvDelete(hook, key) => {
-                        tx.prepare_cached("DELETE FROM kv WHERE hook = ?1 AND key = ?2")?
-                            .execute(params![hook, key])?;
-                    }
-                    Op::MetaSet(key, value) => {
-                        tx.prepare_cached(
-                            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
-                        )?
-                        .execute(params![key, value])?;
-                    }
-                    Op::Flush(_) => {}
                 }
+                Ok(())
             }
-            tx.commit()
-        })();
+            other => other,
+        };
+        drop(writes);
         let failed = result.is_err();
         let mut acks = Vec::new();
         let mut callbacks = Vec::new();
         for (i, op) in batch.into_iter().enumerate() {
+            let keep = failed && is_newest(i, &op);
             match op {
                 Op::Put(row, on_commit) => {
                     callbacks.extend(on_commit);
-                    if failed && newest.get(&row.record.job_id) == Some(&i) {
+                    if keep {
                         retained.push(Op::Put(row, None));
                     }
                 }
                 Op::Flush(ack) => acks.push(ack),
-                op if failed => retained.push(op),
+                op if keep => retained.push(op),
                 _ => {}
             }
         }
-        if let Err(e) = result {
-            health.errors.fetch_add(1, Ordering::Relaxed);
-            *health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
-            let over = retained.len().saturating_sub(MAX_RETAINED);
-            retained.drain(..over);
-            tracing::error!(
-                error = %e,
-                retained = retained.len(),
-                dropped = over,
-                "the job registry could not commit; its writes are kept and retried"
-            );
+        match result {
+            Err(e) => {
+                health.errors.fetch_add(1, Ordering::Relaxed);
+                *health.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+                let over = retained.len().saturating_sub(MAX_RETAINED);
+                retained.drain(..over);
+                // Once per outage, not once per retry.
+                if !failing {
+                    tracing::error!(
+                        error = %e,
+                        retained = retained.len(),
+                        "the job registry could not commit; its writes are kept and retried"
+                    );
+                }
+                if over > 0 {
+                    tracing::error!(
+                        dropped = over,
+                        "the job registry dropped its oldest kept writes"
+                    );
+                }
+                failing = true;
+            }
+            Ok(()) if failing => {
+                tracing::info!("the job registry commits again; its kept writes are stored");
+                failing = false;
+            }
+            Ok(()) => {}
         }
         health.retained.store(retained.len(), Ordering::Relaxed);
         for f in callbacks {
@@ -301,6 +311,50 @@ fn write_loop(mut conn: Connection, rx: std_mpsc::Receiver<Op>, health: &WriteHe
             let _ = ack.send(());
         }
     }
+}
+
+/// Commits `writes` in one transaction.
+fn commit(conn: &mut Connection, writes: &[&Op]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    for op in writes {
+        match op {
+            Op::Put(row, _) => put_row(&tx, row)?,
+            Op::KvSet(hook, key, value) => {
+                tx.prepare_cached(
+                    "INSERT OR REPLACE INTO kv (hook, key, value) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![hook, key, value])?;
+            }
+            Op::KvDelete(hook, key) => {
+                tx.prepare_cached("DELETE FROM kv WHERE hook = ?1 AND key = ?2")?
+                    .execute(params![hook, key])?;
+            }
+            Op::MetaSet(key, value) => {
+                tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?
+                    .execute(params![key, value])?;
+            }
+            Op::Flush(_) => {}
+        }
+    }
+    tx.commit()
+}
+
+/// Whether a failed commit may succeed later as it is (a full disk, an I/O error, a lock,
+/// memory): its writes are then kept and retried. Any other failure lies in the writes.
+fn transient(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(
+            DiskFull
+                | SystemIoFailure
+                | DatabaseBusy
+                | DatabaseLocked
+                | CannotOpen
+                | ReadOnly
+                | OutOfMemory
+        )
+    )
 }
 
 /// Writes one row now, on `conn` (startup, before the writer has anything queued).
