@@ -91,6 +91,7 @@ pub struct ProcessOutcome {
     pub usage: Usage,
 }
 
+mod direct;
 pub mod input;
 mod outcome;
 pub mod pty;

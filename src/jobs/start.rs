@@ -1,5 +1,6 @@
-//! Starting a job's process: `<shell> -c <command>` with its environment, its standard
-//! streams (pipes, or one terminal) and the writer of its input.
+//! Starting a job's process: `<shell> -c <command>` (or a plain command by itself: see
+//! `direct`) with its environment, its standard streams (pipes, or one terminal) and the
+//! writer of its input.
 
 use super::{PIPE_BYTES, Process, ProcessSpec, input, pty};
 use crate::containment::JobScope;
@@ -53,12 +54,17 @@ pub fn spawn(spec: &ProcessSpec, mut scope: JobScope) -> io::Result<Process> {
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_str());
-    let program = super::spawn::resolve(&spec.shell, path)?;
-    let argv = [
-        cstr(&spec.shell, "shell")?,
-        cstr("-c", "")?,
-        cstr(&spec.command, "command")?,
-    ];
+    let (program, argv) = match super::direct::argv(&spec.shell, &spec.command, path) {
+        Some(direct) => direct,
+        None => (
+            super::spawn::resolve(&spec.shell, path)?,
+            vec![
+                cstr(&spec.shell, "shell")?,
+                cstr("-c", "")?,
+                cstr(&spec.command, "command")?,
+            ],
+        ),
+    };
     let mut envp = spec
         .env
         .iter()
