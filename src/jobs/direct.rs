@@ -11,8 +11,8 @@
 //!   chain, and no word before the program assigns a variable;
 //! - the program is not a shell builtin or keyword (dash's `echo` and `/bin/echo` differ);
 //! - it resolves, as the shell would, to an ELF binary or a `#!` script: by an absolute path,
-//!   or on a `PATH` whose every entry is absolute (a relative entry depends on the job's
-//!   directory). A command that does not resolve runs through the shell, which reports it
+//!   or on the job's `PATH` when it has one whose every entry is absolute (a relative entry
+//!   depends on the job's directory; without one, dash searches a default of its own). A command that does not resolve runs through the shell, which reports it
 //!   as usual (`not found`, exit 127).
 
 use std::ffi::CString;
@@ -57,11 +57,8 @@ pub(super) fn argv(
             .starts_with('/')
             .then(|| std::path::PathBuf::from(program))
     } else {
-        let server_path = std::env::var("PATH").ok();
-        let path = path
-            .or(server_path.as_deref())
-            .unwrap_or("/usr/local/bin:/usr/bin:/bin");
-        let dirs: Vec<&str> = path.split(':').collect();
+        // Without a `PATH` the shell searches its own default one: leave it to the shell.
+        let dirs: Vec<&str> = path?.split(':').collect();
         if dirs.iter().any(|d| !d.starts_with('/')) {
             return None;
         }
