@@ -426,13 +426,16 @@ pub fn fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// The ids of the processes alive now (the numeric entries of `/proc`).
+fn pids() -> impl Iterator<Item = u32> {
+    (std::fs::read_dir("/proc").unwrap().flatten())
+        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+}
+
 /// Processes whose environment names one of `jobs` (`CCX_JOB_ID`), alive or zombie.
 pub fn leftovers(jobs: &HashSet<String>) -> Vec<(u32, String)> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
+    for pid in pids() {
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
             continue;
         };
@@ -665,10 +668,7 @@ pub fn completion(events: &[Value]) -> &Value {
 /// Live (non-zombie) processes in process group `pgid`.
 pub fn group_members(pgid: i64) -> Vec<i64> {
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i64>() else {
-            continue;
-        };
+    for pid in pids().map(i64::from) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };
