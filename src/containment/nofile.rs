@@ -13,14 +13,7 @@ static STARTED_WITH: OnceLock<(libc::rlim_t, libc::rlim_t)> = OnceLock::new();
 /// Raises this process's soft `RLIMIT_NOFILE` to its hard limit. Returns `(before, now)`
 /// soft limits; errors (the kernel refused) name the limits.
 pub fn raise_open_file_limit() -> Result<(libc::rlim_t, libc::rlim_t), String> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(format!("getrlimit: {}", std::io::Error::last_os_error()));
-    }
+    let lim = current().map_err(|e| format!("getrlimit: {e}"))?;
     let before = lim.rlim_cur;
     if lim.rlim_cur >= lim.rlim_max {
         return Ok((before, before));
@@ -52,17 +45,24 @@ pub fn for_jobs() -> Option<(libc::rlim_t, libc::rlim_t)> {
 /// and each session is given two descriptors (its socket and a share of its jobs' pipes).
 /// `None` when the limit cannot be read or is unlimited.
 pub fn session_room() -> Option<usize> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` we own.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
-        || lim.rlim_cur == libc::RLIM_INFINITY
-    {
+    let lim = current().ok()?;
+    if lim.rlim_cur == libc::RLIM_INFINITY {
         return None;
     }
     let soft = usize::try_from(lim.rlim_cur).ok()?;
     let kept = (soft / 4).max(32);
     Some((soft.saturating_sub(kept) / 2).max(1))
+}
+
+/// This process's `RLIMIT_NOFILE` (getrlimit(2)).
+fn current() -> std::io::Result<libc::rlimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one `rlimit` we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(lim)
 }
