@@ -5,7 +5,7 @@
 //! (the call alone), and hook calls per second from four callers at once with spares on.
 //! Then the resident memory of a real `ccx serve` process with no hooks and with every example
 //! loaded, idle and after 1,000 jobs, spares off and on. Prints Markdown tables (the README and
-//! docs/hooks.md quote them).
+//! docs/hooks.md quote them). `CCX_BENCH_ONLY=NAME` measures one hook and no servers.
 
 #[path = "support/common.rs"]
 mod common;
@@ -166,7 +166,12 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let many = multi_thread_runtime();
+    // `CCX_BENCH_ONLY=NAME` measures that hook alone and skips the servers (for profiling).
+    let only = std::env::var("CCX_BENCH_ONLY").ok();
     for (name, lang, path, input, n) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
         let size = std::fs::metadata(path).unwrap().len();
         let before = dir_size(&cache);
         let spec = HookSpec::new(name, path);
@@ -206,7 +211,9 @@ fn main() {
     drop(host);
     drop(spared);
     println!();
-    server_memory(&cache);
+    if only.is_none() {
+        server_memory(&cache);
+    }
     // The compiled Python and JavaScript hooks take ~80 MB.
     let _ = std::fs::remove_dir_all(&cache);
 }

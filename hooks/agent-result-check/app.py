@@ -47,6 +47,16 @@ RATE_LIMIT = re.compile(
 )
 # "Claude AI usage limit reached|1767225600" (epoch seconds) or "... resets 3pm (Europe/Paris)".
 RESETS = re.compile(r"limit reached\|(\d{9,11})|resets? (?:at )?([^\n\"\\.]{1,40})", re.IGNORECASE)
+# Compiled here, at build time (componentize-py snapshots the module after importing it): a
+# pattern compiled inside a call is compiled again in every fresh instance, by `re`'s compiler
+# written in Python, at about half a million instructions.
+WORD_SEPARATORS = re.compile(r"[\s;&|()/]+")
+CUT_STRINGS = {k: re.compile(r'"%s":"([^"]*)"' % k) for k in ("subtype", "session_id")}
+CUT_NUMBERS = {
+    k: re.compile(r'"%s":(-?[0-9][0-9.eE+-]*)' % k)
+    for k in ("total_cost_usd", "cost_usd", "num_turns", "input_tokens", "output_tokens")
+}
+CUT_IS_ERROR = re.compile(r'"is_error":(true|false)')
 
 
 def config(key, default=None):
@@ -89,15 +99,15 @@ def cut_result(tail):
     except ValueError:
         pass
     fields = {"_text": last}
-    for key in ("subtype", "session_id"):
-        m = re.search(r'"%s":"([^"]*)"' % key, last)
+    for key, pattern in CUT_STRINGS.items():
+        m = pattern.search(last)
         if m:
             fields[key] = m.group(1)
-    for key in ("total_cost_usd", "cost_usd", "num_turns", "input_tokens", "output_tokens"):
-        m = re.search(r'"%s":(-?[0-9][0-9.eE+-]*)' % key, last)
+    for key, pattern in CUT_NUMBERS.items():
+        m = pattern.search(last)
         if m:
             fields[key] = float(m.group(1)) if "." in m.group(1) else int(m.group(1))
-    m = re.search(r'"is_error":(true|false)', last)
+    m = CUT_IS_ERROR.search(last)
     if m:
         fields["is_error"] = m.group(1) == "true"
     return fields
@@ -125,7 +135,7 @@ class WitWorld(wit_world.WitWorld):
         tail = job.stdout_tail
         found = events(tail)
         programs = config("programs", "claude").split()
-        words = re.split(r"[\s;&|()/]+", job.request.command)
+        words = WORD_SEPARATORS.split(job.request.command)
         notes = {}
         results = [e for e in found if e.get("type") == "result"]
         result = results[-1] if results else None

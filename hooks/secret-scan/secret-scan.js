@@ -35,35 +35,57 @@ const RULES = [
 ];
 
 function cfg(key) {
-  for (const [k, v] of config()) {
-    if (k === key) return v;
+  const entries = config();
+  for (let i = 0; i < entries.length; i++) {
+    if (entries[i][0] === key) return entries[i][1];
   }
   return undefined;
 }
 
+// Written with indexed loops and no closures or destructuring: the engine interprets (no JIT
+// in WebAssembly), and `for (const [a, b] of …)` or `.some((n) => …)` go through the iterator
+// protocol and calls in self-hosted JS at tens of thousands of instructions per step; this
+// loop costs a fraction of that (measured in docs/hooks.md).
 function scan(text, ignore) {
   const found = new Map(); // kind -> count
+  if (text.length === 0) return found;
   let lower; // made on first need
-  for (const [kind, pattern, needles] of RULES) {
-    if (ignore.has(kind)) continue;
+  for (let i = 0; i < RULES.length; i++) {
+    const rule = RULES[i];
+    const kind = rule[0];
+    const pattern = rule[1];
+    const needles = rule[2];
+    if (ignore.size > 0 && ignore.has(kind)) continue;
     const haystack = pattern.ignoreCase ? (lower ??= text.toLowerCase()) : text;
-    if (!needles.some((n) => haystack.includes(n))) continue;
+    let present = false;
+    for (let j = 0; j < needles.length && !present; j++) present = haystack.includes(needles[j]);
+    if (!present) continue;
     const hits = text.match(pattern);
+    if (!hits) continue;
     // `anthropic-key` tokens also look like `openai-key` ones: count each secret once.
-    const n = hits ? hits.filter((h) => !(kind === 'openai-key' && h.startsWith('sk-ant-'))).length : 0;
+    let n = 0;
+    for (let j = 0; j < hits.length; j++) {
+      if (!(kind === 'openai-key' && hits[j].startsWith('sk-ant-'))) n++;
+    }
     if (n > 0) found.set(kind, n);
   }
   return found;
 }
 
 export function postExecute(job) {
-  const ignore = new Set((cfg('ignore') ?? '').split(/[\s,]+/).filter(Boolean));
+  // Split without a regex: a regex is compiled on its first use in every fresh instance.
+  const ignore = new Set((cfg('ignore') ?? '').replaceAll(',', ' ').split(' ').filter(Boolean));
   const kinds = new Map();
   const streams = [];
-  for (const [stream, text] of [['stdout', job.stdoutTail], ['stderr', job.stderrTail]]) {
-    const found = scan(text, ignore);
-    if (found.size > 0) streams.push(stream);
-    for (const [kind, n] of found) kinds.set(kind, (kinds.get(kind) ?? 0) + n);
+  const tails = [
+    ['stdout', job.stdoutTail],
+    ['stderr', job.stderrTail],
+  ];
+  for (let i = 0; i < tails.length; i++) {
+    const found = scan(tails[i][1], ignore);
+    if (found.size === 0) continue;
+    streams.push(tails[i][0]);
+    found.forEach((n, kind) => kinds.set(kind, (kinds.get(kind) ?? 0) + n));
   }
   if (kinds.size === 0) {
     return { annotations: [['secret_count', '0']], verdict: { tag: 'pass' } };
