@@ -1,7 +1,8 @@
 //! A thousand connections on one machine (`nice cargo bench --bench connections`): a release
 //! `ccx serve` with the default config and no hooks; N WebSocket connections open, then each
 //! sends `execute "sleep 1"` at once; reports the time from the first send until the last
-//! `process.completed`, the server's CPU time over the run and its resident memory (peak and
+//! `process.completed`, when the jobs' `process.started` arrived (first, median, last), the
+//! server's CPU time over the run and its resident memory (peak and
 //! after). N = 200 and 1,000 (200 only with `CCX_BENCH_QUICK`). Prints a Markdown table.
 
 #[path = "support/common.rs"]
@@ -22,15 +23,21 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (rss as f64 / 1048576.0, hwm as f64 / 1048576.0)
 }
 
-/// Reads one connection until its job's `process.completed`; returns the job's status.
-async fn completed(ws: &mut common::Ws) -> String {
+/// Reads one connection until its job's `process.completed`; returns the job's status and
+/// when its `process.started` arrived.
+async fn completed(ws: &mut common::Ws) -> (String, Option<Instant>) {
+    let mut started = None;
     loop {
         let Message::Text(t) = ws.next().await.expect("open").expect("frame") else {
             continue;
         };
         let v: Value = serde_json::from_str(&t).unwrap();
+        if v["method"] == "process.started" {
+            started = Some(Instant::now());
+        }
         if v["method"] == "process.completed" {
-            return v["params"]["status"].as_str().unwrap_or("").to_string();
+            let status = v["params"]["status"].as_str().unwrap_or("").to_string();
+            return (status, started);
         }
         if let Some(e) = v.get("error") {
             panic!("server error: {e}");
@@ -49,15 +56,15 @@ fn main() {
         &[200, 1000]
     };
     println!(
-        "| connections, each `sleep 1` at once | all completed after | server CPU | server RSS: idle / peak / after |"
+        "| connections, each `sleep 1` at once | all completed after | `process.started` first / median / last | server CPU | server RSS: idle / peak / after |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     for &n in sizes {
         let (mut child, url, _) = start_server(&folder(tmp.path(), &format!("c{n}")), "serve", "");
         let pid = child.id();
         std::thread::sleep(Duration::from_millis(300));
         let (idle, _) = rss_mib(pid);
-        let (elapsed, cpu) = rt.block_on(async {
+        let (elapsed, cpu, spread) = rt.block_on(async {
             let mut conns = Vec::with_capacity(n);
             for _ in 0..n {
                 conns.push(connect(&url).await);
@@ -69,26 +76,33 @@ fn main() {
                 .map(|mut ws| {
                     tokio::spawn(async move {
                         send_execute(&mut ws, 1, "sleep 1").await;
-                        let status = completed(&mut ws).await;
-                        (status, ws)
+                        let done = completed(&mut ws).await;
+                        (done, ws)
                     })
                 })
                 .collect();
             let mut open = Vec::with_capacity(n);
+            let mut starts = Vec::with_capacity(n);
             for t in tasks {
-                let (status, ws) = t.await.unwrap();
+                let ((status, at), ws) = t.await.unwrap();
                 assert_eq!(status, "completed");
+                starts.push(at.expect("process.started before process.completed") - started);
                 open.push(ws);
             }
             let elapsed = started.elapsed();
             let cpu = cpu_time(pid) - cpu_before;
             drop(open);
-            (elapsed, cpu)
+            starts.sort();
+            let at = |q: usize| starts[(starts.len() - 1) * q / 100].as_secs_f64();
+            (elapsed, cpu, (at(0), at(50), at(100)))
         });
         let (after, peak) = rss_mib(pid);
         println!(
-            "| {n} | {:.2} s | {:.2} s | {idle:.1} / {peak:.1} / {after:.1} MiB |",
+            "| {n} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {idle:.1} / {peak:.1} / {after:.1} MiB |",
             elapsed.as_secs_f64(),
+            spread.0,
+            spread.1,
+            spread.2,
             cpu.as_secs_f64(),
         );
         stop(&mut child);

@@ -222,29 +222,38 @@ impl JobCgroup {
         event(&self.path, "populated")
     }
 
+    /// Whether it is known to be empty: `populated 0` in `cgroup.events`. False when that
+    /// cannot be read (out of descriptors, say), so a caller goes on to kill what may be left.
+    pub fn is_known_empty(&self) -> bool {
+        fs::read_to_string(self.path.join("cgroup.events")).is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split_once(' ') == Some(("populated", "0")))
+        })
+    }
+
     /// Kills what is left, waits until the cgroup is empty (reads `cgroup.events` every 1 ms at
     /// first, backing off to 20 ms, for at most `limit`), then removes it and its child cgroups.
-    /// Returns how many processes were in it when called (before the kill). Sleeps with
-    /// tokio::time (needs a runtime with time enabled); the file operations take microseconds.
-    /// Errors: `TimedOut` if still populated after `limit` (the directory stays), or a read,
-    /// write or rmdir's error.
-    pub async fn remove(self, limit: Duration) -> io::Result<usize> {
-        let count = self.empty(limit).await?;
-        remove_tree(&self.path)?;
-        Ok(count)
+    /// Sleeps with tokio::time (needs a runtime with time enabled); the file operations take
+    /// microseconds. Errors: `TimedOut` if still populated after `limit` (the directory stays),
+    /// or a read, write or rmdir's error.
+    pub async fn remove(self, limit: Duration) -> io::Result<()> {
+        self.empty(limit).await?;
+        remove_tree(&self.path)
     }
 
     /// Kills what is left and waits until the cgroup is empty, as [`remove`](Self::remove)
-    /// does, without removing it (its counters, such as `cpu.stat`, are then final). Returns
-    /// how many processes were in it when called.
-    pub async fn empty(&self, limit: Duration) -> io::Result<usize> {
-        let count = self.pids()?.len();
+    /// does, without removing it (its counters, such as `cpu.stat`, are then final). An empty
+    /// cgroup, the usual case at a job's end, costs one read of `cgroup.events`.
+    pub async fn empty(&self, limit: Duration) -> io::Result<()> {
+        if self.is_known_empty() {
+            return Ok(());
+        }
         self.kill()?;
         let mut wait = (Instant::now(), POLL_FIRST);
         while event(&self.path, "populated") {
             tokio::time::sleep(next_delay(&self.path, limit, &mut wait)?).await;
         }
-        Ok(count)
+        Ok(())
     }
 
     /// CPU time its processes have used, living and exited (`usage_usec`, `user_usec` and
@@ -356,12 +365,19 @@ fn next_delay(path: &Path, limit: Duration, w: &mut (Instant, Duration)) -> io::
     Ok(now)
 }
 
-/// rmdir(2)s the child cgroups of `path`, depth first, then `path`.
+/// rmdir(2)s the child cgroups of `path`, depth first, then `path`. A cgroup without child
+/// cgroups (a job's, nearly always) is removed with one rmdir(2) and no directory listing.
 fn remove_tree(path: &Path) -> io::Result<()> {
-    for dir in subdirs(path)? {
-        remove_tree(&dir)?;
+    match fs::remove_dir(path) {
+        // EBUSY: it still has child cgroups (or processes, which the listing then leaves).
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            for dir in subdirs(path)? {
+                remove_tree(&dir)?;
+            }
+            fs::remove_dir(path)
+        }
+        other => other,
     }
-    fs::remove_dir(path)
 }
 
 /// The child cgroups (subdirectories) of `path`.

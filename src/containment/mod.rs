@@ -259,6 +259,8 @@ impl JobScope {
     /// what it left running).
     pub fn kill_all(&self) -> usize {
         match &self.cgroup {
+            // Nearly always empty once the leader has exited: one read of `cgroup.events`.
+            Some(cg) if cg.is_known_empty() => 0,
             Some(cg) => {
                 let n = cg.pids().map_or(0, |p| p.len());
                 if let Err(e) = cg.kill() {
