@@ -96,6 +96,7 @@ pub mod input;
 mod outcome;
 pub mod pty;
 pub mod spawn;
+pub mod spawner;
 mod stage;
 mod start;
 

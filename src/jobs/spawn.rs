@@ -113,9 +113,35 @@ fn step_name(step: u32) -> &'static str {
     }
 }
 
-/// Starts `spec`. Errors: the `clone3` itself (e.g. `ENOSYS` before Linux 5.7 with a cgroup,
-/// `EAGAIN`), or any step in the child, as the child's `errno` with the step named.
+/// Starts `spec`: from the spawner thread (see [`super::spawner`]) when the server holds
+/// many descriptors and that thread works, else from this thread. Errors: the `clone3` itself
+/// (e.g. `ENOSYS` before Linux 5.7 with a cgroup, `EAGAIN`), or any step in the child, as the
+/// child's `errno` with the step named.
 pub fn spawn(spec: &Spawn<'_>) -> io::Result<Child> {
+    let (pid, pidfd) = match super::spawner::spawn(spec) {
+        Some(pid) => {
+            let pid = pid?;
+            // SAFETY: pidfd_open(2) with a pid and no flags. The child cannot have been reaped
+            // (only its pidfd's owner reaps it), so the pid still names it, if only as a zombie.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a new descriptor that nothing else owns.
+            (pid, unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        }
+        None => spawn_here(spec)?,
+    };
+    // SAFETY: the pidfd is owned here and stays open as long as the registration (both are
+    // the `AsyncFd`), as `register_with_interest` requires.
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    Ok(Child { pid, pidfd })
+}
+
+/// Starts `spec` from this thread, with this thread's descriptor table: `(pid, pidfd)`.
+/// Errors: as [`spawn`]'s.
+pub(super) fn spawn_here(spec: &Spawn<'_>) -> io::Result<(u32, OwnedFd)> {
     let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
@@ -195,11 +221,7 @@ pub fn spawn(spec: &Spawn<'_>) -> io::Result<Child> {
             format!("{} ({e})", step_name(step)),
         ));
     }
-    // SAFETY: the pidfd is owned here and stays open as long as the registration (both are
-    // the `AsyncFd`), as `register_with_interest` requires.
-    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
-        .map_err(io::Error::from)?;
-    Ok(Child { pid, pidfd })
+    Ok((pid, pidfd))
 }
 
 impl Child {
