@@ -1,3 +1,5 @@
+// Over 500 lines: one call's whole path (store, limiter, host functions, the bounded call for
+// each stage and contract version, the failure's classification) reads best in one place.
 //! One hook call: a fresh `Store` whose data (`CallState`) carries the call's limits and serves
 //! the `ccx:hooks/host` functions, instantiation through the hook's `InstancePre`, the call
 //! itself bounded from outside, and the classification of whatever went wrong into a
@@ -7,9 +9,6 @@
 //! instance is never reused, and a store never crosses tasks. The output stage is the one
 //! exception (a store per job, `output_stage.rs`); it builds its stores with [`new_store`] and
 //! classifies failures with [`classify`] from here.
-//!
-//! Over 500 lines: one call's whole path (store, limiter, host functions, the bounded call for
-//! each stage and contract version, the failure's classification) reads best in one place.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,11 +1,10 @@
+// Over 500 lines: the one runner serves both stages, and its folds, checks and decision
+// records read best beside it.
 //! Running a set's hooks at one stage: one runner walks the hooks in config order for both the
 //! pre and the post chain — call, check, count, log, apply `on_failure` — and hands each answer
 //! to the stage's [`Fold`], which decides what it does to the chain. Lives for one chain run.
 //! Post-hooks all get the same input and never see each other's answers, so their calls start
 //! together, each on a task of its own; their answers are still folded in config order.
-//!
-//! Over 500 lines: the one runner serves both stages, and its folds, checks and decision
-//! records read best beside it.
 
 use std::convert::Infallible;
 use std::ops::ControlFlow;

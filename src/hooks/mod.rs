@@ -1,3 +1,5 @@
+// Over 500 lines: the host and the plain data every stage shares (specs, failure kinds,
+// reports) are one contract with the executor, kept in one place.
 //! The hook runtime: runs the sandboxed WebAssembly components that vet commands before they
 //! run (pre-hooks: allow, deny or modify) and annotate or judge them after (post-hooks).
 //!
@@ -28,9 +30,6 @@
 //!   per-hook counters): per-process services the host owns.
 //!
 //! This module depends on no other ccx module: the executor calls it with plain data.
-//!
-//! Over 500 lines: the host and the plain data every stage shares (specs, failure kinds,
-//! reports) are one contract with the executor, kept in one place.
 
 mod bindings;
 mod cache;

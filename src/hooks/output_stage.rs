@@ -1,3 +1,5 @@
+// Over 500 lines: the stage's config, its job-long sessions and the line cutting share one
+// lifetime (a job's) and one set of rules, which read best together.
 //! The output stage: hooks exporting `start-output` and `filter-output` (world `output-hook`)
 //! see a job's output while it flows and may pass, replace or drop each chunk, or end the job,
 //! before anything leaves the host.
@@ -13,9 +15,6 @@
 //! the job; `allow` passes the chunk unchanged, sends `hook.warning`, and the rest of the job's
 //! output goes past the hook. In `warn` and `dry-run` modes the hook's answers are counted but
 //! never applied.
-//!
-//! Over 500 lines: the stage's config, its job-long sessions and the line cutting share one
-//! lifetime (a job's) and one set of rules, which read best together.
 
 use std::time::Duration;
 

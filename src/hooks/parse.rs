@@ -1,8 +1,7 @@
+// Over 500 lines (~1,650; tests in `parse_tests.rs`) because every bash
+// construct needs its arm in the walker, brush needs guarding (stack budget, work cap, the
+// `( (` fix), and the wrappers need their option syntax (a table of ~250 lines).
 //! One parse of a command line for the pre-hooks: a flat list of its simple commands.
-//!
-//! Over 500 lines (~1,650; tests in `parse_tests.rs`) because every bash
-//! construct needs its arm in the walker, brush needs guarding (stack budget, work cap, the
-//! `( (` fix), and the wrappers need their option syntax (a table of ~250 lines).
 //!
 //! The line is parsed once with `brush-parser` (bash grammar: `[[ ]]`, `(( ))`, `<(…)`,
 //! here-strings, `|&`, `coproc` are understood) and every hook gets the same [`Parse`].
