@@ -12,9 +12,11 @@
 //! - the program is not a shell builtin or keyword (dash's `echo` and `/bin/echo` differ);
 //! - it resolves, as the shell would, to an ELF binary or a `#!` script: by an absolute path,
 //!   or on the job's `PATH` when it has one whose every entry is absolute (a relative entry
-//!   depends on the job's directory; without one, dash searches a default of its own). A command that does not resolve runs through the shell, which reports it
-//!   as usual (`not found`, exit 127).
+//!   depends on the job's directory; without one, dash searches a default of its own). A
+//!   command that does not resolve runs through the shell, which reports it as usual (`not
+//!   found`, exit 127).
 
+use super::spawn::{is_executable, search};
 use std::ffi::CString;
 use std::io::Read;
 
@@ -53,20 +55,17 @@ pub(super) fn argv(
         return None;
     }
     let found = if program.contains('/') {
-        program
-            .starts_with('/')
-            .then(|| std::path::PathBuf::from(program))
+        let p = std::path::PathBuf::from(program);
+        (program.starts_with('/') && is_executable(&p)).then_some(p)
     } else {
         // Without a `PATH` the shell searches its own default one: leave it to the shell.
         let dirs: Vec<&str> = path?.split(':').collect();
         if dirs.iter().any(|d| !d.starts_with('/')) {
             return None;
         }
-        dirs.iter()
-            .map(|d| std::path::Path::new(d).join(program))
-            .find(|p| executable(p))
+        search(program, dirs)
     }?;
-    if !executable(&found) || !execs(&found) {
+    if !execs(&found) {
         return None;
     }
     let program = CString::new(found.into_os_string().into_encoded_bytes()).ok()?;
@@ -76,11 +75,6 @@ pub(super) fn argv(
         .collect::<Result<_, _>>()
         .ok()?;
     Some((program, argv))
-}
-
-fn executable(p: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// Whether execve(2) runs the file itself: an ELF binary or a `#!` script (a file without

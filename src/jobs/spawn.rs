@@ -271,7 +271,6 @@ impl Child {
 /// Finds `program` as execvp(3) would: as is if it has a `/`, else in `path` (the job's
 /// `PATH`, or the server's), the first executable file. Errors: `NotFound`.
 pub fn resolve(program: &str, path: Option<&str>) -> io::Result<CString> {
-    use std::os::unix::fs::PermissionsExt;
     let found = if program.contains('/') {
         Some(std::path::PathBuf::from(program))
     } else {
@@ -279,13 +278,7 @@ pub fn resolve(program: &str, path: Option<&str>) -> io::Result<CString> {
             .map(str::to_string)
             .or_else(|| std::env::var("PATH").ok())
             .unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        path.split(':')
-            .filter(|d| !d.is_empty())
-            .map(|d| std::path::Path::new(d).join(program))
-            .find(|p| {
-                std::fs::metadata(p)
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            })
+        search(program, path.split(':').filter(|d| !d.is_empty()))
     };
     let found = found.ok_or_else(|| {
         io::Error::new(
@@ -295,6 +288,22 @@ pub fn resolve(program: &str, path: Option<&str>) -> io::Result<CString> {
     })?;
     CString::new(found.into_os_string().into_encoded_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the program's path"))
+}
+
+/// The first of `dirs`/`program` that [`is_executable`].
+pub(super) fn search<'a>(
+    program: &str,
+    dirs: impl IntoIterator<Item = &'a str>,
+) -> Option<std::path::PathBuf> {
+    dirs.into_iter()
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| is_executable(p))
+}
+
+/// Whether `p` is a regular file with an execute bit set.
+pub(super) fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The child, between `clone3` and `execve`: raw system calls only.
