@@ -225,10 +225,7 @@ impl JobCgroup {
     /// Whether it is known to be empty: `populated 0` in `cgroup.events`. False when that
     /// cannot be read (out of descriptors, say), so a caller goes on to kill what may be left.
     pub fn is_known_empty(&self) -> bool {
-        fs::read_to_string(self.path.join("cgroup.events")).is_ok_and(|t| {
-            t.lines()
-                .any(|l| l.split_once(' ') == Some(("populated", "0")))
-        })
+        event_is(&self.path, "populated", "0") == Some(true)
     }
 
     /// Kills what is left, waits until the cgroup is empty (reads `cgroup.events` every 1 ms at
@@ -408,8 +405,16 @@ fn collect_pids(path: &Path, out: &mut Vec<i32>) -> io::Result<()> {
 
 /// Whether `key 1` is in `path`'s `cgroup.events`; false if unreadable.
 fn event(path: &Path, key: &str) -> bool {
-    let text = fs::read_to_string(path.join("cgroup.events")).unwrap_or_default();
-    text.lines().any(|l| l.split_once(' ') == Some((key, "1")))
+    event_is(path, key, "1") == Some(true)
+}
+
+/// Whether `key value` is in `path`'s `cgroup.events`; `None` if unreadable.
+fn event_is(path: &Path, key: &str, value: &str) -> Option<bool> {
+    let text = fs::read_to_string(path.join("cgroup.events")).ok()?;
+    Some(
+        text.lines()
+            .any(|l| l.split_once(' ') == Some((key, value))),
+    )
 }
 
 /// Writes `value` to a cgroup interface file in one write(2) (no O_CREAT, no O_TRUNC).
