@@ -12,6 +12,7 @@
 //! process are named in `restart_required`.
 
 use crate::audit::AuditLog;
+use crate::cluster::{Gateway, WorkerOptions, run_worker};
 use crate::config::{self, Config};
 use crate::executor::{Executor, HookChain};
 use crate::hooks::{HookHost, HookSet, HostOptions};
@@ -332,17 +333,41 @@ impl App {
     }
 
     /// `ccx serve`: serves on `listener` (already bound) until `shutdown`, reloading the
-    /// config as it changes.
+    /// config as it changes. With `gateway` (`--nats`), clients' jobs go to the cluster's
+    /// workers instead of this process's executor.
     pub async fn serve(
         self: &Arc<Self>,
         listener: TcpListener,
+        gateway: Option<Arc<Gateway>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let stop = CancellationToken::new();
         self.spawn_watcher(stop.clone());
-        let result = server::serve(listener, self.server_state(), shutdown).await;
+        let mut state = self.server_state();
+        if let Some(gateway) = gateway {
+            state = state.with_gateway(gateway);
+        }
+        let result = server::serve(listener, state, shutdown).await;
         stop.cancel();
         result
+    }
+
+    /// `ccx worker`: runs jobs from the cluster's work queue with this process's executor and
+    /// hooks until `shutdown`, reloading the config as it changes; then cancels what still
+    /// runs and publishes its end.
+    pub async fn work(
+        self: &Arc<Self>,
+        opts: WorkerOptions,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let stop = CancellationToken::new();
+        self.spawn_watcher(stop.clone());
+        let stopping = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stopping.cancel();
+        });
+        run_worker(self.exec.clone(), opts, stop).await
     }
 
     /// The executor every face of this app drives.

@@ -37,6 +37,11 @@
 //!   page and script) and [`mcp`] (the MCP tools over stdio and Streamable HTTP). They turn
 //!   requests into executor calls and events into messages; they know nothing of processes or
 //!   wasm.
+//! - [`cluster`]: NATS JetStream glue for many machines — `ccx worker` takes jobs from a
+//!   work queue and runs them with its own executor, publishing their events to a stream;
+//!   the gateway (`ccx serve --nats`) puts a WebSocket session's jobs on that queue and
+//!   relays their events. The worker drives the executor like any face; the gateway is
+//!   driven by the WebSocket face and never touches processes or wasm.
 //! - [`client`]: the one WebSocket client (typed job stream + cancel handle) behind
 //!   `ccx exec`, `ccx attach`, `ccx logs`, `ccx jobs`, `ccx mcp --url` and the tests.
 //! - [`app`]: the composition root — builds the hook host, the executor, the reload loop and
@@ -49,6 +54,7 @@
 pub mod app;
 pub mod audit;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod containment;
 pub mod events;

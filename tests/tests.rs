@@ -57,6 +57,7 @@ mod util;
 mod audit;
 mod auth_attack;
 mod cli;
+mod cluster;
 mod containment;
 mod contract;
 mod dashboard;

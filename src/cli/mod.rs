@@ -34,8 +34,11 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the server.
+    /// Run the server (with --nats: a cluster gateway, whose jobs run on `ccx worker`s).
     Serve(ServeArgs),
+    /// Run a cluster's jobs on this machine: take them from NATS JetStream's work queue and
+    /// run each with this config's executor settings, limits and hooks.
+    Worker(cluster_cmd::WorkerArgs),
     /// Run one command through a server and exit with its exit code.
     ///
     /// Exit codes: the command's own; 128+N if a signal ended it; 124 timed out; 125 refused by
@@ -169,6 +172,8 @@ struct ServeArgs {
     /// Address to listen on; overrides `server.listen`.
     #[arg(long, env = "CCX_LISTEN")]
     listen: Option<SocketAddr>,
+    #[command(flatten)]
+    cluster: cluster_cmd::ClusterArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -249,6 +254,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await,
+            Command::Worker(args) => cluster_cmd::worker(args).await,
             Command::Exec(args) => exec(args).await,
             Command::Attach(args) => jobs_cmd::attach(args).await,
             Command::Logs(args) => jobs_cmd::logs(args).await,
@@ -262,6 +268,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 mod audit_cmd;
+mod cluster_cmd;
 mod hooks_cmd;
 mod jobs_cmd;
 mod policy;
@@ -288,8 +295,9 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     // Listens at once; the hooks load in the background (`/health` says `starting`).
+    let gateway = args.cluster.gateway().await?;
     let app = App::start(config, registry.clone())?;
-    app.serve(listener, shutdown).await?;
+    app.serve(listener, gateway, shutdown).await?;
     registry.flush().await;
     // After the registry: its last records feed the audit log.
     if let Some(audit) = app.executor().audit().cloned() {

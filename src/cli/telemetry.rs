@@ -72,7 +72,7 @@ fn exporter(cfg: &TraceConfig) -> Option<SdkTracerProvider> {
 /// Sets up logging (and span export, see the module docs) for the whole process.
 pub fn init(cli: &Cli) -> Telemetry {
     let default = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

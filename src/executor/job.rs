@@ -269,6 +269,7 @@ async fn run(
                 hooks: info,
                 limits: (!limits.is_empty()).then_some(limits),
                 pty: request.pty,
+                worker: None,
             }),
         )
         .await;

@@ -2,7 +2,7 @@
 //! [`Accepted`] for an `execute` that was taken, and [`ExecError`] for one that was not.
 
 use crate::events::JobId;
-use crate::protocol::{ExecuteResult, Limits, OutputEncoding, PtySize};
+use crate::protocol::{ExecuteParams, ExecuteResult, Limits, OutputEncoding, PtySize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -35,6 +35,9 @@ pub struct JobRequest {
     pub labels: BTreeMap<String, String>,
     /// The client's trace context; the job runs under a child span of it.
     pub trace: Option<crate::trace::TraceParent>,
+    /// The id a cluster gateway gave the job before a worker took it; `None`: the executor
+    /// makes a new one.
+    pub job_id: Option<JobId>,
 }
 
 /// Most labels a request may carry.
@@ -143,7 +146,37 @@ impl JobRequest {
             pty: None,
             labels: BTreeMap::new(),
             trace: None,
+            job_id: None,
         })
+    }
+
+    /// The request an `execute` asks for, every field checked (`requires` is the caller's
+    /// business: only a cluster gateway routes by it). Errors are meant for the client.
+    pub fn from_params(p: ExecuteParams) -> Result<JobRequest, ExecError> {
+        let mut request = JobRequest::new(p.command, p.timeout, p.cwd, p.env.unwrap_or_default())?;
+        request.detach = p.detach;
+        request.output_encoding = p.output_encoding.unwrap_or_default();
+        request.idempotency_key = p.idempotency_key;
+        request.stdin = p.stdin;
+        request.merge_stderr = p.merge_stderr;
+        request.limits = p.limits;
+        request.stdin_open = p.stdin_open;
+        request.pty = p.pty;
+        request.labels = p.labels.unwrap_or_default();
+        request.trace = p
+            .traceparent
+            .as_deref()
+            .map(crate::trace::TraceParent::parse)
+            .transpose()
+            .map_err(ExecError::Invalid)?;
+        if let Some(key) = &request.idempotency_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(ExecError::Invalid(
+                "`idempotency_key` must be 1 to 256 bytes".into(),
+            ));
+        }
+        Ok(request)
     }
 }
 

@@ -163,7 +163,7 @@ impl Session {
         JobRequest::check_labels(&request.labels)?;
         let exec = &self.inner.exec;
         let registry = exec.registry();
-        let job_id = exec.new_job_id();
+        let job_id = request.job_id.clone().unwrap_or_else(|| exec.new_job_id());
         if request.detach {
             check_detach_room(registry)?;
         }

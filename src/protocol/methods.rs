@@ -113,6 +113,11 @@ pub struct ExecuteParams {
     /// A malformed value is `-32602`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Worker labels the job needs (`["gpu"]`): a cluster gateway (`ccx serve --nats`) gives
+    /// it only to a worker started with all of them. At most 8, each 1 to 32 of
+    /// `[A-Za-z0-9_-]`. A single server has no workers: a non-empty list is `-32602` there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Vec<String>>,
 }
 
 /// The `execute` result.

@@ -105,6 +105,9 @@ pub enum RpcError {
     DetachedLimit(usize),
     #[error("the job registry is unavailable: {0}")]
     RegistryOff(String),
+    /// A cluster gateway (`ccx serve --nats`) cannot reach NATS JetStream.
+    #[error("the cluster is unavailable: {0}")]
+    ClusterUnavailable(String),
     /// The server failed; the cause is logged, never sent.
     #[error("internal error")]
     Internal,
@@ -126,6 +129,7 @@ impl RpcError {
             RpcError::HooksNotReady(_) => -32006,
             RpcError::DetachedLimit(_) => -32007,
             RpcError::RegistryOff(_) => -32008,
+            RpcError::ClusterUnavailable(_) => -32009,
             RpcError::Internal => -32603,
         }
     }

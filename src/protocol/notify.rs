@@ -129,6 +129,9 @@ pub struct Started {
     /// The job's terminal, when it runs on one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pty: Option<super::PtySize>,
+    /// The cluster worker running it (`ccx worker --name`); absent on a single server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 /// The pre-hook chain's account in `process.started`: the request as the client sent it,

@@ -64,6 +64,9 @@ pub struct ServerState {
     tracker: TaskTracker,
     /// Failed authentication per peer address (429 past the limit).
     auth_throttle: throttle::AuthThrottle,
+    /// Set when this server is a cluster gateway (`ccx serve --nats`): `execute` and
+    /// `control` go to the cluster.
+    pub gateway: Option<Arc<crate::cluster::Gateway>>,
 }
 
 impl ServerState {
@@ -88,7 +91,15 @@ impl ServerState {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             auth_throttle: throttle::AuthThrottle::default(),
+            gateway: None,
         })
+    }
+
+    /// The same state, as a cluster gateway: jobs go to `gateway`'s workers.
+    pub fn with_gateway(self: Arc<Self>, gateway: Arc<crate::cluster::Gateway>) -> Arc<Self> {
+        let mut state = Arc::into_inner(self).expect("not shared yet");
+        state.gateway = Some(gateway);
+        Arc::new(state)
     }
 
     fn hook_status(&self) -> HookStatusReport {
@@ -230,6 +241,9 @@ struct Health {
     containment: crate::containment::ContainmentHealth,
     /// The audit log, when `[audit]` is on: records written, lost, write errors.
     audit: Option<crate::audit::AuditHealth>,
+    /// A cluster gateway's NATS connection (`ccx serve --nats`); absent on a single server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::cluster::gateway::GatewayHealth>,
 }
 
 #[derive(Serialize)]
@@ -267,12 +281,15 @@ async fn health(
     let registry = state.exec.registry().health();
     let containment = state.exec.containment().health();
     let audit = state.exec.audit().map(|a| a.health());
+    let cluster = state.gateway.as_ref().map(|g| g.health());
+    let nats_down = cluster.as_ref().is_some_and(|c| c.state != "connected");
     Json(Health {
         containment,
         audit,
+        cluster,
         status: if hooks.state == "starting" {
             "starting"
-        } else if registry.enabled && registry.error.is_some() {
+        } else if nats_down || (registry.enabled && registry.error.is_some()) {
             // Jobs run, but cannot be found again after their connection closes.
             "degraded"
         } else {

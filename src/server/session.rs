@@ -6,6 +6,7 @@
 //! client's error replies never wait behind megabytes of its own output.
 
 use super::ServerState;
+use crate::cluster::gateway::GatewaySession;
 use crate::events::{Event, JobNote, NoteStatus};
 use crate::executor::{Closing, ExecError, JobRequest, Origin, Session};
 use crate::protocol::{
@@ -110,6 +111,8 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>, o
     let (sink, stream) = socket.split();
     let (reply_tx, reply_rx) = mpsc::channel::<Outbound>(REPLY_BUFFER);
     let (event_tx, event_rx) = mpsc::channel::<Event>(EVENT_BUFFER);
+    let gateway =
+        (state.gateway.as_ref()).map(|g| Arc::new(g.session(event_tx.clone(), origin.clone())));
     let session = state.exec.session(id.clone(), event_tx.clone(), origin);
     // Ends this connection's replays (`attach`) when it closes.
     let closing = CancellationToken::new();
@@ -134,6 +137,7 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>, o
         events: event_tx,
         closing: closing.clone(),
         max_frame: state.config.max_frame_bytes,
+        gateway: gateway.clone(),
     };
     let shutdown = state.shutdown.clone();
     let mut recv_task = tokio::spawn(
@@ -161,6 +165,9 @@ async fn run_session(state: Arc<ServerState>, socket: WebSocket, id: Arc<str>, o
         Ending::TooLarge => (Closing::Disconnect, Some((1009, "frame too large"))),
         Ending::ClientGone => (Closing::Disconnect, None),
     };
+    if let Some(g) = &gateway {
+        g.close();
+    }
     session.close(scope).await;
     drop(session);
     let _ = reply_tx.send(Outbound::Finish(close)).await;
@@ -241,6 +248,8 @@ struct Receiver {
     events: mpsc::Sender<Event>,
     closing: CancellationToken,
     max_frame: usize,
+    /// The cluster, when this server is a gateway (`ccx serve --nats`): jobs go there.
+    gateway: Option<Arc<GatewaySession>>,
 }
 
 impl Receiver {
@@ -330,31 +339,16 @@ impl Receiver {
         match req.method.as_str() {
             "execute" => {
                 let p: ExecuteParams = protocol::frame::params(req.params)?;
-                let mut request =
-                    JobRequest::new(p.command, p.timeout, p.cwd, p.env.unwrap_or_default())
-                        .map_err(exec_error)?;
-                request.detach = p.detach;
-                request.output_encoding = p.output_encoding.unwrap_or_default();
-                request.idempotency_key = p.idempotency_key;
-                request.stdin = p.stdin;
-                request.merge_stderr = p.merge_stderr;
-                request.limits = p.limits;
-                request.stdin_open = p.stdin_open;
-                request.pty = p.pty;
-                request.labels = p.labels.unwrap_or_default();
-                request.trace = p
-                    .traceparent
-                    .as_deref()
-                    .map(crate::trace::TraceParent::parse)
-                    .transpose()
-                    .map_err(RpcError::InvalidParams)?;
-                if let Some(key) = &request.idempotency_key
-                    && (key.is_empty() || key.len() > 256)
-                {
+                if let Some(gateway) = &self.gateway {
+                    let (result, gate) = gateway.execute(p).await?;
+                    return Ok((encode(&result)?, Some(Box::new(gate))));
+                }
+                if p.requires.as_ref().is_some_and(|r| !r.is_empty()) {
                     return Err(RpcError::InvalidParams(
-                        "`idempotency_key` must be 1 to 256 bytes".into(),
+                        "`requires` names worker labels, and this server has no workers (it is not a cluster gateway: `ccx serve --nats`)".into(),
                     ));
                 }
+                let request = JobRequest::from_params(p).map_err(exec_error)?;
                 let accepted = self.session.execute(request).await.map_err(exec_error)?;
                 Ok((encode(&accepted.to_result())?, Some(Box::new(accepted))))
             }
@@ -412,11 +406,20 @@ impl Receiver {
             }
             "control" => {
                 let p: ControlParams = protocol::frame::params(req.params)?;
-                let job_id = match p.job_id.as_deref() {
-                    Some(id) => self.state.exec.control(p.kind, id).await,
-                    None => self.session.control(p.kind, None).await,
-                }
-                .map_err(exec_error)?;
+                let job_id = match (&self.gateway, p.job_id.as_deref()) {
+                    (Some(g), id) => g.control(p.kind, id).await?,
+                    (None, Some(id)) => self
+                        .state
+                        .exec
+                        .control(p.kind, id)
+                        .await
+                        .map_err(exec_error)?,
+                    (None, None) => self
+                        .session
+                        .control(p.kind, None)
+                        .await
+                        .map_err(exec_error)?,
+                };
                 let status = match p.kind {
                     protocol::ControlType::Pause => NoteStatus::Paused,
                     protocol::ControlType::Resume => NoteStatus::Resumed,

@@ -1,0 +1,459 @@
+//! The gateway (`ccx serve --nats`): the WebSocket face's `execute` and `control` go to the
+//! cluster instead of this process's executor.
+//!
+//! `execute` checks the request, writes the job's record (`queued`) and answers `queued` at
+//! once; a task per job then waits for the session's previous job to end (a connection's jobs
+//! run one after another, as on a single server), puts the job on the work queue and relays
+//! its events from the events stream until `process.completed`. It ends the job itself only
+//! while nobody has claimed it, by compare-and-swap on the record: `failed` after
+//! `queue_timeout`, `canceled` when its connection closed (a detached job is left to run) or a
+//! client canceled it.
+
+use super::{
+    ClusterOptions, ControlMessage, ControlReply, EVENTS_STREAM, JobMessage, JobRecord,
+    RecordState, Streams, control_subject, event_subject, job_subject, now, route,
+};
+use crate::events::{Completion, Event, JobId, JobStatus};
+use crate::executor::{JobRequest, Origin};
+use crate::protocol::{ControlType, ExecuteParams, ExecuteResult, RpcError};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+/// How long a gateway waits for a worker's answer to `control`.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a job's relay goes on after its client left and it was canceled.
+const AFTER_CANCEL: Duration = Duration::from_secs(30);
+
+/// One per gateway process: the NATS connection and the streams, opened on first use (so a
+/// gateway starts, and says what is wrong, while NATS is down).
+pub struct Gateway {
+    opts: ClusterOptions,
+    /// Names this gateway in job records.
+    name: String,
+    client: async_nats::Client,
+    streams: tokio::sync::Mutex<Option<Streams>>,
+}
+
+/// The gateway's state for `/health`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GatewayHealth {
+    pub nats: String,
+    /// `connected`, `disconnected` or `pending` (never connected yet).
+    pub state: String,
+}
+
+impl Gateway {
+    /// Starts connecting to NATS (in the background: a NATS that is down is reported by
+    /// [`Gateway::health`] and by each `execute`, not here).
+    pub async fn connect(opts: ClusterOptions, name: String) -> Result<Arc<Gateway>, String> {
+        let client = opts.connect(&format!("ccx gateway {name}")).await?;
+        Ok(Arc::new(Gateway {
+            opts,
+            name,
+            client,
+            streams: tokio::sync::Mutex::new(None),
+        }))
+    }
+
+    pub fn health(&self) -> GatewayHealth {
+        let state = match self.client.connection_state() {
+            async_nats::connection::State::Connected => "connected",
+            async_nats::connection::State::Disconnected => "disconnected",
+            async_nats::connection::State::Pending => "pending",
+        };
+        GatewayHealth {
+            nats: self.opts.url.clone(),
+            state: state.into(),
+        }
+    }
+
+    /// The streams, opened on first use. Errors (`-32009`) say what is unreachable.
+    async fn streams(&self) -> Result<Streams, RpcError> {
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(RpcError::ClusterUnavailable(format!(
+                "not connected to NATS at {}",
+                self.opts.url
+            )));
+        }
+        let mut slot = self.streams.lock().await;
+        if let Some(s) = &*slot {
+            return Ok(s.clone());
+        }
+        let s = Streams::open(self.client.clone(), &self.opts)
+            .await
+            .map_err(RpcError::ClusterUnavailable)?;
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    /// A connection's view of the cluster: its jobs, one after another.
+    pub fn session(
+        self: &Arc<Self>,
+        events: mpsc::Sender<Event>,
+        origin: Origin,
+    ) -> GatewaySession {
+        GatewaySession {
+            gw: self.clone(),
+            events,
+            origin,
+            last: Mutex::new(None),
+            pending: Arc::new(AtomicUsize::new(0)),
+            current: Arc::new(Mutex::new(None)),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Pauses, resumes or cancels any job of the cluster, through the worker running it (or,
+    /// for a cancel, the queue). Errors: no such job, ended, not started, NATS unreachable.
+    pub async fn control(&self, kind: ControlType, job_id: &str) -> Result<JobId, RpcError> {
+        let streams = self.streams().await?;
+        let body = serde_json::to_vec(&ControlMessage { kind }).expect("serializes");
+        let asked = tokio::time::timeout(
+            CONTROL_TIMEOUT,
+            self.client.request(control_subject(job_id), body.into()),
+        )
+        .await;
+        match asked {
+            Ok(Ok(reply)) => {
+                let reply: ControlReply = serde_json::from_slice(&reply.payload)
+                    .map_err(|e| RpcError::ClusterUnavailable(format!("a worker's answer: {e}")))?;
+                return reply.map(|_| job_id.into()).map_err(RpcError::NoSuchJob);
+            }
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Ok(Err(e)) => return Err(RpcError::ClusterUnavailable(format!("control: {e}"))),
+            Err(_) => {
+                return Err(RpcError::ClusterUnavailable(format!(
+                    "the worker running job {job_id} did not answer within {} s",
+                    CONTROL_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        // No worker runs it: queued, ended, or unknown.
+        match streams
+            .record(job_id)
+            .await
+            .map_err(RpcError::ClusterUnavailable)?
+        {
+            None => Err(RpcError::NoSuchJob(format!(
+                "no job {job_id} in the cluster"
+            ))),
+            Some((r, _)) if r.state == RecordState::Queued => {
+                if kind != ControlType::Cancel {
+                    return Err(RpcError::NoSuchJob(format!(
+                        "job {job_id} has not started yet; only CANCEL applies"
+                    )));
+                }
+                if end_unclaimed(&streams, job_id, JobStatus::Canceled, None).await {
+                    Ok(job_id.into())
+                } else {
+                    // A worker claimed it meanwhile: ask it.
+                    Box::pin(self.control(kind, job_id)).await
+                }
+            }
+            Some((r, _)) => Err(RpcError::NoSuchJob(format!(
+                "job {job_id} has already ended ({})",
+                r.status
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_else(|| "unknown".into())
+            ))),
+        }
+    }
+}
+
+/// Ends a job nobody has claimed (its record still `queued`) with `status`, and publishes its
+/// `process.completed`. `false`: a worker claimed it first, or it had ended.
+async fn end_unclaimed(
+    streams: &Streams,
+    job_id: &str,
+    status: JobStatus,
+    error: Option<String>,
+) -> bool {
+    let text = error.clone().unwrap_or_default();
+    match streams.end_queued(job_id, status, &text).await {
+        Ok(true) => {
+            let mut c = Completion::without_process(job_id.into(), status);
+            c.error = error;
+            if let Err(e) = streams.publish_event(&Event::Completed(c)).await {
+                warn!(job = job_id, cause = %e, "cannot publish the job's end");
+            }
+            true
+        }
+        Ok(false) => false,
+        Err(e) => {
+            warn!(job = job_id, cause = %e, "cannot end the unclaimed job");
+            false
+        }
+    }
+}
+
+/// One connection's jobs on the cluster.
+pub struct GatewaySession {
+    gw: Arc<Gateway>,
+    events: mpsc::Sender<Event>,
+    origin: Origin,
+    /// Set when the session's newest job has ended; the next job waits for it.
+    last: Mutex<Option<watch::Receiver<bool>>>,
+    /// The session's jobs not ended yet.
+    pending: Arc<AtomicUsize>,
+    /// The job of this session on the queue or running now (for `control` without a job id).
+    current: Arc<Mutex<Option<JobId>>>,
+    /// Cancelled when the connection closes.
+    closing: CancellationToken,
+}
+
+impl GatewaySession {
+    /// Queues a job on the cluster. Answers `queued` (the job's events follow once the
+    /// returned gate is dropped, so the reply goes first). Errors: bad params (`-32602`),
+    /// NATS unreachable (`-32009`).
+    pub async fn execute(
+        &self,
+        p: ExecuteParams,
+    ) -> Result<(ExecuteResult, oneshot::Sender<()>), RpcError> {
+        let requires = p.requires.clone().unwrap_or_default();
+        let route = route(&requires).map_err(RpcError::InvalidParams)?;
+        for (asked, what) in [
+            (p.stdin_open, "`stdin_open`"),
+            (p.pty.is_some(), "`pty`"),
+            (p.idempotency_key.is_some(), "`idempotency_key`"),
+        ] {
+            if asked {
+                return Err(RpcError::InvalidParams(format!(
+                    "{what} is not available through a cluster gateway yet"
+                )));
+            }
+        }
+        // The worker checks again, against its own limits; this catches the plain mistakes.
+        let request = JobRequest::from_params(p.clone())
+            .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
+        let streams = self.gw.streams().await?;
+        let job_id: JobId = uuid::Uuid::now_v7().to_string().into();
+        let record = JobRecord {
+            job_id: job_id.to_string(),
+            state: RecordState::Queued,
+            command: request.command,
+            requires,
+            gateway: self.gw.name.clone(),
+            worker: None,
+            created: now(),
+            started: None,
+            ended: None,
+            status: None,
+            exit_code: None,
+            error: None,
+        };
+        let body = serde_json::to_vec(&record).expect("records serialize");
+        streams
+            .records
+            .create(&*job_id, body.into())
+            .await
+            .map_err(|e| RpcError::ClusterUnavailable(format!("writing the job's record: {e}")))?;
+        let message = JobMessage {
+            job_id: job_id.to_string(),
+            params: p,
+            peer: self.origin.peer.clone(),
+            token_label: self.origin.token_label.clone(),
+            gateway: self.gw.name.clone(),
+        };
+        let (done_tx, done_rx) = watch::channel(false);
+        let before = self.last.lock().expect("lock").replace(done_rx);
+        let position = self.pending.fetch_add(1, Ordering::Relaxed) + 1;
+        let (gate, opened) = oneshot::channel();
+        let relay = Relay {
+            streams,
+            client: self.gw.client.clone(),
+            queue_timeout: self.gw.opts.queue_timeout,
+            message,
+            route,
+            events: self.events.clone(),
+            closing: self.closing.clone(),
+            current: self.current.clone(),
+        };
+        let pending = self.pending.clone();
+        let span = info_span!("cluster_job", job = %job_id);
+        tokio::spawn(
+            async move {
+                let _ = opened.await;
+                relay.run(before).await;
+                pending.fetch_sub(1, Ordering::Relaxed);
+                let _ = done_tx.send(true);
+            }
+            .instrument(span),
+        );
+        Ok((ExecuteResult::Queued { job_id, position }, gate))
+    }
+
+    /// `control` of the named job (any in the cluster), or without one of the session's job
+    /// on the queue or running now.
+    pub async fn control(
+        &self,
+        kind: ControlType,
+        job_id: Option<&str>,
+    ) -> Result<JobId, RpcError> {
+        let current = self.current.lock().expect("lock").clone();
+        match job_id.or(current.as_deref()) {
+            Some(job_id) => self.gw.control(kind, job_id).await,
+            None => Err(RpcError::NoSuchJob(
+                "no job is running on this connection".into(),
+            )),
+        }
+    }
+
+    /// The connection closed: jobs not detached are canceled (queued ones never start).
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+}
+
+/// One job's path through the cluster, as its gateway sees it.
+struct Relay {
+    streams: Streams,
+    client: async_nats::Client,
+    queue_timeout: Duration,
+    message: JobMessage,
+    route: String,
+    events: mpsc::Sender<Event>,
+    closing: CancellationToken,
+    current: Arc<Mutex<Option<JobId>>>,
+}
+
+impl Relay {
+    async fn run(self, before: Option<watch::Receiver<bool>>) {
+        let job_id = self.message.job_id.clone();
+        let detach = self.message.params.detach;
+        // The session's previous job first.
+        if let Some(mut before) = before {
+            tokio::select! {
+                _ = before.wait_for(|ended| *ended) => {}
+                _ = self.closing.cancelled(), if !detach => {}
+            }
+        }
+        if self.closing.is_cancelled() && !detach {
+            end_unclaimed(&self.streams, &job_id, JobStatus::Canceled, None).await;
+            return;
+        }
+        *self.current.lock().expect("lock") = Some(job_id.as_str().into());
+        self.follow().await;
+        let mut current = self.current.lock().expect("lock");
+        if current.as_deref() == Some(job_id.as_str()) {
+            *current = None;
+        }
+    }
+
+    /// Queues the job and relays its events until its end.
+    async fn follow(&self) {
+        let job_id = self.message.job_id.as_str();
+        let body = serde_json::to_vec(&self.message).expect("jobs serialize");
+        let queued = match self
+            .streams
+            .js
+            .publish(job_subject(&self.route), body.into())
+            .await
+        {
+            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = queued {
+            let error = format!("cannot queue the job: {e}");
+            end_unclaimed(
+                &self.streams,
+                job_id,
+                JobStatus::Failed,
+                Some(error.clone()),
+            )
+            .await;
+            let mut c = Completion::without_process(job_id.into(), JobStatus::Failed);
+            c.error = Some(error);
+            let _ = self.events.send(Event::Completed(c)).await;
+            return;
+        }
+        let consumer = self
+            .streams
+            .events
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: event_subject(job_id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await;
+        let mut messages = match consumer {
+            Ok(c) => match c.messages().await {
+                Ok(m) => m,
+                Err(e) => return self.lost_sight(&format!("{e}")).await,
+            },
+            Err(e) => return self.lost_sight(&format!("{e}")).await,
+        };
+        let queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
+        let mut started = false;
+        let mut canceled_at: Option<tokio::time::Instant> = None;
+        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+        loop {
+            let give_up = canceled_at.map(|t| t + AFTER_CANCEL).unwrap_or(far);
+            tokio::select! {
+                m = messages.next() => {
+                    let msg = match m {
+                        Some(Ok(m)) => m,
+                        Some(Err(e)) => {
+                            debug!(cause = %e, "event stream hiccup");
+                            continue;
+                        }
+                        None => return self.lost_sight("the event stream ended").await,
+                    };
+                    let event: Event = match serde_json::from_slice(&msg.payload) {
+                        Ok(e) => e,
+                        Err(e) => {
+                            warn!(cause = %e, "an event that does not parse; skipped");
+                            continue;
+                        }
+                    };
+                    started |= matches!(event, Event::Started(_));
+                    let last = matches!(event, Event::Completed(_));
+                    // A client that left gets nothing more; the job is followed to its end.
+                    let _ = self.events.send(event).await;
+                    if last {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(queue_deadline), if !started => {
+                    started = true;
+                    let error = format!(
+                        "no worker took the job within {} s (`queue_timeout`); requires {:?}",
+                        self.queue_timeout.as_secs_f64(),
+                        self.message.params.requires.clone().unwrap_or_default()
+                    );
+                    // Its `process.completed` arrives through the stream like any other event.
+                    end_unclaimed(&self.streams, job_id, JobStatus::Failed, Some(error)).await;
+                }
+                _ = self.closing.cancelled(), if canceled_at.is_none() && !self.message.params.detach => {
+                    canceled_at = Some(tokio::time::Instant::now());
+                    if !end_unclaimed(&self.streams, job_id, JobStatus::Canceled, None).await {
+                        let body = serde_json::to_vec(&ControlMessage { kind: ControlType::Cancel })
+                            .expect("serializes");
+                        let answer = tokio::time::timeout(
+                            CONTROL_TIMEOUT,
+                            self.client.request(control_subject(job_id), body.into()),
+                        )
+                        .await;
+                        debug!(?answer, "canceled at disconnect");
+                    }
+                }
+                _ = tokio::time::sleep_until(give_up) => return,
+            }
+        }
+    }
+
+    /// The events of the job can no longer be read: the client hears so, as the job's end.
+    async fn lost_sight(&self, cause: &str) {
+        warn!(job = %self.message.job_id, cause, "cannot follow the job's events in {EVENTS_STREAM}");
+        let mut c =
+            Completion::without_process(self.message.job_id.as_str().into(), JobStatus::Lost);
+        c.error = Some(format!("the gateway lost the job's events: {cause}"));
+        let _ = self.events.send(Event::Completed(c)).await;
+    }
+}

@@ -1,0 +1,357 @@
+//! Many machines behind one endpoint, on NATS JetStream: `ccx worker` runs jobs taken from a
+//! work queue with the same executor a single server drives; `ccx serve --nats` (the gateway)
+//! puts its clients' jobs on that queue and relays their events. `docs/cluster.md` has the
+//! whole picture; in short:
+//!
+//! - **Work queue** (stream [`JOBS_STREAM`], work-queue retention): a job is one [`JobMessage`]
+//!   on `ccx.jobs.<route>`, where the route is the job's sorted `requires` labels joined by
+//!   `.` ([`ANY_ROUTE`] for none). Each route has one durable pull consumer, shared by every
+//!   worker whose labels include the route's, so a job goes to exactly one capable worker. A
+//!   worker keeps the message in progress (`+WPI`) while the job runs and acknowledges it at
+//!   the end.
+//! - **Events** (stream [`EVENTS_STREAM`], kept for `events_max_age`): the worker publishes
+//!   each of the job's notifications, exactly as a single server would send it, on
+//!   `ccx.ev.<job_id>`; any gateway replays or follows them with an ordered consumer.
+//! - **Records** (key-value bucket [`JOBS_BUCKET`]): one [`JobRecord`] per job. Every change
+//!   of state is a compare-and-swap on its revision, so a job is claimed at most once: a
+//!   worker claims `queued → running`, and a gateway that gives up waiting (`queue_timeout`,
+//!   or its client left) moves `queued → failed`/`canceled`; whoever loses the race backs off.
+//! - **Control**: a worker answers requests on `ccx.ctl.<job_id>` while it runs that job.
+//!
+//! Nothing here is used unless `--nats` is given: a single server never connects.
+
+pub mod gateway;
+pub mod worker;
+
+use crate::protocol::{ControlType, ExecuteParams};
+use async_nats::jetstream::{self, kv, stream};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub use gateway::Gateway;
+pub use worker::{WorkerOptions, run_worker};
+
+/// The work-queue stream of jobs waiting for a worker.
+pub const JOBS_STREAM: &str = "CCX_JOBS";
+/// The stream that keeps every job's events.
+pub const EVENTS_STREAM: &str = "CCX_EVENTS";
+/// The key-value bucket of job records.
+pub const JOBS_BUCKET: &str = "ccx_jobs";
+/// The route of a job that requires no label.
+pub const ANY_ROUTE: &str = "_any";
+/// Most labels a request may require (a worker's consumers grow as 2^labels).
+pub const MAX_REQUIRES: usize = 8;
+
+/// How to reach NATS, and how long the cluster keeps things.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// `nats://host:port` (several, comma-separated, for a NATS cluster).
+    pub url: String,
+    /// How long a finished job's events and record are kept.
+    pub events_max_age: Duration,
+    /// How long a job may wait for a worker before it ends `failed`.
+    pub queue_timeout: Duration,
+}
+
+impl ClusterOptions {
+    /// Defaults for everything but the address: events kept a day, a job waits at most five
+    /// minutes for a worker.
+    pub fn new(url: impl Into<String>) -> ClusterOptions {
+        ClusterOptions {
+            url: url.into(),
+            events_max_age: Duration::from_secs(24 * 3600),
+            queue_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// Connects; with `retry` the client keeps trying in the background when NATS is not up
+    /// yet (a gateway serves and reports it; a worker waits).
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, String> {
+        async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&self.url)
+            .await
+            .map_err(|e| format!("cannot connect to NATS at {}: {e}", self.url))
+    }
+}
+
+/// One job on the work queue: what the client asked for and who asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub job_id: String,
+    pub params: ExecuteParams,
+    /// The client's address as the gateway saw it.
+    pub peer: Option<String>,
+    pub token_label: Option<String>,
+    /// The gateway that queued it.
+    pub gateway: String,
+}
+
+/// Where a job is in its life, as its record in [`JOBS_BUCKET`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordState {
+    Queued,
+    Running,
+    /// Ended: `status` says how.
+    Ended,
+}
+
+/// A job's record in [`JOBS_BUCKET`]; each change is a compare-and-swap on its revision.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub job_id: String,
+    pub state: RecordState,
+    pub command: String,
+    pub requires: Vec<String>,
+    pub gateway: String,
+    /// The worker that claimed it.
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// Unix time, seconds.
+    pub created: f64,
+    #[serde(default)]
+    pub started: Option<f64>,
+    #[serde(default)]
+    pub ended: Option<f64>,
+    /// The final status (`completed`, `failed`, …) once ended.
+    #[serde(default)]
+    pub status: Option<crate::events::JobStatus>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A `control` sent to the worker running a job, and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlMessage {
+    #[serde(rename = "type")]
+    pub kind: ControlType,
+}
+
+/// The worker's answer on `ccx.ctl.<job_id>`: `Ok(())` or the error message.
+pub type ControlReply = Result<(), String>;
+
+/// Checks `requires` and gives the job's route: the labels sorted, without repeats, joined
+/// by `.`; [`ANY_ROUTE`] for none. Errors are meant for the client.
+pub fn route(requires: &[String]) -> Result<String, String> {
+    let mut labels: Vec<&str> = requires.iter().map(String::as_str).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    if labels.len() > MAX_REQUIRES {
+        return Err(format!(
+            "`requires`: {} labels (at most {MAX_REQUIRES})",
+            labels.len()
+        ));
+    }
+    if let Some(bad) = labels.iter().find(|l| !valid_label(l)) {
+        return Err(format!(
+            "`requires`: `{bad}` is not a worker label of 1 to 32 of [A-Za-z0-9_-]"
+        ));
+    }
+    Ok(if labels.is_empty() {
+        ANY_ROUTE.to_string()
+    } else {
+        labels.join(".")
+    })
+}
+
+/// A worker label: 1 to 32 of `[A-Za-z0-9_-]` (a NATS subject token), not [`ANY_ROUTE`].
+pub fn valid_label(label: &str) -> bool {
+    (1..=32).contains(&label.len())
+        && label != ANY_ROUTE
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Every route a worker with `labels` serves: one per subset of them (the empty one is
+/// [`ANY_ROUTE`]).
+pub fn routes(labels: &[String]) -> Vec<String> {
+    let mut sorted: Vec<&str> = labels.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    (0u32..(1 << sorted.len()))
+        .map(|mask| {
+            let subset: Vec<&str> = (0..sorted.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .map(|i| sorted[i])
+                .collect();
+            if subset.is_empty() {
+                ANY_ROUTE.to_string()
+            } else {
+                subset.join(".")
+            }
+        })
+        .collect()
+}
+
+/// The subject a job on `route` is published to.
+pub fn job_subject(route: &str) -> String {
+    format!("ccx.jobs.{route}")
+}
+
+/// The subject a job's events are published to.
+pub fn event_subject(job_id: &str) -> String {
+    format!("ccx.ev.{job_id}")
+}
+
+/// The subject the worker running a job answers `control` on.
+pub fn control_subject(job_id: &str) -> String {
+    format!("ccx.ctl.{job_id}")
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The streams and bucket every gateway and worker uses, created when missing (an existing
+/// one is used as it is).
+#[derive(Clone)]
+pub struct Streams {
+    pub js: jetstream::Context,
+    pub jobs: stream::Stream,
+    pub events: stream::Stream,
+    pub records: kv::Store,
+}
+
+impl Streams {
+    /// Finds or creates them. Errors name what failed (NATS down, JetStream not enabled).
+    pub async fn open(
+        client: async_nats::Client,
+        opts: &ClusterOptions,
+    ) -> Result<Streams, String> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(5));
+        let jobs = js
+            .get_or_create_stream(stream::Config {
+                name: JOBS_STREAM.into(),
+                subjects: vec!["ccx.jobs.>".into()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                storage: stream::StorageType::File,
+                max_age: opts.events_max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("JetStream stream {JOBS_STREAM}: {e}"))?;
+        let events = js
+            .get_or_create_stream(stream::Config {
+                name: EVENTS_STREAM.into(),
+                subjects: vec!["ccx.ev.>".into()],
+                retention: stream::RetentionPolicy::Limits,
+                storage: stream::StorageType::File,
+                max_age: opts.events_max_age,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("JetStream stream {EVENTS_STREAM}: {e}"))?;
+        let records = match js.get_key_value(JOBS_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: JOBS_BUCKET.into(),
+                    history: 1,
+                    max_age: opts.events_max_age,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| format!("JetStream bucket {JOBS_BUCKET}: {e}"))?,
+        };
+        Ok(Streams {
+            js,
+            jobs,
+            events,
+            records,
+        })
+    }
+
+    /// A job's record and its revision; `None` when there is none.
+    pub async fn record(&self, job_id: &str) -> Result<Option<(JobRecord, u64)>, String> {
+        let entry = self
+            .records
+            .entry(job_id)
+            .await
+            .map_err(|e| format!("reading job record {job_id}: {e}"))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
+    }
+
+    /// Replaces a record if it is still at `revision`; `Ok(false)`: someone changed it first.
+    pub async fn swap(&self, record: &JobRecord, revision: u64) -> Result<bool, String> {
+        let body = serde_json::to_vec(record).expect("records serialize");
+        match self
+            .records
+            .update(&record.job_id, body.into(), revision)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(format!("updating job record {}: {e}", record.job_id)),
+        }
+    }
+
+    /// Moves a record that is still `queued` to ended with `status` and `error`; `Ok(false)`:
+    /// a worker claimed it first (or it had already ended).
+    pub async fn end_queued(
+        &self,
+        job_id: &str,
+        status: crate::events::JobStatus,
+        error: &str,
+    ) -> Result<bool, String> {
+        let Some((mut record, revision)) = self.record(job_id).await? else {
+            return Ok(false);
+        };
+        if record.state != RecordState::Queued {
+            return Ok(false);
+        }
+        record.state = RecordState::Ended;
+        record.ended = Some(now());
+        record.status = Some(status);
+        record.error = Some(error.to_string());
+        self.swap(&record, revision).await
+    }
+
+    /// Publishes one event of a job to its subject and waits for JetStream to store it.
+    pub async fn publish_event(&self, event: &crate::events::Event) -> Result<(), String> {
+        let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
+        let body = serde_json::to_vec(event).expect("events serialize");
+        self.js
+            .publish(event_subject(&job_id), body.into())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("storing an event of job {job_id}: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_cover_every_subset_and_match_route() {
+        let labels = vec!["linux".to_string(), "gpu".to_string()];
+        let mut all = routes(&labels);
+        all.sort();
+        assert_eq!(all, ["_any", "gpu", "gpu.linux", "linux"]);
+        assert_eq!(route(&[]).unwrap(), "_any");
+        assert_eq!(
+            route(&["linux".into(), "gpu".into(), "gpu".into()]).unwrap(),
+            "gpu.linux"
+        );
+        assert!(route(&["a.b".into()]).unwrap_err().contains("`a.b`"));
+        assert!(route(&["_any".into()]).is_err());
+        let many: Vec<String> = (0..9).map(|i| format!("l{i}")).collect();
+        assert!(route(&many).unwrap_err().contains("at most 8"));
+    }
+}

@@ -1,0 +1,388 @@
+//! `ccx worker`: takes jobs from the work queue and runs each with this process's executor —
+//! its own config, hooks, containment and limits — publishing every event the executor emits
+//! to the job's subject.
+//!
+//! A worker pulls from one durable consumer per route it serves (each subset of its labels),
+//! one message per pull and only while it has room (`max_jobs`), so a busy worker leaves jobs
+//! to idle ones. For each job it claims the record (`queued → running`, compare-and-swap), runs
+//! the job in a session of its own, keeps the queue message in progress while the job runs,
+//! and ends by writing the record and acknowledging the message. A message whose record is not
+//! `queued` any more (the gateway gave up on it, or another worker has it) is acknowledged
+//! without running anything: a job runs at most once.
+
+use super::{
+    ClusterOptions, ControlMessage, ControlReply, JobMessage, RecordState, Streams,
+    control_subject, job_subject, now, routes,
+};
+use crate::events::{Completion, Event, JobStatus};
+use crate::executor::{Accepted, Closing, ExecError, Executor, JobRequest, Origin};
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::{AckKind, Message};
+use futures_util::StreamExt;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// How long a taken job's message may go without a sign of progress before JetStream gives
+/// it to another worker; a running job sends one every third of it.
+const ACK_WAIT: Duration = Duration::from_secs(30);
+/// How long one pull waits for a job before asking again.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+/// Event publishes in flight per job before the worker waits for JetStream's acks.
+const PUBLISH_WINDOW: usize = 64;
+
+/// What `ccx worker` was started with.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub cluster: ClusterOptions,
+    /// Names this worker in `process.started` and in job records.
+    pub name: String,
+    /// The labels it offers; a job runs here only if it requires a subset of them.
+    pub labels: Vec<String>,
+    /// Jobs run at once, at most.
+    pub max_jobs: usize,
+}
+
+/// Runs jobs from the queue until `stop`, then cancels those still running and returns once
+/// each has published its end. Errors: a NATS that cannot be reached at all.
+pub async fn run_worker(
+    exec: Arc<Executor>,
+    opts: WorkerOptions,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let client = opts
+        .cluster
+        .connect(&format!("ccx worker {}", opts.name))
+        .await
+        .map_err(anyhow::Error::msg)?;
+    let streams = loop {
+        match Streams::open(client.clone(), &opts.cluster).await {
+            Ok(s) => break s,
+            Err(e) => {
+                warn!(cause = %e, "JetStream is not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.cancelled() => return Ok(()),
+                }
+            }
+        }
+    };
+    let worker = Arc::new(Worker {
+        exec,
+        client,
+        streams,
+        name: opts.name.clone(),
+        room: Arc::new(Semaphore::new(opts.max_jobs.max(1))),
+        tracker: TaskTracker::new(),
+    });
+    let pullers = TaskTracker::new();
+    for route in routes(&opts.labels) {
+        // `=` cannot be in a label, so two routes never share a consumer name.
+        let name = format!("ccx-jobs-{}", route.replace('.', "="));
+        let consumer = worker
+            .streams
+            .jobs
+            .get_or_create_consumer(
+                &name,
+                pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: job_subject(&route),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("JetStream consumer {name}: {e}"))?;
+        pullers.spawn(worker.clone().pull(consumer, stop.clone()));
+    }
+    info!(worker = %opts.name, labels = ?opts.labels, max_jobs = opts.max_jobs, "taking jobs");
+    pullers.close();
+    pullers.wait().await;
+    // Stopping: what still runs is canceled, and its end published.
+    worker.exec.shutdown().await;
+    worker.tracker.close();
+    worker.tracker.wait().await;
+    Ok(())
+}
+
+struct Worker {
+    exec: Arc<Executor>,
+    client: async_nats::Client,
+    streams: Streams,
+    name: String,
+    /// One permit per job running here (`max_jobs`).
+    room: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+impl Worker {
+    /// Takes jobs from one route's consumer while there is room, until `stop`.
+    async fn pull(
+        self: Arc<Self>,
+        consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let permit = tokio::select! {
+                p = self.room.clone().acquire_owned() => p.expect("never closed"),
+                _ = stop.cancelled() => return,
+            };
+            let batch = consumer
+                .batch()
+                .max_messages(1)
+                .expires(PULL_EXPIRES)
+                .messages()
+                .await;
+            let mut batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!(cause = %e, "pulling a job failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            };
+            let next = tokio::select! {
+                n = batch.next() => n,
+                _ = stop.cancelled() => return,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let me = self.clone();
+                    self.tracker
+                        .spawn(async move { me.take(msg, permit).await });
+                }
+                Some(Err(e)) => debug!(cause = %e, "pull ended"),
+                None => {}
+            }
+        }
+    }
+
+    /// Claims and runs one job from its queue message.
+    async fn take(self: Arc<Self>, msg: Message, _permit: OwnedSemaphorePermit) {
+        let job: JobMessage = match serde_json::from_slice(&msg.payload) {
+            Ok(j) => j,
+            Err(e) => {
+                warn!(cause = %e, "a queue message that is not a job; dropped");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let span = info_span!("job", job = %job.job_id, worker = %self.name);
+        self.run(job, Arc::new(msg)).instrument(span).await
+    }
+
+    async fn run(&self, job: JobMessage, msg: Arc<Message>) {
+        let job_id = job.job_id.clone();
+        // Claim it: only a `queued` record may become ours.
+        let claimed = match self.streams.record(&job_id).await {
+            Ok(Some((mut record, revision))) if record.state == RecordState::Queued => {
+                record.state = RecordState::Running;
+                record.worker = Some(self.name.clone());
+                record.started = Some(now());
+                match self.streams.swap(&record, revision).await {
+                    Ok(true) => Some(record),
+                    Ok(false) => None,
+                    Err(e) => {
+                        // Not claimed: JetStream will offer it again.
+                        warn!(cause = %e, "cannot claim the job");
+                        let _ = msg
+                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            Ok(_) => None,
+            Err(e) => {
+                warn!(cause = %e, "cannot read the job's record");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await;
+                return;
+            }
+        };
+        let Some(mut record) = claimed else {
+            debug!("the job is not queued any more; skipped");
+            let _ = msg.ack().await;
+            return;
+        };
+        let done = CancellationToken::new();
+        let _stop_helpers = done.clone().drop_guard();
+        tokio::spawn(keep_in_progress(msg.clone(), done.clone()));
+        match self.client.subscribe(control_subject(&job_id)).await {
+            Ok(sub) => {
+                tokio::spawn(answer_control(
+                    self.exec.clone(),
+                    self.client.clone(),
+                    sub,
+                    job_id.clone(),
+                    done.clone(),
+                ));
+            }
+            Err(e) => warn!(cause = %e, "cannot take control requests for the job"),
+        }
+
+        let completion = self.execute(job).await;
+        record.state = RecordState::Ended;
+        record.ended = Some(now());
+        record.status = Some(completion.status);
+        record.exit_code = completion.exit_code;
+        record.error = completion.error.clone();
+        let body = serde_json::to_vec(&record).expect("records serialize");
+        if let Err(e) = self.streams.records.put(&job_id, body.into()).await {
+            warn!(cause = %e, "cannot write the job's final record");
+        }
+        if let Err(e) = msg.double_ack().await {
+            warn!(cause = %e, "cannot acknowledge the job's queue message");
+        }
+        info!(status = ?completion.status, "ended");
+    }
+
+    /// Runs the job in a session of its own and publishes its events; returns its
+    /// `process.completed` (also published).
+    async fn execute(&self, job: JobMessage) -> Completion {
+        let job_id: crate::events::JobId = job.job_id.as_str().into();
+        let refused = |status: JobStatus, error: String| {
+            let mut c = Completion::without_process(job_id.clone(), status);
+            c.error = Some(error);
+            c
+        };
+        let (tx, mut rx) = mpsc::channel::<Event>(64);
+        let origin = Origin {
+            peer: job.peer.clone(),
+            token_label: job.token_label.clone(),
+        };
+        let session = self.exec.session(job_id.clone(), tx, origin);
+        let accepted = match JobRequest::from_params(job.params) {
+            Ok(mut request) => {
+                request.job_id = Some(job_id.clone());
+                session.execute(request).await
+            }
+            Err(e) => Err(e),
+        };
+        let completion = match accepted {
+            Err(ExecError::Denied { hook, reason, .. }) => {
+                let mut c = Completion::without_process(job_id.clone(), JobStatus::Denied);
+                c.hook = Some(hook);
+                c.reason = Some(reason);
+                Some(c)
+            }
+            Err(e) => Some(refused(JobStatus::Failed, e.to_string())),
+            Ok(Accepted::Existing { job_id: first }) => Some(refused(
+                JobStatus::Failed,
+                format!("the idempotency key names job {first} on this worker"),
+            )),
+            Ok(accepted) => {
+                // Lets the job's events flow (the executor holds them until then).
+                drop(accepted);
+                None
+            }
+        };
+        let mut acks = VecDeque::new();
+        let completion = match completion {
+            Some(c) => {
+                self.publish(&Event::Completed(c.clone()), &mut acks).await;
+                c
+            }
+            None => loop {
+                let Some(mut event) = rx.recv().await else {
+                    // The session dropped its sender without an end: cannot happen while
+                    // we hold the session, but never hang on it.
+                    let c = refused(JobStatus::Failed, "the job's events ended early".into());
+                    self.publish(&Event::Completed(c.clone()), &mut acks).await;
+                    break c;
+                };
+                if let Event::Started(s) = &mut event {
+                    s.worker = Some(self.name.clone());
+                }
+                self.publish(&event, &mut acks).await;
+                if let Event::Completed(c) = event {
+                    break c;
+                }
+            },
+        };
+        for ack in acks {
+            if let Err(e) = ack.await {
+                warn!(cause = %e, "an event of the job was not stored");
+            }
+        }
+        session.close(Closing::Everything).await;
+        completion
+    }
+
+    /// Publishes one event, keeping at most [`PUBLISH_WINDOW`] unacknowledged.
+    async fn publish(
+        &self,
+        event: &Event,
+        acks: &mut VecDeque<async_nats::jetstream::context::PublishAckFuture>,
+    ) {
+        let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
+        let body = serde_json::to_vec(event).expect("events serialize");
+        match self
+            .streams
+            .js
+            .publish(super::event_subject(&job_id), body.into())
+            .await
+        {
+            Ok(ack) => acks.push_back(ack),
+            Err(e) => warn!(cause = %e, "cannot publish an event of the job"),
+        }
+        while acks.len() > PUBLISH_WINDOW {
+            if let Some(ack) = acks.pop_front()
+                && let Err(e) = ack.await
+            {
+                warn!(cause = %e, "an event of the job was not stored");
+            }
+        }
+    }
+}
+
+/// Tells JetStream the job is still being worked on, every third of [`ACK_WAIT`], until `done`.
+async fn keep_in_progress(msg: Arc<Message>, done: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(ACK_WAIT / 3) => {}
+            _ = done.cancelled() => return,
+        }
+        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            debug!(cause = %e, "progress acknowledgement failed");
+        }
+    }
+}
+
+/// Answers `control` requests for one job until `done`.
+async fn answer_control(
+    exec: Arc<Executor>,
+    client: async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    job_id: String,
+    done: CancellationToken,
+) {
+    loop {
+        let req = tokio::select! {
+            r = sub.next() => r,
+            _ = done.cancelled() => break,
+        };
+        let Some(req) = req else { break };
+        let reply: ControlReply = match serde_json::from_slice::<ControlMessage>(&req.payload) {
+            Ok(c) => exec
+                .control(c.kind, &job_id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("not a control request: {e}")),
+        };
+        if let Some(to) = req.reply {
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
+            let _ = client.publish(to, body.into()).await;
+        }
+    }
+    let _ = sub.unsubscribe().await;
+}
