@@ -2,7 +2,8 @@
 //! JetStream on loopback (`tests/nats/setup.sh` installs the pinned `nats-server`): jobs come
 //! back byte for byte from whichever worker ran them, `requires` routes them, a job no worker
 //! can take fails after `queue_timeout`, cancel and disconnect reach the worker's process,
-//! and a NATS that is gone gives clear errors.
+//! a worker killed mid-job leaves its job `lost` (and the others running), a second gateway
+//! replays a job exactly, and a NATS that is gone gives clear errors.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, BufReader};
@@ -17,6 +18,9 @@ use tempfile::TempDir;
 use crate::util::{
     CCX, KillOnDrop, WAIT, Ws, completion, eventually, http, root, scratch, spawn_ccx_serve,
 };
+
+/// Seconds between a worker's heartbeats, for workers and gateways alike.
+const HEARTBEAT: &str = "0.5";
 
 /// A NATS server with JetStream, its store in a scratch folder.
 struct Nats {
@@ -65,7 +69,7 @@ impl Nats {
 
 /// A `ccx worker` of the built binary, started and taking jobs.
 struct Worker {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     _dir: TempDir,
 }
 
@@ -102,7 +106,7 @@ impl Worker {
         }
         std::thread::spawn(move || for _ in lines {});
         Worker {
-            _child: KillOnDrop(child),
+            child: KillOnDrop(child),
             _dir: dir,
         }
     }
@@ -120,7 +124,11 @@ impl Gateway {
         let dir = scratch();
         let config = dir.path().join("ccx.toml");
         std::fs::write(&config, "").unwrap();
-        let env = [("CCX_NATS", nats), ("CCX_QUEUE_TIMEOUT", queue_timeout)];
+        let env = [
+            ("CCX_NATS", nats),
+            ("CCX_QUEUE_TIMEOUT", queue_timeout),
+            ("CCX_HEARTBEAT", HEARTBEAT),
+        ];
         let (child, addr, _) = spawn_ccx_serve(CCX, &config, &env);
         Gateway {
             _child: KillOnDrop(child),
@@ -370,4 +378,93 @@ async fn without_nats_execute_fails_clearly_and_health_says_so() {
     assert_eq!(reply["error"]["code"], -32009, "{reply}");
     let message = reply["error"]["message"].as_str().unwrap();
     assert!(message.contains("NATS"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_s_job_ends_lost_and_a_second_gateway_replays_a_job_exactly() {
+    let nats = Nats::start();
+    let mut doomed = Worker::start(&nats.url, "w-a", "a");
+    let _other = Worker::start(&nats.url, "w-b", "b");
+    let first = Gateway::start(&nats.url, "30");
+    let second = Gateway::start(&nats.url, "30");
+
+    // A finished job, replayed through the other gateway: the same events, byte for byte.
+    let mut ws = first.connect().await;
+    let (reply, ran) = ws
+        .run(json!({"command": command(7), "output_encoding": "base64", "requires": ["b"]}))
+        .await;
+    let job = reply["result"]["job_id"].as_str().unwrap().to_string();
+    assert_eq!(stdout_bytes(&ran), expected(7));
+    let mut ws2 = second.connect().await;
+    let reply = ws2.call("attach", json!({"job_id": job})).await;
+    assert_eq!(reply["result"]["status"], "completed", "{reply}");
+    let replayed = ws2.collect(&job).await;
+    assert_eq!(
+        replayed, ran,
+        "the replay differs from what the first client saw"
+    );
+    // From a seq on: only the output after it, then the end.
+    let first_seq = ran
+        .iter()
+        .find(|e| e["method"] == "process.output")
+        .map(|e| e["params"]["seq"].as_u64().unwrap())
+        .unwrap();
+    ws2.call("attach", json!({"job_id": job, "after_seq": first_seq}))
+        .await;
+    let tail = ws2.collect(&job).await;
+    assert_eq!(tail.as_slice(), &ran[2..], "{tail:?}");
+    let reply = ws2
+        .call(
+            "attach",
+            json!({"job_id": "01234567-0000-7000-8000-000000000000"}),
+        )
+        .await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+
+    // Two jobs on two workers; the one running `w-a` is killed with SIGKILL.
+    let mut on_a = first.connect().await;
+    let reply = on_a
+        .call(
+            "execute",
+            json!({"command": "sleep 300", "requires": ["a"]}),
+        )
+        .await;
+    let lost_job = reply["result"]["job_id"].as_str().unwrap().to_string();
+    let started_a = on_a.next().await;
+    assert_eq!(started_a["params"]["worker"], "w-a", "{started_a}");
+    let orphan = started_a["params"]["pid"].as_u64().unwrap();
+    let mut on_b = first.connect().await;
+    let reply = on_b
+        .call(
+            "execute",
+            json!({"command": "sleep 2; echo survived", "requires": ["b"]}),
+        )
+        .await;
+    let kept_job = reply["result"]["job_id"].as_str().unwrap().to_string();
+
+    let killed = Instant::now();
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let events = on_a.collect(&lost_job).await;
+    let took = killed.elapsed();
+    let done = completion(&events);
+    assert_eq!(done["status"], "lost", "{done}");
+    let error = done["error"].as_str().unwrap();
+    assert!(
+        error.contains("w-a") && error.contains("heartbeat"),
+        "{error}"
+    );
+    eprintln!("cluster: a killed worker's job ended lost after {took:?} (heartbeat {HEARTBEAT} s)");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Its record says so, for any gateway.
+    let reply = ws2.call("attach", json!({"job_id": lost_job})).await;
+    assert_eq!(reply["result"]["status"], "lost", "{reply}");
+    ws2.collect(&lost_job).await;
+
+    let events = on_b.collect(&kept_job).await;
+    assert_eq!(completion(&events)["status"], "completed", "{events:?}");
+    assert_eq!(crate::util::output(&events, "stdout"), "survived\n");
+    // The dead worker's process has nobody left to end it (a restarted worker on that
+    // machine would); the test does.
+    unsafe { libc::kill(orphan as i32, libc::SIGKILL) };
 }

@@ -27,6 +27,10 @@ pub struct ClusterArgs {
     /// streams first).
     #[arg(long, default_value_t = 86400.0)]
     pub events_max_age: f64,
+    /// Seconds between a worker's heartbeats; a gateway ends a running job `lost` when its
+    /// worker has been silent for 1.5 of them. Give gateways and workers the same value.
+    #[arg(long, env = "CCX_HEARTBEAT", default_value_t = 5.0)]
+    pub heartbeat: f64,
 }
 
 impl ClusterArgs {
@@ -41,6 +45,7 @@ impl ClusterArgs {
         let mut opts = ClusterOptions::new(url);
         opts.queue_timeout = secs("queue-timeout", self.queue_timeout)?;
         opts.events_max_age = secs("events-max-age", self.events_max_age)?;
+        opts.heartbeat = secs("heartbeat", self.heartbeat)?;
         Ok(opts)
     }
 

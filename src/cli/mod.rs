@@ -218,6 +218,9 @@ struct ExecArgs {
     /// followed), as `docker exec -t`.
     #[arg(long, short = 't', conflicts_with = "detach")]
     tty: bool,
+    /// Worker labels the job needs, on a cluster gateway (`--requires gpu,linux`).
+    #[arg(long, value_delimiter = ',')]
+    requires: Vec<String>,
     /// The command line, run by the server's shell. One argument is passed through as it is
     /// (`ccx exec -- 'ls | wc -l'`); several are joined with shell quoting, so each stays one
     /// word (`ccx exec -- printf '%s\n' 'a b'`).
@@ -446,6 +449,7 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
             pty: args.tty.then(|| {
                 client::input::local_size().unwrap_or(ccx::protocol::PtySize { rows: 24, cols: 80 })
             }),
+            requires: (!args.requires.is_empty()).then_some(args.requires),
             ..Default::default()
         },
         forward_stdin: args.interactive,

@@ -11,22 +11,28 @@
 
 use super::{
     ClusterOptions, ControlMessage, ControlReply, EVENTS_STREAM, JobMessage, JobRecord,
-    RecordState, Streams, control_subject, event_subject, job_subject, now, route,
+    RecordState, Streams, control_subject, event_subject, job_subject, now, ping_subject, route,
 };
 use crate::events::{Completion, Event, JobId, JobStatus};
 use crate::executor::{JobRequest, Origin};
-use crate::protocol::{ControlType, ExecuteParams, ExecuteResult, RpcError};
+use crate::protocol::{
+    AttachParams, AttachResult, ControlType, ExecuteParams, ExecuteResult, JobState, RpcError,
+};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::kv;
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 /// How long a gateway waits for a worker's answer to `control`.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request waits for a gateway's first connection to NATS.
+const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// How long a job's relay goes on after its client left and it was canceled.
 const AFTER_CANCEL: Duration = Duration::from_secs(30);
 
@@ -38,7 +44,12 @@ pub struct Gateway {
     name: String,
     client: async_nats::Client,
     streams: tokio::sync::Mutex<Option<Streams>>,
+    /// When each worker's heartbeat last arrived here.
+    liveness: Liveness,
 }
+
+/// Worker name → when this gateway last saw its heartbeat.
+type Liveness = Arc<Mutex<HashMap<String, Instant>>>;
 
 /// The gateway's state for `/health`.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +69,7 @@ impl Gateway {
             name,
             client,
             streams: tokio::sync::Mutex::new(None),
+            liveness: Arc::default(),
         }))
     }
 
@@ -75,7 +87,16 @@ impl Gateway {
 
     /// The streams, opened on first use. Errors (`-32009`) say what is unreachable.
     async fn streams(&self) -> Result<Streams, RpcError> {
-        if self.client.connection_state() != async_nats::connection::State::Connected {
+        use async_nats::connection::State;
+        // Never connected yet (a gateway that has just started): give it a moment. A
+        // connection that was lost fails at once.
+        let waiting = Instant::now();
+        while self.client.connection_state() == State::Pending
+            && waiting.elapsed() < FIRST_CONNECT_WAIT
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.client.connection_state() != State::Connected {
             return Err(RpcError::ClusterUnavailable(format!(
                 "not connected to NATS at {}",
                 self.opts.url
@@ -88,6 +109,33 @@ impl Gateway {
         let s = Streams::open(self.client.clone(), &self.opts)
             .await
             .map_err(RpcError::ClusterUnavailable)?;
+        let mut beats = s
+            .workers
+            .watch_all()
+            .await
+            .map_err(|e| RpcError::ClusterUnavailable(format!("watching heartbeats: {e}")))?;
+        let liveness = Arc::downgrade(&self.liveness);
+        tokio::spawn(async move {
+            while let Some(beat) = beats.next().await {
+                let beat = match beat {
+                    Ok(b) => b,
+                    Err(e) => {
+                        debug!(cause = %e, "heartbeat watch");
+                        continue;
+                    }
+                };
+                debug!(worker = %beat.key, op = ?beat.operation, "heartbeat");
+                let Some(liveness) = liveness.upgrade() else {
+                    return;
+                };
+                let mut seen = liveness.lock().expect("lock");
+                if beat.operation == kv::Operation::Put {
+                    seen.insert(beat.key, Instant::now());
+                } else {
+                    seen.remove(&beat.key);
+                }
+            }
+        });
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -128,10 +176,19 @@ impl Gateway {
             Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
             Ok(Err(e)) => return Err(RpcError::ClusterUnavailable(format!("control: {e}"))),
             Err(_) => {
-                return Err(RpcError::ClusterUnavailable(format!(
-                    "the worker running job {job_id} did not answer within {} s",
-                    CONTROL_TIMEOUT.as_secs()
-                )));
+                // It may have ended just then; the record says.
+                let ended = streams
+                    .record(job_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(r, _)| r.state == RecordState::Ended);
+                if !ended {
+                    return Err(RpcError::ClusterUnavailable(format!(
+                        "the worker running job {job_id} did not answer within {} s",
+                        CONTROL_TIMEOUT.as_secs()
+                    )));
+                }
             }
         }
         // No worker runs it: queued, ended, or unknown.
@@ -175,8 +232,20 @@ async fn end_unclaimed(
     status: JobStatus,
     error: Option<String>,
 ) -> bool {
+    end_job(streams, job_id, RecordState::Queued, status, error).await
+}
+
+/// Ends a job whose record is still in state `from` with `status`, and publishes its
+/// `process.completed`. `false`: the record had moved on.
+async fn end_job(
+    streams: &Streams,
+    job_id: &str,
+    from: RecordState,
+    status: JobStatus,
+    error: Option<String>,
+) -> bool {
     let text = error.clone().unwrap_or_default();
-    match streams.end_queued(job_id, status, &text).await {
+    match streams.end_if(job_id, from, status, &text).await {
         Ok(true) => {
             let mut c = Completion::without_process(job_id.into(), status);
             c.error = error;
@@ -239,6 +308,7 @@ impl GatewaySession {
             state: RecordState::Queued,
             command: request.command,
             requires,
+            output_encoding: request.output_encoding,
             gateway: self.gw.name.clone(),
             worker: None,
             created: now(),
@@ -268,6 +338,8 @@ impl GatewaySession {
         let relay = Relay {
             streams,
             client: self.gw.client.clone(),
+            liveness: self.gw.liveness.clone(),
+            heartbeat: self.gw.opts.heartbeat,
             queue_timeout: self.gw.opts.queue_timeout,
             message,
             route,
@@ -305,6 +377,93 @@ impl GatewaySession {
         }
     }
 
+    /// `attach` through the gateway: any job of the cluster, replayed from the events stream
+    /// (from the start, or the output after `after_seq`) and followed to its end. The replay
+    /// waits until the returned gate is dropped, so the reply goes first. Errors: no such job
+    /// (`-32002`), an encoding other than the job's own (`-32602`: the stream holds the
+    /// bytes as the job's events carried them), NATS unreachable (`-32009`).
+    pub async fn attach(
+        &self,
+        p: AttachParams,
+    ) -> Result<(AttachResult, oneshot::Sender<()>), RpcError> {
+        let streams = self.gw.streams().await?;
+        let Some((record, _)) = streams
+            .record(&p.job_id)
+            .await
+            .map_err(RpcError::ClusterUnavailable)?
+        else {
+            return Err(RpcError::NoSuchJob(format!(
+                "no job {} in the cluster",
+                p.job_id
+            )));
+        };
+        if p.output_encoding
+            .is_some_and(|e| e != record.output_encoding)
+        {
+            return Err(RpcError::InvalidParams(format!(
+                "through a cluster gateway, `attach` replays output in the job's own encoding ({:?})",
+                record.output_encoding
+            )));
+        }
+        let status = match (record.state, record.status) {
+            (RecordState::Queued, _) => JobState::Queued,
+            (RecordState::Running, _) => JobState::Running,
+            (RecordState::Ended, status) => status
+                .and_then(|s| serde_json::to_value(s).ok())
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or(JobState::Lost),
+        };
+        let after = p.after_seq;
+        let result = AttachResult {
+            job_id: record.job_id.as_str().into(),
+            status,
+            next_seq: after.unwrap_or(0) + 1,
+            last_seq: 0,
+        };
+        let consumer = streams
+            .events
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: event_subject(&record.job_id),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| RpcError::ClusterUnavailable(format!("reading the job's events: {e}")))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| RpcError::ClusterUnavailable(format!("reading the job's events: {e}")))?;
+        let (gate, opened) = oneshot::channel::<()>();
+        let events = self.events.clone();
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            let _ = opened.await;
+            loop {
+                let next = tokio::select! {
+                    n = messages.next() => n,
+                    _ = closing.cancelled() => return,
+                };
+                let Some(Ok(msg)) = next else { return };
+                let Ok(event) = serde_json::from_slice::<Event>(&msg.payload) else {
+                    continue;
+                };
+                let skip = match (&event, after) {
+                    (Event::Started(_), Some(_)) => true,
+                    (Event::Output(o), Some(after)) => o.seq <= after,
+                    _ => false,
+                };
+                if skip {
+                    continue;
+                }
+                let last = matches!(event, Event::Completed(_));
+                if events.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok((result, gate))
+    }
+
     /// The connection closed: jobs not detached are canceled (queued ones never start).
     pub fn close(&self) {
         self.closing.cancel();
@@ -315,6 +474,8 @@ impl GatewaySession {
 struct Relay {
     streams: Streams,
     client: async_nats::Client,
+    liveness: Liveness,
+    heartbeat: Duration,
     queue_timeout: Duration,
     message: JobMessage,
     route: String,
@@ -392,6 +553,9 @@ impl Relay {
         let queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
         let mut started = false;
         let mut canceled_at: Option<tokio::time::Instant> = None;
+        // The worker running it, and when the relay saw it start.
+        let mut running_on: Option<(String, Instant)> = None;
+        let mut check = tokio::time::interval(self.heartbeat / 4);
         let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         loop {
             let give_up = canceled_at.map(|t| t + AFTER_CANCEL).unwrap_or(far);
@@ -412,7 +576,10 @@ impl Relay {
                             continue;
                         }
                     };
-                    started |= matches!(event, Event::Started(_));
+                    if let Event::Started(s) = &event {
+                        started = true;
+                        running_on = s.worker.clone().map(|w| (w, Instant::now()));
+                    }
                     let last = matches!(event, Event::Completed(_));
                     // A client that left gets nothing more; the job is followed to its end.
                     let _ = self.events.send(event).await;
@@ -443,9 +610,57 @@ impl Relay {
                         debug!(?answer, "canceled at disconnect");
                     }
                 }
+                _ = check.tick(), if running_on.is_some() => {
+                    let (worker, since) = running_on.clone().expect("checked");
+                    if let Some(silent) = self.silent(&worker, since)
+                        && !self.answers(&worker).await
+                    {
+                        running_on = None;
+                        let error = format!(
+                            "worker {worker} stopped sending heartbeats ({:.1} s silent, heartbeat {} s) while the job ran",
+                            silent.as_secs_f64(),
+                            self.heartbeat.as_secs_f64()
+                        );
+                        end_job(&self.streams, job_id, RecordState::Running, JobStatus::Lost, Some(error)).await;
+                    }
+                }
                 _ = tokio::time::sleep_until(give_up) => return,
             }
         }
+    }
+
+    /// How long `worker` has been silent, if that is more than 1.5 heartbeats (`since`: when
+    /// the job started; a gateway that lost NATS itself hears nobody and judges nobody).
+    fn silent(&self, worker: &str, since: Instant) -> Option<Duration> {
+        let mut seen = self.liveness.lock().expect("lock");
+        if self.client.connection_state() != async_nats::connection::State::Connected {
+            // Counted again from when this gateway hears the cluster again.
+            seen.insert(worker.to_string(), Instant::now());
+            return None;
+        }
+        let last = seen.get(worker).copied().map_or(since, |t| t.max(since));
+        let silent = last.elapsed();
+        (silent > self.heartbeat * 3 / 2).then_some(silent)
+    }
+
+    /// Asks a worker whose heartbeats stopped arriving whether it is there after all (a busy
+    /// machine can be late): `true` if it answers within one heartbeat. A dead worker has no
+    /// subscription left, so NATS says "no responders" at once.
+    async fn answers(&self, worker: &str) -> bool {
+        let asked = tokio::time::timeout(
+            self.heartbeat,
+            self.client
+                .request(ping_subject(worker), bytes::Bytes::new()),
+        )
+        .await;
+        let alive = matches!(asked, Ok(Ok(_)));
+        if alive {
+            self.liveness
+                .lock()
+                .expect("lock")
+                .insert(worker.to_string(), Instant::now());
+        }
+        alive
     }
 
     /// The events of the job can no longer be read: the client hears so, as the job's end.

@@ -17,6 +17,10 @@
 //!   worker claims `queued → running`, and a gateway that gives up waiting (`queue_timeout`,
 //!   or its client left) moves `queued → failed`/`canceled`; whoever loses the race backs off.
 //! - **Control**: a worker answers requests on `ccx.ctl.<job_id>` while it runs that job.
+//! - **Liveness**: a worker writes a heartbeat to [`WORKERS_BUCKET`] every `heartbeat`; a
+//!   gateway following a running job whose worker has been silent for 1.5 heartbeats asks it
+//!   directly (`ccx.worker.<name>.ping`) and, without an answer, ends the job `lost` (a
+//!   compare-and-swap `running → ended`, so the worker's own late end is not published).
 //!
 //! Nothing here is used unless `--nats` is given: a single server never connects.
 
@@ -37,6 +41,8 @@ pub const JOBS_STREAM: &str = "CCX_JOBS";
 pub const EVENTS_STREAM: &str = "CCX_EVENTS";
 /// The key-value bucket of job records.
 pub const JOBS_BUCKET: &str = "ccx_jobs";
+/// The key-value bucket of worker heartbeats (key: worker name).
+pub const WORKERS_BUCKET: &str = "ccx_workers";
 /// The route of a job that requires no label.
 pub const ANY_ROUTE: &str = "_any";
 /// Most labels a request may require (a worker's consumers grow as 2^labels).
@@ -51,6 +57,9 @@ pub struct ClusterOptions {
     pub events_max_age: Duration,
     /// How long a job may wait for a worker before it ends `failed`.
     pub queue_timeout: Duration,
+    /// How often a worker says it is alive; a running job whose worker has been silent for
+    /// 1.5 of these ends `lost` (so within two of them).
+    pub heartbeat: Duration,
 }
 
 impl ClusterOptions {
@@ -61,6 +70,7 @@ impl ClusterOptions {
             url: url.into(),
             events_max_age: Duration::from_secs(24 * 3600),
             queue_timeout: Duration::from_secs(300),
+            heartbeat: Duration::from_secs(5),
         }
     }
 
@@ -106,6 +116,9 @@ pub struct JobRecord {
     pub state: RecordState,
     pub command: String,
     pub requires: Vec<String>,
+    /// How its `process.output` carries bytes (what its events in the stream hold).
+    #[serde(default)]
+    pub output_encoding: crate::protocol::OutputEncoding,
     pub gateway: String,
     /// The worker that claimed it.
     #[serde(default)]
@@ -204,6 +217,11 @@ pub fn control_subject(job_id: &str) -> String {
     format!("ccx.ctl.{job_id}")
 }
 
+/// The subject a worker answers "are you there?" on, with an empty reply.
+pub fn ping_subject(worker: &str) -> String {
+    format!("ccx.worker.{worker}.ping")
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> f64 {
     SystemTime::now()
@@ -220,6 +238,7 @@ pub struct Streams {
     pub jobs: stream::Stream,
     pub events: stream::Stream,
     pub records: kv::Store,
+    pub workers: kv::Store,
 }
 
 impl Streams {
@@ -252,24 +271,33 @@ impl Streams {
             })
             .await
             .map_err(|e| format!("JetStream stream {EVENTS_STREAM}: {e}"))?;
-        let records = match js.get_key_value(JOBS_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: JOBS_BUCKET.into(),
-                    history: 1,
-                    max_age: opts.events_max_age,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("JetStream bucket {JOBS_BUCKET}: {e}"))?,
+        let bucket = |name: &'static str, storage| {
+            let js = js.clone();
+            async move {
+                match js.get_key_value(name).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => js
+                        .create_key_value(kv::Config {
+                            bucket: name.into(),
+                            history: 1,
+                            max_age: opts.events_max_age,
+                            storage,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| format!("JetStream bucket {name}: {e}")),
+                }
+            }
         };
+        let records = bucket(JOBS_BUCKET, stream::StorageType::File).await?;
+        // Heartbeats matter only while they are fresh.
+        let workers = bucket(WORKERS_BUCKET, stream::StorageType::Memory).await?;
         Ok(Streams {
             js,
             jobs,
             events,
             records,
+            workers,
         })
     }
 
@@ -285,39 +313,41 @@ impl Streams {
             .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
     }
 
-    /// Replaces a record if it is still at `revision`; `Ok(false)`: someone changed it first.
-    pub async fn swap(&self, record: &JobRecord, revision: u64) -> Result<bool, String> {
+    /// Replaces a record if it is still at `revision`, giving the new revision; `Ok(None)`:
+    /// someone changed it first.
+    pub async fn swap(&self, record: &JobRecord, revision: u64) -> Result<Option<u64>, String> {
         let body = serde_json::to_vec(record).expect("records serialize");
         match self
             .records
             .update(&record.job_id, body.into(), revision)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Ok(new) => Ok(Some(new)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(format!("updating job record {}: {e}", record.job_id)),
         }
     }
 
-    /// Moves a record that is still `queued` to ended with `status` and `error`; `Ok(false)`:
-    /// a worker claimed it first (or it had already ended).
-    pub async fn end_queued(
+    /// Moves a record that is still in state `from` to ended with `status` and `error`;
+    /// `Ok(false)`: it had moved on (a worker claimed it, or it ended).
+    pub async fn end_if(
         &self,
         job_id: &str,
+        from: RecordState,
         status: crate::events::JobStatus,
         error: &str,
     ) -> Result<bool, String> {
         let Some((mut record, revision)) = self.record(job_id).await? else {
             return Ok(false);
         };
-        if record.state != RecordState::Queued {
+        if record.state != from {
             return Ok(false);
         }
         record.state = RecordState::Ended;
         record.ended = Some(now());
         record.status = Some(status);
         record.error = Some(error.to_string());
-        self.swap(&record, revision).await
+        Ok(self.swap(&record, revision).await?.is_some())
     }
 
     /// Publishes one event of a job to its subject and waits for JetStream to store it.

@@ -11,7 +11,7 @@
 //! without running anything: a job runs at most once.
 
 use super::{
-    ClusterOptions, ControlMessage, ControlReply, JobMessage, RecordState, Streams,
+    ClusterOptions, ControlMessage, ControlReply, JobMessage, JobRecord, RecordState, Streams,
     control_subject, job_subject, now, routes,
 };
 use crate::events::{Completion, Event, JobStatus};
@@ -79,6 +79,8 @@ pub async fn run_worker(
         room: Arc::new(Semaphore::new(opts.max_jobs.max(1))),
         tracker: TaskTracker::new(),
     });
+    let beating = CancellationToken::new();
+    tokio::spawn(heartbeat(worker.clone(), opts.clone(), beating.clone()));
     let pullers = TaskTracker::new();
     for route in routes(&opts.labels) {
         // `=` cannot be in a label, so two routes never share a consumer name.
@@ -107,7 +109,56 @@ pub async fn run_worker(
     worker.exec.shutdown().await;
     worker.tracker.close();
     worker.tracker.wait().await;
+    beating.cancel();
+    // Gone on purpose: nobody needs to wait for this worker's silence.
+    let _ = worker.streams.workers.delete(&worker.name).await;
     Ok(())
+}
+
+/// Says every `heartbeat` that this worker is alive (its entry in the workers bucket), with
+/// its labels and load, until `stop`.
+async fn heartbeat(worker: Arc<Worker>, opts: WorkerOptions, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(opts.cluster.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Also answers a gateway that asks whether this worker is still there.
+    let mut pings = match worker
+        .client
+        .subscribe(super::ping_subject(&worker.name))
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(e) => {
+            warn!(cause = %e, "cannot answer pings");
+            None
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(ping) = async { pings.as_mut()?.next().await } => {
+                if let Some(to) = ping.reply {
+                    let _ = worker.client.publish(to, bytes::Bytes::new()).await;
+                }
+                continue;
+            }
+            _ = stop.cancelled() => return,
+        }
+        let running = opts.max_jobs - worker.room.available_permits().min(opts.max_jobs);
+        let beat = serde_json::json!({
+            "labels": opts.labels,
+            "max_jobs": opts.max_jobs,
+            "running": running,
+            "at": now(),
+        });
+        if let Err(e) = worker
+            .streams
+            .workers
+            .put(&worker.name, beat.to_string().into())
+            .await
+        {
+            debug!(cause = %e, "heartbeat not written");
+        }
+    }
 }
 
 struct Worker {
@@ -187,8 +238,8 @@ impl Worker {
                 record.worker = Some(self.name.clone());
                 record.started = Some(now());
                 match self.streams.swap(&record, revision).await {
-                    Ok(true) => Some(record),
-                    Ok(false) => None,
+                    Ok(Some(revision)) => Some((record, revision)),
+                    Ok(None) => None,
                     Err(e) => {
                         // Not claimed: JetStream will offer it again.
                         warn!(cause = %e, "cannot claim the job");
@@ -208,7 +259,7 @@ impl Worker {
                 return;
             }
         };
-        let Some(mut record) = claimed else {
+        let Some(claim) = claimed else {
             debug!("the job is not queued any more; skipped");
             let _ = msg.ack().await;
             return;
@@ -229,25 +280,47 @@ impl Worker {
             Err(e) => warn!(cause = %e, "cannot take control requests for the job"),
         }
 
-        let completion = self.execute(job).await;
+        let status = self.execute(job, claim, &done).await;
+        if let Err(e) = msg.double_ack().await {
+            warn!(cause = %e, "cannot acknowledge the job's queue message");
+        }
+        info!(?status, "ended");
+    }
+
+    /// Writes the job's final record, if it is still ours: `false` when a gateway declared the
+    /// job `lost` meanwhile (this worker was silent too long), in which case its own end must
+    /// not be published — the job already has one.
+    async fn finish(&self, completion: &Completion, claim: &(JobRecord, u64)) -> bool {
+        let (mut record, revision) = claim.clone();
         record.state = RecordState::Ended;
         record.ended = Some(now());
         record.status = Some(completion.status);
         record.exit_code = completion.exit_code;
         record.error = completion.error.clone();
-        let body = serde_json::to_vec(&record).expect("records serialize");
-        if let Err(e) = self.streams.records.put(&job_id, body.into()).await {
-            warn!(cause = %e, "cannot write the job's final record");
+        match self.streams.swap(&record, revision).await {
+            Ok(Some(_)) => true,
+            Ok(None) => {
+                warn!("the job was declared lost while it ran here; its end is not published");
+                false
+            }
+            Err(e) => {
+                warn!(cause = %e, "cannot write the job's final record");
+                true
+            }
         }
-        if let Err(e) = msg.double_ack().await {
-            warn!(cause = %e, "cannot acknowledge the job's queue message");
-        }
-        info!(status = ?completion.status, "ended");
     }
 
-    /// Runs the job in a session of its own and publishes its events; returns its
-    /// `process.completed` (also published).
-    async fn execute(&self, job: JobMessage) -> Completion {
+    /// Runs the job in a session of its own and publishes its events, the last one once its
+    /// record says it ended; returns its status.
+    /// `control_done` is cancelled once the record says the job ended, before its end is
+    /// published: a client that sees the end and sends `control` finds the record, not a
+    /// worker that still answers for the job.
+    async fn execute(
+        &self,
+        job: JobMessage,
+        claim: (JobRecord, u64),
+        control_done: &CancellationToken,
+    ) -> JobStatus {
         let job_id: crate::events::JobId = job.job_id.as_str().into();
         let refused = |status: JobStatus, error: String| {
             let mut c = Completion::without_process(job_id.clone(), status);
@@ -287,34 +360,35 @@ impl Worker {
         };
         let mut acks = VecDeque::new();
         let completion = match completion {
-            Some(c) => {
-                self.publish(&Event::Completed(c.clone()), &mut acks).await;
-                c
-            }
+            Some(c) => c,
             None => loop {
                 let Some(mut event) = rx.recv().await else {
                     // The session dropped its sender without an end: cannot happen while
                     // we hold the session, but never hang on it.
-                    let c = refused(JobStatus::Failed, "the job's events ended early".into());
-                    self.publish(&Event::Completed(c.clone()), &mut acks).await;
-                    break c;
+                    break refused(JobStatus::Failed, "the job's events ended early".into());
                 };
+                if let Event::Completed(c) = event {
+                    break c;
+                }
                 if let Event::Started(s) = &mut event {
                     s.worker = Some(self.name.clone());
                 }
                 self.publish(&event, &mut acks).await;
-                if let Event::Completed(c) = event {
-                    break c;
-                }
             },
         };
+        let ours = self.finish(&completion, &claim).await;
+        control_done.cancel();
+        if ours {
+            self.publish(&Event::Completed(completion.clone()), &mut acks)
+                .await;
+        }
         for ack in acks {
             if let Err(e) = ack.await {
                 warn!(cause = %e, "an event of the job was not stored");
             }
         }
         session.close(Closing::Everything).await;
-        completion
+        completion.status
     }
 
     /// Publishes one event, keeping at most [`PUBLISH_WINDOW`] unacknowledged.
@@ -370,7 +444,7 @@ async fn answer_control(
             r = sub.next() => r,
             _ = done.cancelled() => break,
         };
-        let Some(req) = req else { break };
+        let Some(req) = req else { return };
         let reply: ControlReply = match serde_json::from_slice::<ControlMessage>(&req.payload) {
             Ok(c) => exec
                 .control(c.kind, &job_id)
@@ -384,5 +458,13 @@ async fn answer_control(
             let _ = client.publish(to, body.into()).await;
         }
     }
+    // Requests that arrived meanwhile hear that the job has ended.
     let _ = sub.unsubscribe().await;
+    while let Ok(Some(req)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+        if let Some(to) = req.reply {
+            let reply: ControlReply = Err(format!("job {job_id} has already ended"));
+            let body = serde_json::to_vec(&reply).expect("replies serialize");
+            let _ = client.publish(to, body.into()).await;
+        }
+    }
 }

@@ -354,6 +354,10 @@ impl Receiver {
             }
             "attach" => {
                 let p: AttachParams = protocol::frame::params(req.params)?;
+                if let Some(gateway) = &self.gateway {
+                    let (result, gate) = gateway.attach(p).await?;
+                    return Ok((encode(&result)?, Some(Box::new(gate))));
+                }
                 let mut replay = registry
                     .attach(&p.job_id, p.after_seq, p.output_encoding)
                     .await?;
