@@ -25,6 +25,7 @@
 //! Nothing here is used unless `--nats` is given: a single server never connects.
 
 pub mod gateway;
+mod relay;
 pub mod worker;
 
 use crate::protocol::{ControlType, ExecuteParams};
