@@ -12,42 +12,13 @@ mod util;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::{
     connect, multi_thread_runtime, pct, round_trips, send_execute, stop, until_completed,
 };
 
 const CCX: &str = env!("CARGO_BIN_EXE_ccx");
-
-/// A NATS server with JetStream on a free port, its store under `dir`; (child, URL).
-fn start_nats(dir: &std::path::Path) -> (Child, String) {
-    let out = Command::new(util::root().join("tests/nats/setup.sh"))
-        .output()
-        .expect("tests/nats/setup.sh");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(bin)
-        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-        .arg(dir.join("js"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (child, format!("nats://127.0.0.1:{port}"))
-}
 
 /// A `ccx worker` taking jobs.
 fn start_worker(dir: &std::path::Path, nats: &str, name: &str) -> Child {
@@ -118,7 +89,7 @@ fn main() {
         let mut children = Vec::new();
         let mut env = vec![("RUST_LOG", "warn,ccx::server=info".to_string())];
         if workers > 0 {
-            let (nats, url) = start_nats(&dir);
+            let (nats, url) = util::start_nats(&dir);
             children.push(nats);
             for w in 0..workers {
                 children.push(start_worker(&dir, &url, &format!("w{w}")));

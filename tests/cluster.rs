@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::util::{
-    CCX, KillOnDrop, WAIT, Ws, completion, eventually, http, root, scratch, spawn_ccx_serve,
+    CCX, KillOnDrop, WAIT, Ws, completion, eventually, http, scratch, spawn_ccx_serve, start_nats,
 };
 
 /// Seconds between a worker's heartbeats, for workers and gateways alike.
@@ -31,37 +31,11 @@ struct Nats {
 
 impl Nats {
     fn start() -> Nats {
-        let setup = root().join("tests/nats/setup.sh");
-        let out = Command::new(&setup)
-            .output()
-            .expect("run tests/nats/setup.sh");
-        assert!(
-            out.status.success(),
-            "tests/nats/setup.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
         let dir = scratch();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(dir.path().join("js"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start nats-server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(started.elapsed() < WAIT, "nats-server did not listen");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (child, url) = start_nats(dir.path());
         Nats {
             child: KillOnDrop(child),
-            url: format!("nats://127.0.0.1:{port}"),
+            url,
             _dir: dir,
         }
     }

@@ -403,6 +403,38 @@ pub fn spawn_ccx_serve(
     (child, addr, took)
 }
 
+/// Starts a NATS server with JetStream on a free loopback port, its store under `dir`
+/// (`tests/nats/setup.sh` installs the pinned binary); returns it and its URL once it listens.
+pub fn start_nats(dir: &Path) -> (Child, String) {
+    let out = std::process::Command::new(root().join("tests/nats/setup.sh"))
+        .output()
+        .expect("run tests/nats/setup.sh");
+    assert!(
+        out.status.success(),
+        "tests/nats/setup.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = std::process::Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(dir.join("js"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(started.elapsed() < WAIT, "nats-server did not listen");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (child, format!("nats://127.0.0.1:{port}"))
+}
+
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`, …; proc(5)), in KiB; 0 once the
 /// process is gone.
 pub fn status_kib(pid: u32, field: &str) -> u64 {
