@@ -111,7 +111,8 @@ pub async fn run_worker(
     worker.tracker.wait().await;
     beating.cancel();
     // Gone on purpose: nobody needs to wait for this worker's silence.
-    let _ = worker.streams.workers.delete(&worker.name).await;
+    let gone = worker.streams.workers.delete(&worker.name);
+    let _ = tokio::time::timeout(Duration::from_secs(2), gone).await;
     Ok(())
 }
 
@@ -183,12 +184,16 @@ impl Worker {
                 p = self.room.clone().acquire_owned() => p.expect("never closed"),
                 _ = stop.cancelled() => return,
             };
-            let batch = consumer
+            let pull = consumer
                 .batch()
                 .max_messages(1)
                 .expires(PULL_EXPIRES)
-                .messages()
-                .await;
+                .messages();
+            // With NATS gone the pull request waits for its timeout; a stop does not.
+            let batch = tokio::select! {
+                b = pull => b,
+                _ = stop.cancelled() => return,
+            };
             let mut batch = match batch {
                 Ok(b) => b,
                 Err(e) => {
