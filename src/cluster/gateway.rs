@@ -214,10 +214,7 @@ impl Gateway {
             }
             Some((r, _)) => Err(RpcError::NoSuchJob(format!(
                 "job {job_id} has already ended ({})",
-                r.status
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .and_then(|v| v.as_str().map(String::from))
-                    .unwrap_or_else(|| "unknown".into())
+                r.status.map_or("unknown", |s| JobState::from(s).as_str())
             ))),
         }
     }
@@ -369,10 +366,7 @@ impl GatewaySession {
         let status = match (record.state, record.status) {
             (RecordState::Queued, _) => JobState::Queued,
             (RecordState::Running, _) => JobState::Running,
-            (RecordState::Ended, status) => status
-                .and_then(|s| serde_json::to_value(s).ok())
-                .and_then(|v| serde_json::from_value(v).ok())
-                .unwrap_or(JobState::Lost),
+            (RecordState::Ended, status) => status.map_or(JobState::Lost, JobState::from),
         };
         let after = p.after_seq;
         let result = AttachResult {

@@ -28,6 +28,7 @@ pub mod gateway;
 mod relay;
 pub mod worker;
 
+use crate::events::{Completion, Event, JobStatus};
 use crate::protocol::{ControlType, ExecuteParams};
 use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
@@ -203,6 +204,14 @@ pub fn routes(labels: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// The `process.completed` of a job that ended without a process of its own here (refused,
+/// never claimed, canceled in the queue, lost), with `error` saying why.
+pub fn end_event(job_id: &str, status: JobStatus, error: Option<String>) -> Event {
+    let mut c = Completion::without_process(job_id.into(), status);
+    c.error = error;
+    Event::Completed(c)
+}
+
 /// The subject a job on `route` is published to.
 pub fn job_subject(route: &str) -> String {
     format!("ccx.jobs.{route}")
@@ -250,26 +259,24 @@ impl Streams {
     ) -> Result<Streams, String> {
         let mut js = jetstream::new(client);
         js.set_timeout(Duration::from_secs(5));
-        let jobs = js
-            .get_or_create_stream(stream::Config {
-                name: JOBS_STREAM.into(),
-                subjects: vec!["ccx.jobs.>".into()],
-                retention: stream::RetentionPolicy::WorkQueue,
+        let stream = |name: &'static str, subject: &str, retention| {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                retention,
                 storage: stream::StorageType::File,
                 max_age: opts.events_max_age,
                 ..Default::default()
             })
-            .await
-            .map_err(|e| format!("JetStream stream {JOBS_STREAM}: {e}"))?;
-        let events = js
-            .get_or_create_stream(stream::Config {
-                name: EVENTS_STREAM.into(),
-                subjects: vec!["ccx.ev.>".into()],
-                retention: stream::RetentionPolicy::Limits,
-                storage: stream::StorageType::File,
-                max_age: opts.events_max_age,
-                ..Default::default()
-            })
+        };
+        let jobs = stream(
+            JOBS_STREAM,
+            "ccx.jobs.>",
+            stream::RetentionPolicy::WorkQueue,
+        )
+        .await
+        .map_err(|e| format!("JetStream stream {JOBS_STREAM}: {e}"))?;
+        let events = stream(EVENTS_STREAM, "ccx.ev.>", stream::RetentionPolicy::Limits)
             .await
             .map_err(|e| format!("JetStream stream {EVENTS_STREAM}: {e}"))?;
         let bucket = |name: &'static str, storage| {
@@ -351,17 +358,27 @@ impl Streams {
         Ok(self.swap(&record, revision).await?.is_some())
     }
 
-    /// Publishes one event of a job to its subject and waits for JetStream to store it.
-    pub async fn publish_event(&self, event: &crate::events::Event) -> Result<(), String> {
+    /// Publishes one event of a job to its subject; the returned future resolves once
+    /// JetStream has stored it.
+    pub async fn send_event(
+        &self,
+        event: &crate::events::Event,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
         let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
         let body = serde_json::to_vec(event).expect("events serialize");
         self.js
             .publish(event_subject(&job_id), body.into())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("publishing an event of job {job_id}: {e}"))
+    }
+
+    /// Publishes one event of a job and waits for JetStream to store it.
+    pub async fn publish_event(&self, event: &crate::events::Event) -> Result<(), String> {
+        self.send_event(event)
+            .await?
             .await
             .map(|_| ())
-            .map_err(|e| format!("storing an event of job {job_id}: {e}"))
+            .map_err(|e| format!("storing an event of a job: {e}"))
     }
 }
 

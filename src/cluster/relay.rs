@@ -4,10 +4,10 @@
 
 use super::gateway::{CONTROL_TIMEOUT, Liveness};
 use super::{
-    ControlMessage, EVENTS_STREAM, JobMessage, RecordState, Streams, control_subject,
+    ControlMessage, EVENTS_STREAM, JobMessage, RecordState, Streams, control_subject, end_event,
     event_subject, job_subject, ping_subject,
 };
-use crate::events::{Completion, Event, JobId, JobStatus};
+use crate::events::{Event, JobId, JobStatus};
 use crate::protocol::ControlType;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt;
@@ -43,9 +43,10 @@ async fn end_job(
     let text = error.clone().unwrap_or_default();
     match streams.end_if(job_id, from, status, &text).await {
         Ok(true) => {
-            let mut c = Completion::without_process(job_id.into(), status);
-            c.error = error;
-            if let Err(e) = streams.publish_event(&Event::Completed(c)).await {
+            if let Err(e) = streams
+                .publish_event(&end_event(job_id, status, error))
+                .await
+            {
                 warn!(job = job_id, cause = %e, "cannot publish the job's end");
             }
             true
@@ -117,9 +118,8 @@ impl Relay {
                 Some(error.clone()),
             )
             .await;
-            let mut c = Completion::without_process(job_id.into(), JobStatus::Failed);
-            c.error = Some(error);
-            let _ = self.events.send(Event::Completed(c)).await;
+            let end = end_event(job_id, JobStatus::Failed, Some(error));
+            let _ = self.events.send(end).await;
             return;
         }
         let consumer = self
@@ -144,9 +144,7 @@ impl Relay {
         // The worker running it, and when the relay saw it start.
         let mut running_on: Option<(String, Instant)> = None;
         let mut check = tokio::time::interval(self.heartbeat / 4);
-        let far = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
         loop {
-            let give_up = canceled_at.map(|t| t + AFTER_CANCEL).unwrap_or(far);
             tokio::select! {
                 m = messages.next() => {
                     let msg = match m {
@@ -212,7 +210,7 @@ impl Relay {
                         end_job(&self.streams, job_id, RecordState::Running, JobStatus::Lost, Some(error)).await;
                     }
                 }
-                _ = tokio::time::sleep_until(give_up) => return,
+                _ = sleep_until_some(canceled_at.map(|t| t + AFTER_CANCEL)) => return,
             }
         }
     }
@@ -254,9 +252,16 @@ impl Relay {
     /// The events of the job can no longer be read: the client hears so, as the job's end.
     async fn lost_sight(&self, cause: &str) {
         warn!(job = %self.message.job_id, cause, "cannot follow the job's events in {EVENTS_STREAM}");
-        let mut c =
-            Completion::without_process(self.message.job_id.as_str().into(), JobStatus::Lost);
-        c.error = Some(format!("the gateway lost the job's events: {cause}"));
-        let _ = self.events.send(Event::Completed(c)).await;
+        let error = format!("the gateway lost the job's events: {cause}");
+        let end = end_event(&self.message.job_id, JobStatus::Lost, Some(error));
+        let _ = self.events.send(end).await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is none.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -236,28 +236,11 @@ impl Worker {
 
     async fn run(&self, job: JobMessage, msg: Arc<Message>) {
         let job_id = job.job_id.clone();
-        // Claim it: only a `queued` record may become ours.
-        let claimed = match self.streams.record(&job_id).await {
-            Ok(Some((mut record, revision))) if record.state == RecordState::Queued => {
-                record.state = RecordState::Running;
-                record.worker = Some(self.name.clone());
-                record.started = Some(now());
-                match self.streams.swap(&record, revision).await {
-                    Ok(Some(revision)) => Some((record, revision)),
-                    Ok(None) => None,
-                    Err(e) => {
-                        // Not claimed: JetStream will offer it again.
-                        warn!(cause = %e, "cannot claim the job");
-                        let _ = msg
-                            .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                            .await;
-                        return;
-                    }
-                }
-            }
-            Ok(_) => None,
+        let claimed = match self.claim(&job_id).await {
+            Ok(claimed) => claimed,
             Err(e) => {
-                warn!(cause = %e, "cannot read the job's record");
+                // Not claimed: JetStream will offer it again.
+                warn!(cause = %e, "cannot claim the job");
                 let _ = msg
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await;
@@ -290,6 +273,25 @@ impl Worker {
             warn!(cause = %e, "cannot acknowledge the job's queue message");
         }
         info!(?status, "ended");
+    }
+
+    /// Claims a job: only a `queued` record may become ours (`running` here). `Ok(None)`: it
+    /// is not queued any more, or another worker claimed it first.
+    async fn claim(&self, job_id: &str) -> Result<Option<(JobRecord, u64)>, String> {
+        let Some((mut record, revision)) = self.streams.record(job_id).await? else {
+            return Ok(None);
+        };
+        if record.state != RecordState::Queued {
+            return Ok(None);
+        }
+        record.state = RecordState::Running;
+        record.worker = Some(self.name.clone());
+        record.started = Some(now());
+        Ok(self
+            .streams
+            .swap(&record, revision)
+            .await?
+            .map(|revision| (record, revision)))
     }
 
     /// Writes the job's final record, if it is still ours: `false` when a gateway declared the
@@ -402,14 +404,7 @@ impl Worker {
         event: &Event,
         acks: &mut VecDeque<async_nats::jetstream::context::PublishAckFuture>,
     ) {
-        let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
-        let body = serde_json::to_vec(event).expect("events serialize");
-        match self
-            .streams
-            .js
-            .publish(super::event_subject(&job_id), body.into())
-            .await
-        {
+        match self.streams.send_event(event).await {
             Ok(ack) => acks.push_back(ack),
             Err(e) => warn!(cause = %e, "cannot publish an event of the job"),
         }
