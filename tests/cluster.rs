@@ -23,14 +23,14 @@ use crate::util::{
 const HEARTBEAT: &str = "0.5";
 
 /// A NATS server with JetStream, its store in a scratch folder.
-struct Nats {
-    child: KillOnDrop,
-    url: String,
+pub(crate) struct Nats {
+    pub(crate) child: KillOnDrop,
+    pub(crate) url: String,
     _dir: TempDir,
 }
 
 impl Nats {
-    fn start() -> Nats {
+    pub(crate) fn start() -> Nats {
         let dir = scratch();
         let (child, url) = start_nats(dir.path());
         Nats {
@@ -42,13 +42,13 @@ impl Nats {
 }
 
 /// A `ccx worker` of the built binary, started and taking jobs.
-struct Worker {
-    child: KillOnDrop,
+pub(crate) struct Worker {
+    pub(crate) child: KillOnDrop,
     _dir: TempDir,
 }
 
 impl Worker {
-    fn start(nats: &str, name: &str, labels: &str) -> Worker {
+    pub(crate) fn start(nats: &str, name: &str, labels: &str) -> Worker {
         let dir = scratch();
         let config = dir.path().join("ccx.toml");
         std::fs::write(&config, "[execution]\nkill_grace = 0.3\n").unwrap();
@@ -87,14 +87,14 @@ impl Worker {
 }
 
 /// A gateway: `ccx serve` with `CCX_NATS`.
-struct Gateway {
+pub(crate) struct Gateway {
     _child: KillOnDrop,
-    addr: String,
+    pub(crate) addr: String,
     _dir: TempDir,
 }
 
 impl Gateway {
-    fn start(nats: &str, queue_timeout: &str) -> Gateway {
+    pub(crate) fn start(nats: &str, queue_timeout: &str) -> Gateway {
         let dir = scratch();
         let config = dir.path().join("ccx.toml");
         std::fs::write(&config, "").unwrap();
@@ -111,7 +111,7 @@ impl Gateway {
         }
     }
 
-    async fn connect(&self) -> Ws {
+    pub(crate) async fn connect(&self) -> Ws {
         Ws::connect(&format!("ws://{}/ws", self.addr)).await
     }
 }

@@ -58,6 +58,7 @@ mod audit;
 mod auth_attack;
 mod cli;
 mod cluster;
+mod cluster_jobs;
 mod containment;
 mod contract;
 mod dashboard;

@@ -9,12 +9,11 @@
 //! `queue_timeout`, `canceled` when its connection closed (a detached job is left to run) or a
 //! client canceled it.
 
-use super::relay::{Relay, end_unclaimed};
+use super::relay::Relay;
 use super::{
-    ClusterOptions, ControlMessage, ControlReply, JobMessage, JobRecord, RecordState, Streams,
-    control_subject, event_subject, now, route,
+    ClusterOptions, JobMessage, JobRecord, RecordState, Streams, event_subject, now, route,
 };
-use crate::events::{Event, JobId, JobStatus};
+use crate::events::{Event, JobId};
 use crate::executor::{JobRequest, Origin};
 use crate::protocol::{
     AttachParams, AttachResult, ControlType, ExecuteParams, ExecuteResult, JobState, RpcError,
@@ -38,10 +37,10 @@ const FIRST_CONNECT_WAIT: Duration = Duration::from_secs(2);
 /// One per gateway process: the NATS connection and the streams, opened on first use (so a
 /// gateway starts, and says what is wrong, while NATS is down).
 pub struct Gateway {
-    opts: ClusterOptions,
+    pub(super) opts: ClusterOptions,
     /// Names this gateway in job records.
-    name: String,
-    client: async_nats::Client,
+    pub(super) name: String,
+    pub(super) client: async_nats::Client,
     streams: tokio::sync::Mutex<Option<Streams>>,
     /// When each worker's heartbeat last arrived here.
     liveness: Liveness,
@@ -85,7 +84,7 @@ impl Gateway {
     }
 
     /// The streams, opened on first use. Errors (`-32009`) say what is unreachable.
-    async fn streams(&self) -> Result<Streams, RpcError> {
+    pub(super) async fn streams(&self) -> Result<Streams, RpcError> {
         use async_nats::connection::State;
         // Never connected yet (a gateway that has just started): give it a moment. A
         // connection that was lost fails at once.
@@ -155,69 +154,6 @@ impl Gateway {
             closing: CancellationToken::new(),
         }
     }
-
-    /// Pauses, resumes or cancels any job of the cluster, through the worker running it (or,
-    /// for a cancel, the queue). Errors: no such job, ended, not started, NATS unreachable.
-    pub async fn control(&self, kind: ControlType, job_id: &str) -> Result<JobId, RpcError> {
-        let streams = self.streams().await?;
-        let body = serde_json::to_vec(&ControlMessage { kind }).expect("serializes");
-        let asked = tokio::time::timeout(
-            CONTROL_TIMEOUT,
-            self.client.request(control_subject(job_id), body.into()),
-        )
-        .await;
-        match asked {
-            Ok(Ok(reply)) => {
-                let reply: ControlReply = serde_json::from_slice(&reply.payload)
-                    .map_err(|e| RpcError::ClusterUnavailable(format!("a worker's answer: {e}")))?;
-                return reply.map(|_| job_id.into()).map_err(RpcError::NoSuchJob);
-            }
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
-            Ok(Err(e)) => return Err(RpcError::ClusterUnavailable(format!("control: {e}"))),
-            Err(_) => {
-                // It may have ended just then; the record says.
-                let ended = streams
-                    .record(job_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|(r, _)| r.state == RecordState::Ended);
-                if !ended {
-                    return Err(RpcError::ClusterUnavailable(format!(
-                        "the worker running job {job_id} did not answer within {} s",
-                        CONTROL_TIMEOUT.as_secs()
-                    )));
-                }
-            }
-        }
-        // No worker runs it: queued, ended, or unknown.
-        match streams
-            .record(job_id)
-            .await
-            .map_err(RpcError::ClusterUnavailable)?
-        {
-            None => Err(RpcError::NoSuchJob(format!(
-                "no job {job_id} in the cluster"
-            ))),
-            Some((r, _)) if r.state == RecordState::Queued => {
-                if kind != ControlType::Cancel {
-                    return Err(RpcError::NoSuchJob(format!(
-                        "job {job_id} has not started yet; only CANCEL applies"
-                    )));
-                }
-                if end_unclaimed(&streams, job_id, JobStatus::Canceled, None).await {
-                    Ok(job_id.into())
-                } else {
-                    // A worker claimed it meanwhile: ask it.
-                    Box::pin(self.control(kind, job_id)).await
-                }
-            }
-            Some((r, _)) => Err(RpcError::NoSuchJob(format!(
-                "job {job_id} has already ended ({})",
-                r.status.map_or("unknown", |s| JobState::from(s).as_str())
-            ))),
-        }
-    }
 }
 
 /// One connection's jobs on the cluster.
@@ -236,6 +172,11 @@ pub struct GatewaySession {
 }
 
 impl GatewaySession {
+    /// The cluster this session's jobs go to (for what concerns any job: `get_job`, …).
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gw
+    }
+
     /// Queues a job on the cluster. Answers `queued` (the job's events follow once the
     /// returned gate is dropped, so the reply goes first). Errors: bad params (`-32602`),
     /// NATS unreachable (`-32009`).
@@ -245,16 +186,10 @@ impl GatewaySession {
     ) -> Result<(ExecuteResult, oneshot::Sender<()>), RpcError> {
         let requires = p.requires.clone().unwrap_or_default();
         let route = route(&requires).map_err(RpcError::InvalidParams)?;
-        for (asked, what) in [
-            (p.stdin_open, "`stdin_open`"),
-            (p.pty.is_some(), "`pty`"),
-            (p.idempotency_key.is_some(), "`idempotency_key`"),
-        ] {
-            if asked {
-                return Err(RpcError::InvalidParams(format!(
-                    "{what} is not available through a cluster gateway yet"
-                )));
-            }
+        if p.idempotency_key.is_some() {
+            return Err(RpcError::InvalidParams(
+                "`idempotency_key` is not available through a cluster gateway yet".into(),
+            ));
         }
         // The worker checks again, against its own limits; this catches the plain mistakes.
         let request = JobRequest::from_params(p.clone())
@@ -275,6 +210,8 @@ impl GatewaySession {
             status: None,
             exit_code: None,
             error: None,
+            detached: p.detach,
+            detail: None,
         };
         let body = serde_json::to_vec(&record).expect("records serialize");
         streams

@@ -25,6 +25,7 @@
 //! Nothing here is used unless `--nats` is given: a single server never connects.
 
 pub mod gateway;
+mod job_ops;
 mod relay;
 pub mod worker;
 
@@ -138,17 +139,77 @@ pub struct JobRecord {
     pub exit_code: Option<i32>,
     #[serde(default)]
     pub error: Option<String>,
+    /// Set by `detach` (or the request's `detach`): the job outlives its client.
+    #[serde(default)]
+    pub detached: bool,
+    /// The worker's registry record of the job, written when it ends (absent when the
+    /// worker keeps no registry, or the job never reached one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<Box<crate::protocol::JobRecord>>,
 }
 
-/// A `control` sent to the worker running a job, and its answer.
+impl JobRecord {
+    /// The record `get_job` and `list_jobs` give: the worker's own for an ended job that has
+    /// one, else what the cluster's record knows.
+    pub fn to_protocol(&self) -> crate::protocol::JobRecord {
+        use crate::protocol::JobState;
+        let state = match (self.state, self.status) {
+            (RecordState::Queued, _) => JobState::Queued,
+            (RecordState::Running, _) => JobState::Running,
+            (RecordState::Ended, status) => status.map_or(JobState::Lost, JobState::from),
+        };
+        let mut r = match (&self.detail, self.state) {
+            (Some(d), RecordState::Ended) => (**d).clone(),
+            _ => {
+                let mut r = crate::protocol::JobRecord::new(
+                    self.job_id.as_str().into(),
+                    state,
+                    self.created,
+                    self.command.clone(),
+                );
+                r.started_at = self.started;
+                r.ended_at = self.ended;
+                r.exit_code = self.exit_code;
+                r.error.clone_from(&self.error);
+                r
+            }
+        };
+        r.status = state;
+        r.output_encoding = self.output_encoding;
+        r.detached |= self.detached;
+        r.worker.clone_from(&self.worker);
+        if r.error.is_none() {
+            r.error.clone_from(&self.error);
+        }
+        r
+    }
+}
+
+/// A request to the worker running a job, on `ccx.ctl.<job_id>` (core request/reply).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ControlMessage {
-    #[serde(rename = "type")]
-    pub kind: ControlType,
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// `control`: pause, resume or cancel.
+    Control {
+        #[serde(rename = "type")]
+        kind: ControlType,
+    },
+    /// `input` as the client sent it: bytes for its stdin or terminal, then end of input if
+    /// `eof`.
+    Input {
+        data: String,
+        encoding: Option<crate::protocol::OutputEncoding>,
+        eof: bool,
+    },
+    /// `resize`: its terminal's new size.
+    Resize { rows: u16, cols: u16 },
+    /// `get_job`: its record in the worker's registry, as it is now.
+    GetJob,
 }
 
-/// The worker's answer on `ccx.ctl.<job_id>`: `Ok(())` or the error message.
-pub type ControlReply = Result<(), String>;
+/// The worker's answer on `ccx.ctl.<job_id>`: the result (`null`, the bytes `input` took, or
+/// the record), or the error as the client is to see it.
+pub type ControlReply = Result<serde_json::Value, crate::protocol::ErrorObject>;
 
 /// Checks `requires` and gives the job's route: the labels sorted, without repeats, joined
 /// by `.`; [`ANY_ROUTE`] for none. Errors are meant for the client.

@@ -76,15 +76,14 @@ pub(super) struct Relay {
 impl Relay {
     pub(super) async fn run(self, before: Option<watch::Receiver<bool>>) {
         let job_id = self.message.job_id.clone();
-        let detach = self.message.params.detach;
         // The session's previous job first.
         if let Some(mut before) = before {
             tokio::select! {
                 _ = before.wait_for(|ended| *ended) => {}
-                _ = self.closing.cancelled(), if !detach => {}
+                _ = self.closing.cancelled() => {}
             }
         }
-        if self.closing.is_cancelled() && !detach {
+        if self.closing.is_cancelled() && !self.detached().await {
             end_unclaimed(&self.streams, &job_id, JobStatus::Canceled, None).await;
             return;
         }
@@ -141,6 +140,8 @@ impl Relay {
         let queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
         let mut started = false;
         let mut canceled_at: Option<tokio::time::Instant> = None;
+        // Its client left, and it is detached: followed to its end all the same.
+        let mut spared = false;
         // The worker running it, and when the relay saw it start.
         let mut running_on: Option<(String, Instant)> = None;
         let mut check = tokio::time::interval(self.heartbeat / 4);
@@ -183,10 +184,14 @@ impl Relay {
                     // Its `process.completed` arrives through the stream like any other event.
                     end_unclaimed(&self.streams, job_id, JobStatus::Failed, Some(error)).await;
                 }
-                _ = self.closing.cancelled(), if canceled_at.is_none() && !self.message.params.detach => {
+                _ = self.closing.cancelled(), if canceled_at.is_none() && !spared => {
+                    if self.detached().await {
+                        spared = true;
+                        continue;
+                    }
                     canceled_at = Some(tokio::time::Instant::now());
                     if !end_unclaimed(&self.streams, job_id, JobStatus::Canceled, None).await {
-                        let body = serde_json::to_vec(&ControlMessage { kind: ControlType::Cancel })
+                        let body = serde_json::to_vec(&ControlMessage::Control { kind: ControlType::Cancel })
                             .expect("serializes");
                         let answer = tokio::time::timeout(
                             CONTROL_TIMEOUT,
@@ -213,6 +218,12 @@ impl Relay {
                 _ = sleep_until_some(canceled_at.map(|t| t + AFTER_CANCEL)) => return,
             }
         }
+    }
+
+    /// Whether the job is detached (by its request, or by `detach` through any gateway since).
+    async fn detached(&self) -> bool {
+        self.message.params.detach
+            || matches!(self.streams.record(&self.message.job_id).await, Ok(Some((r, _))) if r.detached)
     }
 
     /// How long `worker` has been silent, if that is more than 1.5 heartbeats (`since`: when

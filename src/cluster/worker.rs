@@ -16,9 +16,11 @@ use super::{
 };
 use crate::events::{Completion, Event, JobStatus};
 use crate::executor::{Accepted, Closing, ExecError, Executor, JobRequest, Origin};
+use crate::protocol::RpcError;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -304,6 +306,16 @@ impl Worker {
         record.status = Some(completion.status);
         record.exit_code = completion.exit_code;
         record.error = completion.error.clone();
+        record.detail = self
+            .exec
+            .registry()
+            .get(&record.job_id)
+            .await
+            .ok()
+            .map(|mut d| {
+                d.worker = Some(self.name.clone());
+                Box::new(d)
+            });
         match self.streams.swap(&record, revision).await {
             Ok(Some(_)) => true,
             Ok(None) => {
@@ -445,14 +457,13 @@ async fn answer_control(
             _ = done.cancelled() => break,
         };
         let Some(req) = req else { return };
-        let reply: ControlReply = match serde_json::from_slice::<ControlMessage>(&req.payload) {
-            Ok(c) => exec
-                .control(c.kind, &job_id)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(format!("not a control request: {e}")),
+        let reply = match serde_json::from_slice::<ControlMessage>(&req.payload) {
+            Ok(c) => obey(&exec, &job_id, c).await,
+            Err(e) => Err(RpcError::InvalidParams(format!(
+                "not a control request: {e}"
+            ))),
         };
+        let reply: ControlReply = reply.map_err(|e| e.to_object());
         if let Some(to) = req.reply {
             let body = serde_json::to_vec(&reply).expect("replies serialize");
             let _ = client.publish(to, body.into()).await;
@@ -462,9 +473,37 @@ async fn answer_control(
     let _ = sub.unsubscribe().await;
     while let Ok(Some(req)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
         if let Some(to) = req.reply {
-            let reply: ControlReply = Err(format!("job {job_id} has already ended"));
+            let ended = RpcError::NoSuchJob(format!("job {job_id} has already ended"));
+            let reply: ControlReply = Err(ended.to_object());
             let body = serde_json::to_vec(&reply).expect("replies serialize");
             let _ = client.publish(to, body.into()).await;
+        }
+    }
+}
+
+/// Carries out one request for a running job with this worker's executor.
+async fn obey(exec: &Executor, job_id: &str, c: ControlMessage) -> Result<Value, RpcError> {
+    match c {
+        ControlMessage::Control { kind } => {
+            exec.control(kind, job_id).await?;
+            Ok(Value::Null)
+        }
+        ControlMessage::Input {
+            data,
+            encoding,
+            eof,
+        } => {
+            let data =
+                crate::protocol::input::decode(&data, encoding).map_err(RpcError::InvalidParams)?;
+            Ok(Value::from(exec.input(job_id, data, eof).await? as u64))
+        }
+        ControlMessage::Resize { rows, cols } => {
+            exec.resize(job_id, rows, cols).await?;
+            Ok(Value::Null)
+        }
+        ControlMessage::GetJob => {
+            let record = exec.registry().get(job_id).await?;
+            Ok(serde_json::to_value(record).expect("records serialize"))
         }
     }
 }

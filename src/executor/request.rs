@@ -209,6 +209,23 @@ pub enum ExecError {
     HooksNotReady(String),
 }
 
+impl From<ExecError> for crate::protocol::RpcError {
+    /// The error as the client sees it.
+    fn from(e: ExecError) -> Self {
+        use crate::protocol::RpcError;
+        match e {
+            ExecError::Invalid(msg) => RpcError::InvalidParams(msg),
+            ExecError::Denied { hook, reason, .. } => RpcError::CommandNotAllowed { hook, reason },
+            ExecError::QueueFull(n) => RpcError::QueueFull(n),
+            ExecError::NoSuchJob(msg) => RpcError::NoSuchJob(msg),
+            ExecError::Closed => RpcError::InvalidRequest("the session is closing".into()),
+            ExecError::HooksNotReady(msg) => RpcError::HooksNotReady(msg),
+            ExecError::DetachedLimit(n) => RpcError::DetachedLimit(n),
+            ExecError::Registry(e) => e,
+        }
+    }
+}
+
 /// The answer to an accepted `execute`.
 #[derive(Debug)]
 pub enum Accepted {

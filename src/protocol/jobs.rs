@@ -220,6 +220,9 @@ pub struct JobRecord {
     /// What its processes used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<super::Usage>,
+    /// The cluster worker that ran it (`ccx worker --name`); absent on a single server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
 }
 
 impl JobRecord {
@@ -264,6 +267,7 @@ impl JobRecord {
             pty: None,
             limit: None,
             usage: None,
+            worker: None,
         }
     }
 }

@@ -108,6 +108,9 @@ pub enum RpcError {
     /// A cluster gateway (`ccx serve --nats`) cannot reach NATS JetStream.
     #[error("the cluster is unavailable: {0}")]
     ClusterUnavailable(String),
+    /// The error a cluster worker answered with, passed on as it was.
+    #[error("{}", .0.message)]
+    Remote(ErrorObject),
     /// The server failed; the cause is logged, never sent.
     #[error("internal error")]
     Internal,
@@ -130,12 +133,16 @@ impl RpcError {
             RpcError::DetachedLimit(_) => -32007,
             RpcError::RegistryOff(_) => -32008,
             RpcError::ClusterUnavailable(_) => -32009,
+            RpcError::Remote(e) => e.code,
             RpcError::Internal => -32603,
         }
     }
 
     /// The JSON-RPC error object.
     pub fn to_object(&self) -> ErrorObject {
+        if let RpcError::Remote(e) = self {
+            return e.clone();
+        }
         let data = match self {
             RpcError::CommandNotAllowed { hook, reason } => {
                 Some(json!({ "hook": hook, "reason": reason }))

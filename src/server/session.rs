@@ -7,8 +7,8 @@
 
 use super::ServerState;
 use crate::cluster::gateway::GatewaySession;
-use crate::events::{Event, JobNote, NoteStatus};
-use crate::executor::{Closing, ExecError, JobRequest, Origin, Session};
+use crate::events::{Event, JobId, JobNote, NoteStatus};
+use crate::executor::{Closing, JobRequest, Origin, Session};
 use crate::protocol::{
     self, AttachParams, Connected, ControlParams, DetachResult, ExecuteParams, JobList, JobRef,
     ListJobsParams, NoParams, Notification, RpcError,
@@ -348,8 +348,8 @@ impl Receiver {
                         "`requires` names worker labels, and this server has no workers (it is not a cluster gateway: `ccx serve --nats`)".into(),
                     ));
                 }
-                let request = JobRequest::from_params(p).map_err(exec_error)?;
-                let accepted = self.session.execute(request).await.map_err(exec_error)?;
+                let request = JobRequest::from_params(p)?;
+                let accepted = self.session.execute(request).await?;
                 Ok((encode(&accepted.to_result())?, Some(Box::new(accepted))))
             }
             "attach" => {
@@ -385,12 +385,10 @@ impl Receiver {
             }
             "detach" => {
                 let p: JobRef = protocol::frame::params(req.params)?;
-                let job_id = self
-                    .state
-                    .exec
-                    .detach(&p.job_id)
-                    .await
-                    .map_err(exec_error)?;
+                let job_id = match &self.gateway {
+                    Some(g) => g.gateway().detach(&p.job_id).await?,
+                    None => self.state.exec.detach(&p.job_id).await?,
+                };
                 Ok((
                     encode(&DetachResult {
                         job_id,
@@ -401,28 +399,26 @@ impl Receiver {
             }
             "list_jobs" => {
                 let p: ListJobsParams = protocol::frame::params(req.params)?;
-                let jobs = registry.list(p.status, p.limit).await?;
+                let jobs = match &self.gateway {
+                    Some(g) => g.gateway().list_jobs(p.status, p.limit).await?,
+                    None => registry.list(p.status, p.limit).await?,
+                };
                 Ok((encode(&JobList { jobs })?, None))
             }
             "get_job" => {
                 let p: JobRef = protocol::frame::params(req.params)?;
-                Ok((encode(&registry.get(&p.job_id).await?)?, None))
+                let record = match &self.gateway {
+                    Some(g) => g.gateway().get_job(&p.job_id).await?,
+                    None => registry.get(&p.job_id).await?,
+                };
+                Ok((encode(&record)?, None))
             }
             "control" => {
                 let p: ControlParams = protocol::frame::params(req.params)?;
                 let job_id = match (&self.gateway, p.job_id.as_deref()) {
                     (Some(g), id) => g.control(p.kind, id).await?,
-                    (None, Some(id)) => self
-                        .state
-                        .exec
-                        .control(p.kind, id)
-                        .await
-                        .map_err(exec_error)?,
-                    (None, None) => self
-                        .session
-                        .control(p.kind, None)
-                        .await
-                        .map_err(exec_error)?,
+                    (None, Some(id)) => self.state.exec.control(p.kind, id).await?,
+                    (None, None) => self.session.control(p.kind, None).await?,
                 };
                 let status = match p.kind {
                     protocol::ControlType::Pause => NoteStatus::Paused,
@@ -433,27 +429,26 @@ impl Receiver {
             }
             "input" => {
                 let p: protocol::InputParams = protocol::frame::params(req.params)?;
-                let data = protocol::input::decode(&p.data, p.encoding)
-                    .map_err(RpcError::InvalidParams)?;
-                let bytes = self
-                    .state
-                    .exec
-                    .input(&p.job_id, data, p.eof)
-                    .await
-                    .map_err(exec_error)?;
-                let result = protocol::InputResult {
-                    job_id: p.job_id.into(),
-                    bytes: bytes as u64,
+                let job_id: JobId = p.job_id.as_str().into();
+                let bytes = match &self.gateway {
+                    Some(g) => g.gateway().input(p).await?,
+                    None => {
+                        let data = protocol::input::decode(&p.data, p.encoding)
+                            .map_err(RpcError::InvalidParams)?;
+                        self.state.exec.input(&p.job_id, data, p.eof).await? as u64
+                    }
                 };
+                let result = protocol::InputResult { job_id, bytes };
                 Ok((encode(&result)?, None))
             }
             "resize" => {
                 let p: protocol::ResizeParams = protocol::frame::params(req.params)?;
-                self.state
-                    .exec
-                    .resize(&p.job_id, p.rows, p.cols)
-                    .await
-                    .map_err(exec_error)?;
+                match &self.gateway {
+                    Some(g) => g.gateway().resize(&p.job_id, p.rows, p.cols).await?,
+                    None => {
+                        self.state.exec.resize(&p.job_id, p.rows, p.cols).await?;
+                    }
+                }
                 Ok((encode(&p)?, None))
             }
             "status" => {
@@ -467,18 +462,5 @@ impl Receiver {
             "pong" | "ping" => Ok((encode(&NoParams {})?, None)),
             other => Err(RpcError::MethodNotFound(other.to_string())),
         }
-    }
-}
-
-fn exec_error(e: ExecError) -> RpcError {
-    match e {
-        ExecError::Invalid(msg) => RpcError::InvalidParams(msg),
-        ExecError::Denied { hook, reason, .. } => RpcError::CommandNotAllowed { hook, reason },
-        ExecError::QueueFull(n) => RpcError::QueueFull(n),
-        ExecError::NoSuchJob(msg) => RpcError::NoSuchJob(msg),
-        ExecError::Closed => RpcError::InvalidRequest("the session is closing".into()),
-        ExecError::HooksNotReady(msg) => RpcError::HooksNotReady(msg),
-        ExecError::DetachedLimit(n) => RpcError::DetachedLimit(n),
-        ExecError::Registry(e) => e,
     }
 }

@@ -1,0 +1,139 @@
+//! Any job of the cluster, through any gateway: `get_job` (live from its worker while it
+//! runs, as its worker recorded it once ended), `list_jobs`, `input` and `resize` reaching the
+//! process on its worker, and `detach` keeping a job whose client then leaves.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::cluster::{Gateway, Nats, Worker};
+use crate::util::{Ws, completion, output};
+
+/// Reads `ws`'s notifications until `job`'s output of `stream` contains `text`.
+async fn wait_for_output(ws: &mut Ws, job: &str, stream: &str, text: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let msg = ws.next().await;
+        assert_eq!(msg["params"]["job_id"], job, "{msg}");
+        assert_ne!(msg["method"], "process.completed", "{msg}");
+        seen.push(msg);
+        if output(&seen, stream).contains(text) {
+            return seen;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_job_list_jobs_input_resize_and_detach_work_through_any_gateway() {
+    let nats = Nats::start();
+    let _worker = Worker::start(&nats.url, "w1", "");
+    let g1 = Gateway::start(&nats.url, "30");
+    let g2 = Gateway::start(&nats.url, "30");
+    let mut a = g1.connect().await;
+    let mut b = g2.connect().await;
+
+    // A job reading its stdin, fed through the other gateway.
+    let reply = a
+        .call("execute", json!({"command": "cat", "stdin_open": true}))
+        .await;
+    let cat = reply["result"]["job_id"].as_str().unwrap().to_string();
+    let started = a.next().await;
+    assert_eq!(started["method"], "process.started", "{started}");
+    let reply = b.call("get_job", json!({"job_id": cat})).await;
+    let live = &reply["result"];
+    assert_eq!(live["status"], "running", "{reply}");
+    assert_eq!(live["worker"], "w1", "{reply}");
+    assert_eq!(live["pid"], started["params"]["pid"], "{reply}");
+    let reply = b
+        .call("input", json!({"job_id": cat, "data": "hello\n"}))
+        .await;
+    assert_eq!(reply["result"]["bytes"], 6, "{reply}");
+    let reply = b
+        .call(
+            "input",
+            json!({"job_id": cat, "data": "AAE=", "encoding": "base64", "eof": true}),
+        )
+        .await;
+    assert_eq!(reply["result"]["bytes"], 2, "{reply}");
+    let events = a.collect(&cat).await;
+    assert_eq!(completion(&events)["status"], "completed", "{events:?}");
+    assert_eq!(output(&events, "stdout"), "hello\n\u{0}\u{1}");
+    let reply = b.call("get_job", json!({"job_id": cat})).await;
+    let ended = &reply["result"];
+    assert_eq!(ended["status"], "completed", "{reply}");
+    assert_eq!(ended["worker"], "w1", "{reply}");
+    assert_eq!(ended["exit_code"], 0, "{reply}");
+    assert_eq!(ended["stdout_bytes"], 8, "{reply}");
+    let sha = format!("{:x}", Sha256::digest(b"hello\n\x00\x01"));
+    assert_eq!(ended["stdout_sha256"], sha, "{reply}");
+    assert_eq!(ended["command"], "cat", "{reply}");
+    // An ended job takes no input; an unknown one is no job at all.
+    let reply = b.call("input", json!({"job_id": cat, "data": "x"})).await;
+    assert_eq!(reply["error"]["code"], -32002, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ended"),
+        "{reply}"
+    );
+    let unknown = "01234567-0000-7000-8000-000000000000";
+    for method in ["get_job", "detach"] {
+        let reply = b.call(method, json!({"job_id": unknown})).await;
+        assert_eq!(reply["error"]["code"], -32002, "{method}: {reply}");
+    }
+
+    // A terminal, resized from the other gateway.
+    let reply = a
+        .call(
+            "execute",
+            json!({"command": "stty size; read x; stty size", "pty": {"rows": 24, "cols": 80}}),
+        )
+        .await;
+    let tty = reply["result"]["job_id"].as_str().unwrap().to_string();
+    wait_for_output(&mut a, &tty, "pty", "24 80").await;
+    let reply = b
+        .call("resize", json!({"job_id": tty, "rows": 30, "cols": 100}))
+        .await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    b.call("input", json!({"job_id": tty, "data": "go\r"}))
+        .await;
+    let events = a.collect(&tty).await;
+    assert_eq!(completion(&events)["status"], "completed", "{events:?}");
+    assert!(output(&events, "pty").contains("30 100"), "{events:?}");
+
+    // Detached from the other gateway, then its client leaves: it runs to its end.
+    let mut c = g1.connect().await;
+    let reply = c
+        .call("execute", json!({"command": "sleep 1; echo kept"}))
+        .await;
+    let kept = reply["result"]["job_id"].as_str().unwrap().to_string();
+    let reply = b.call("detach", json!({"job_id": kept})).await;
+    assert_eq!(reply["result"]["detached"], true, "{reply}");
+    drop(c);
+    let reply = b.call("attach", json!({"job_id": kept})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let events = b.collect(&kept).await;
+    assert_eq!(completion(&events)["status"], "completed", "{events:?}");
+    assert_eq!(output(&events, "stdout"), "kept\n");
+
+    // Every job of the cluster, newest first, from either gateway.
+    let reply = a.call("list_jobs", json!({})).await;
+    let ids: Vec<&str> = reply["result"]["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [kept.as_str(), tty.as_str(), cat.as_str()], "{reply}");
+    let reply = b
+        .call("list_jobs", json!({"status": "completed", "limit": 1}))
+        .await;
+    let jobs = reply["result"]["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{reply}");
+    assert_eq!(jobs[0]["job_id"], kept.as_str());
+    assert_eq!(jobs[0]["detached"], true, "{reply}");
+    let reply = b.call("list_jobs", json!({"status": "running"})).await;
+    assert_eq!(reply["result"]["jobs"], json!([]), "{reply}");
+    let reply = b.call("list_jobs", json!({"limit": 0})).await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+}
