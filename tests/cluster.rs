@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 use crate::util::{
-    CCX, KillOnDrop, WAIT, Ws, completion, eventually, http, scratch, spawn_ccx_serve, start_nats,
+    CCX, KillOnDrop, WAIT, Ws, completion, eventually, http, scratch, spawn_ccx_serve,
+    start_nats_with,
 };
 
 /// Seconds between a worker's heartbeats, for workers and gateways alike.
@@ -31,8 +32,13 @@ pub(crate) struct Nats {
 
 impl Nats {
     pub(crate) fn start() -> Nats {
+        Nats::start_with(&[])
+    }
+
+    /// With more `nats-server` arguments (`--user`, `--pass`, …).
+    pub(crate) fn start_with(args: &[&str]) -> Nats {
         let dir = scratch();
-        let (child, url) = start_nats(dir.path());
+        let (child, url) = start_nats_with(dir.path(), args);
         Nats {
             child: KillOnDrop(child),
             url,
@@ -49,9 +55,15 @@ pub(crate) struct Worker {
 
 impl Worker {
     pub(crate) fn start(nats: &str, name: &str, labels: &str) -> Worker {
+        Worker::start_with(nats, name, labels, "")
+    }
+
+    /// With more config text (`[cluster]` credentials, …).
+    pub(crate) fn start_with(nats: &str, name: &str, labels: &str, config_text: &str) -> Worker {
         let dir = scratch();
         let config = dir.path().join("ccx.toml");
-        std::fs::write(&config, "[execution]\nkill_grace = 0.3\n").unwrap();
+        let text = format!("[execution]\nkill_grace = 0.3\n{config_text}");
+        std::fs::write(&config, text).unwrap();
         let mut cmd = Command::new(CCX);
         cmd.args([
             "--log-format",
@@ -95,14 +107,25 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub(crate) fn start(nats: &str, queue_timeout: &str) -> Gateway {
+        Gateway::start_with(nats, queue_timeout, "", &[])
+    }
+
+    /// With config text (`[cluster]` credentials, …) and more environment variables.
+    pub(crate) fn start_with(
+        nats: &str,
+        queue_timeout: &str,
+        config_text: &str,
+        more_env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = scratch();
         let config = dir.path().join("ccx.toml");
-        std::fs::write(&config, "").unwrap();
-        let env = [
+        std::fs::write(&config, config_text).unwrap();
+        let mut env = vec![
             ("CCX_NATS", nats),
             ("CCX_QUEUE_TIMEOUT", queue_timeout),
             ("CCX_HEARTBEAT", HEARTBEAT),
         ];
+        env.extend_from_slice(more_env);
         let (child, addr, _) = spawn_ccx_serve(CCX, &config, &env);
         Gateway {
             _child: KillOnDrop(child),

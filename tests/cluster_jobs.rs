@@ -137,3 +137,54 @@ async fn get_job_list_jobs_input_resize_and_detach_work_through_any_gateway() {
     let reply = b.call("list_jobs", json!({"limit": 0})).await;
     assert_eq!(reply["error"]["code"], -32602, "{reply}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_credentials_come_from_the_config_and_a_refusal_is_reported() {
+    let nats = Nats::start_with(&["--user", "ccx", "--pass", "s3cret"]);
+    let creds = "[cluster]\nuser = \"ccx\"\npassword = \"s3cret\"\n";
+    let _worker = Worker::start_with(&nats.url, "w1", "", creds);
+
+    // The password from the environment, the user from the file.
+    let good = Gateway::start_with(
+        &nats.url,
+        "30",
+        "[cluster]\nuser = \"ccx\"\n",
+        &[("CCX_NATS_PASSWORD", "s3cret")],
+    );
+    let mut ws = good.connect().await;
+    let (_, events) = ws.run(json!({"command": "echo in"})).await;
+    assert_eq!(completion(&events)["status"], "completed", "{events:?}");
+    assert_eq!(output(&events, "stdout"), "in\n");
+
+    // A wrong password: NATS's refusal in `/health` and in the error of `execute`.
+    let bad = Gateway::start_with(
+        &nats.url,
+        "30",
+        "[cluster]\nuser = \"ccx\"\npassword = \"wrong\"\n",
+        &[],
+    );
+    let deadline = std::time::Instant::now() + crate::util::WAIT;
+    let health = loop {
+        let (_, body) = crate::util::http(&bad.addr, "GET", "/health", &[], "").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        if health["cluster"]["error"].is_string() || std::time::Instant::now() > deadline {
+            break health;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_ne!(health["cluster"]["state"], "connected", "{health}");
+    assert!(
+        health["cluster"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("authorization violation"),
+        "{health}"
+    );
+    assert!(!health.to_string().contains("wrong"), "{health}");
+    let mut ws = bad.connect().await;
+    let reply = ws.call("execute", json!({"command": "echo out"})).await;
+    assert_eq!(reply["error"]["code"], -32009, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("authorization violation"), "{message}");
+}

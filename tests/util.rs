@@ -406,6 +406,11 @@ pub fn spawn_ccx_serve(
 /// Starts a NATS server with JetStream on a free loopback port, its store under `dir`
 /// (`tests/nats/setup.sh` installs the pinned binary); returns it and its URL once it listens.
 pub fn start_nats(dir: &Path) -> (Child, String) {
+    start_nats_with(dir, &[])
+}
+
+/// [`start_nats`] with more `nats-server` arguments (`--user`, `--pass`, …).
+pub fn start_nats_with(dir: &Path, args: &[&str]) -> (Child, String) {
     let out = std::process::Command::new(root().join("tests/nats/setup.sh"))
         .output()
         .expect("run tests/nats/setup.sh");
@@ -423,6 +428,7 @@ pub fn start_nats(dir: &Path) -> (Child, String) {
     let child = std::process::Command::new(bin)
         .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
         .arg(dir.join("js"))
+        .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -34,7 +34,12 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    fn options(&self, url: &str) -> Result<ClusterOptions> {
+    /// The NATS address: `--nats` / `CCX_NATS`, else `[cluster] nats`.
+    fn url(&self, config: &Config) -> Option<String> {
+        self.nats.clone().or_else(|| config.cluster.nats.clone())
+    }
+
+    fn options(&self, url: &str, config: &Config) -> Result<ClusterOptions> {
         let secs = |what: &str, v: f64| {
             if v.is_finite() && v > 0.0 && v < 1e9 {
                 Ok(Duration::from_secs_f64(v))
@@ -46,6 +51,7 @@ impl ClusterArgs {
         opts.queue_timeout = secs("queue-timeout", self.queue_timeout)?;
         opts.events_max_age = secs("events-max-age", self.events_max_age)?;
         opts.heartbeat = secs("heartbeat", self.heartbeat)?;
+        opts.access = config.cluster.clone();
         Ok(opts)
     }
 
@@ -58,12 +64,12 @@ impl ClusterArgs {
         })
     }
 
-    /// The gateway for `ccx serve`, when `--nats` is given.
-    pub async fn gateway(&self) -> Result<Option<std::sync::Arc<Gateway>>> {
-        let Some(url) = &self.nats else {
+    /// The gateway for `ccx serve`, when `--nats` (or `[cluster] nats`) is given.
+    pub async fn gateway(&self, config: &Config) -> Result<Option<std::sync::Arc<Gateway>>> {
+        let Some(url) = self.url(config) else {
             return Ok(None);
         };
-        let gateway = Gateway::connect(self.options(url)?, self.name())
+        let gateway = Gateway::connect(self.options(&url, config)?, self.name())
             .await
             .map_err(anyhow::Error::msg)?;
         tracing::info!(nats = %url, "cluster gateway: jobs run on the workers");
@@ -90,9 +96,6 @@ pub struct WorkerArgs {
 
 /// `ccx worker`: runs the cluster's jobs here until SIGTERM or Ctrl-C.
 pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
-    let Some(url) = args.cluster.nats.clone() else {
-        bail!("`ccx worker` needs --nats URL (or CCX_NATS)");
-    };
     if let Some(bad) = args.labels.iter().find(|l| !valid_label(l)) {
         bail!("--labels: `{bad}` is not a label of 1 to 32 of [A-Za-z0-9_-]");
     }
@@ -108,15 +111,18 @@ pub async fn worker(args: WorkerArgs) -> Result<ExitCode> {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
+    let Some(url) = args.cluster.url(&config) else {
+        bail!("`ccx worker` needs --nats URL (or CCX_NATS, or `[cluster] nats` in its config)");
+    };
     open_file_limit(args.max_jobs);
     let registry = Registry::open(&config.state).context("the worker's job registry")?;
-    let app = App::start(config, registry.clone())?;
     let opts = WorkerOptions {
-        cluster: args.cluster.options(&url)?,
+        cluster: args.cluster.options(&url, &config)?,
         name: args.cluster.name(),
         labels: args.labels,
         max_jobs: args.max_jobs,
     };
+    let app = App::start(config, registry.clone())?;
     app.work(opts, shutdown).await?;
     registry.flush().await;
     Ok(ExitCode::SUCCESS)

@@ -298,7 +298,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     // Listens at once; the hooks load in the background (`/health` says `starting`).
-    let gateway = args.cluster.gateway().await?;
+    let gateway = args.cluster.gateway(&config).await?;
     let app = App::start(config, registry.clone())?;
     app.serve(listener, gateway, shutdown).await?;
     registry.flush().await;

@@ -44,6 +44,8 @@ pub struct Gateway {
     streams: tokio::sync::Mutex<Option<Streams>>,
     /// When each worker's heartbeat last arrived here.
     liveness: Liveness,
+    /// What NATS last refused, if anything.
+    last_error: super::LastError,
 }
 
 /// Worker name → when this gateway last saw its heartbeat.
@@ -55,19 +57,26 @@ pub struct GatewayHealth {
     pub nats: String,
     /// `connected`, `disconnected` or `pending` (never connected yet).
     pub state: String,
+    /// What NATS last refused while not connected (authorization, TLS), if anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Gateway {
     /// Starts connecting to NATS (in the background: a NATS that is down is reported by
     /// [`Gateway::health`] and by each `execute`, not here).
     pub async fn connect(opts: ClusterOptions, name: String) -> Result<Arc<Gateway>, String> {
-        let client = opts.connect(&format!("ccx gateway {name}")).await?;
+        let last_error = super::LastError::default();
+        let client = opts
+            .connect(&format!("ccx gateway {name}"), last_error.clone())
+            .await?;
         Ok(Arc::new(Gateway {
             opts,
             name,
             client,
             streams: tokio::sync::Mutex::new(None),
             liveness: Arc::default(),
+            last_error,
         }))
     }
 
@@ -80,7 +89,16 @@ impl Gateway {
         GatewayHealth {
             nats: self.opts.url.clone(),
             state: state.into(),
+            error: self.refused(),
         }
+    }
+
+    /// What NATS last refused, while this gateway is not connected.
+    fn refused(&self) -> Option<String> {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            return None;
+        }
+        self.last_error.lock().expect("lock").clone()
     }
 
     /// The streams, opened on first use. Errors (`-32009`) say what is unreachable.
@@ -95,8 +113,9 @@ impl Gateway {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.client.connection_state() != State::Connected {
+            let why = self.refused().map(|e| format!(": {e}")).unwrap_or_default();
             return Err(RpcError::ClusterUnavailable(format!(
-                "not connected to NATS at {}",
+                "not connected to NATS at {}{why}",
                 self.opts.url
             )));
         }

@@ -24,18 +24,21 @@
 //!
 //! Nothing here is used unless `--nats` is given: a single server never connects.
 
+mod control;
 pub mod gateway;
 mod job_ops;
 mod relay;
+mod streams;
 pub mod worker;
 
 use crate::events::{Completion, Event, JobStatus};
 use crate::protocol::{ControlType, ExecuteParams};
-use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use gateway::Gateway;
+pub use streams::Streams;
 pub use worker::{WorkerOptions, run_worker};
 
 /// The work-queue stream of jobs waiting for a worker.
@@ -63,7 +66,13 @@ pub struct ClusterOptions {
     /// How often a worker says it is alive; a running job whose worker has been silent for
     /// 1.5 of these ends `lost` (so within two of them).
     pub heartbeat: Duration,
+    /// Credentials and TLS (`[cluster]` of the config file).
+    pub access: crate::config::ClusterConfig,
 }
+
+/// The last problem the NATS connection reported (authorization refused, TLS failed, …),
+/// cleared on connecting; for `/health` and `-32009` messages.
+pub type LastError = Arc<Mutex<Option<String>>>;
 
 impl ClusterOptions {
     /// Defaults for everything but the address: events kept a day, a job waits at most five
@@ -74,16 +83,57 @@ impl ClusterOptions {
             events_max_age: Duration::from_secs(24 * 3600),
             queue_timeout: Duration::from_secs(300),
             heartbeat: Duration::from_secs(5),
+            access: crate::config::ClusterConfig::default(),
         }
     }
 
-    /// Connects; with `retry` the client keeps trying in the background when NATS is not up
-    /// yet (a gateway serves and reports it; a worker waits).
-    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, String> {
-        async_nats::ConnectOptions::new()
+    /// Connects with the configured credentials and TLS. The client keeps trying in the
+    /// background when NATS is not up yet (a gateway serves and reports it; a worker waits);
+    /// what NATS or TLS refused goes to `last_error`. Errors: a creds file that cannot be
+    /// read or parsed.
+    pub async fn connect(
+        &self,
+        name: &str,
+        last_error: LastError,
+    ) -> Result<async_nats::Client, String> {
+        use crate::config::NatsAuth;
+        let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let last_error = last_error.clone();
+                async move {
+                    let mut last = last_error.lock().expect("lock");
+                    match event {
+                        async_nats::Event::Connected => *last = None,
+                        async_nats::Event::ServerError(e) => *last = Some(e.to_string()),
+                        async_nats::Event::ClientError(e) => *last = Some(e.to_string()),
+                        _ => {}
+                    }
+                }
+            });
+        let access = &self.access;
+        options = match &access.auth {
+            NatsAuth::None => options,
+            NatsAuth::UserPassword { user, password } => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::Token(t) => options.token(t.clone()),
+            NatsAuth::Nkey(seed) => options.nkey(seed.clone()),
+            NatsAuth::CredsFile(path) => options
+                .credentials_file(path)
+                .await
+                .map_err(|e| format!("NATS creds file {}: {e}", path.display()))?,
+        };
+        if let Some(ca) = &access.tls_ca {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &access.tls_client {
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        options
+            .require_tls(access.tls_required)
             .connect(&self.url)
             .await
             .map_err(|e| format!("cannot connect to NATS at {}: {e}", self.url))
@@ -299,148 +349,6 @@ pub fn now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// The streams and bucket every gateway and worker uses, created when missing (an existing
-/// one is used as it is).
-#[derive(Clone)]
-pub struct Streams {
-    pub js: jetstream::Context,
-    pub jobs: stream::Stream,
-    pub events: stream::Stream,
-    pub records: kv::Store,
-    pub workers: kv::Store,
-}
-
-impl Streams {
-    /// Finds or creates them. Errors name what failed (NATS down, JetStream not enabled).
-    pub async fn open(
-        client: async_nats::Client,
-        opts: &ClusterOptions,
-    ) -> Result<Streams, String> {
-        let mut js = jetstream::new(client);
-        js.set_timeout(Duration::from_secs(5));
-        let stream = |name: &'static str, subject: &str, retention| {
-            js.get_or_create_stream(stream::Config {
-                name: name.into(),
-                subjects: vec![subject.into()],
-                retention,
-                storage: stream::StorageType::File,
-                max_age: opts.events_max_age,
-                ..Default::default()
-            })
-        };
-        let jobs = stream(
-            JOBS_STREAM,
-            "ccx.jobs.>",
-            stream::RetentionPolicy::WorkQueue,
-        )
-        .await
-        .map_err(|e| format!("JetStream stream {JOBS_STREAM}: {e}"))?;
-        let events = stream(EVENTS_STREAM, "ccx.ev.>", stream::RetentionPolicy::Limits)
-            .await
-            .map_err(|e| format!("JetStream stream {EVENTS_STREAM}: {e}"))?;
-        let bucket = |name: &'static str, storage| {
-            let js = js.clone();
-            async move {
-                match js.get_key_value(name).await {
-                    Ok(store) => Ok(store),
-                    Err(_) => js
-                        .create_key_value(kv::Config {
-                            bucket: name.into(),
-                            history: 1,
-                            max_age: opts.events_max_age,
-                            storage,
-                            ..Default::default()
-                        })
-                        .await
-                        .map_err(|e| format!("JetStream bucket {name}: {e}")),
-                }
-            }
-        };
-        let records = bucket(JOBS_BUCKET, stream::StorageType::File).await?;
-        // Heartbeats matter only while they are fresh.
-        let workers = bucket(WORKERS_BUCKET, stream::StorageType::Memory).await?;
-        Ok(Streams {
-            js,
-            jobs,
-            events,
-            records,
-            workers,
-        })
-    }
-
-    /// A job's record and its revision; `None` when there is none.
-    pub async fn record(&self, job_id: &str) -> Result<Option<(JobRecord, u64)>, String> {
-        let entry = self
-            .records
-            .entry(job_id)
-            .await
-            .map_err(|e| format!("reading job record {job_id}: {e}"))?;
-        Ok(entry
-            .filter(|e| e.operation == kv::Operation::Put)
-            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
-    }
-
-    /// Replaces a record if it is still at `revision`, giving the new revision; `Ok(None)`:
-    /// someone changed it first.
-    pub async fn swap(&self, record: &JobRecord, revision: u64) -> Result<Option<u64>, String> {
-        let body = serde_json::to_vec(record).expect("records serialize");
-        match self
-            .records
-            .update(&record.job_id, body.into(), revision)
-            .await
-        {
-            Ok(new) => Ok(Some(new)),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-            Err(e) => Err(format!("updating job record {}: {e}", record.job_id)),
-        }
-    }
-
-    /// Moves a record that is still in state `from` to ended with `status` and `error`;
-    /// `Ok(false)`: it had moved on (a worker claimed it, or it ended).
-    pub async fn end_if(
-        &self,
-        job_id: &str,
-        from: RecordState,
-        status: crate::events::JobStatus,
-        error: &str,
-    ) -> Result<bool, String> {
-        let Some((mut record, revision)) = self.record(job_id).await? else {
-            return Ok(false);
-        };
-        if record.state != from {
-            return Ok(false);
-        }
-        record.state = RecordState::Ended;
-        record.ended = Some(now());
-        record.status = Some(status);
-        record.error = Some(error.to_string());
-        Ok(self.swap(&record, revision).await?.is_some())
-    }
-
-    /// Publishes one event of a job to its subject; the returned future resolves once
-    /// JetStream has stored it.
-    pub async fn send_event(
-        &self,
-        event: &crate::events::Event,
-    ) -> Result<jetstream::context::PublishAckFuture, String> {
-        let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
-        let body = serde_json::to_vec(event).expect("events serialize");
-        self.js
-            .publish(event_subject(&job_id), body.into())
-            .await
-            .map_err(|e| format!("publishing an event of job {job_id}: {e}"))
-    }
-
-    /// Publishes one event of a job and waits for JetStream to store it.
-    pub async fn publish_event(&self, event: &crate::events::Event) -> Result<(), String> {
-        self.send_event(event)
-            .await?
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("storing an event of a job: {e}"))
-    }
 }
 
 #[cfg(test)]

@@ -11,16 +11,14 @@
 //! without running anything: a job runs at most once.
 
 use super::{
-    ClusterOptions, ControlMessage, ControlReply, JobMessage, JobRecord, RecordState, Streams,
-    control_subject, job_subject, now, routes,
+    ClusterOptions, JobMessage, JobRecord, RecordState, Streams, control_subject, job_subject, now,
+    routes,
 };
 use crate::events::{Completion, Event, JobStatus};
 use crate::executor::{Accepted, Closing, ExecError, Executor, JobRequest, Origin};
-use crate::protocol::RpcError;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{AckKind, Message};
 use futures_util::StreamExt;
-use serde_json::Value;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,16 +54,18 @@ pub async fn run_worker(
     opts: WorkerOptions,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let refused = super::LastError::default();
     let client = opts
         .cluster
-        .connect(&format!("ccx worker {}", opts.name))
+        .connect(&format!("ccx worker {}", opts.name), refused.clone())
         .await
         .map_err(anyhow::Error::msg)?;
     let streams = loop {
         match Streams::open(client.clone(), &opts.cluster).await {
             Ok(s) => break s,
             Err(e) => {
-                warn!(cause = %e, "JetStream is not ready; retrying");
+                let nats = refused.lock().expect("lock").clone();
+                warn!(cause = %e, nats = nats.as_deref(), "JetStream is not ready; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.cancelled() => return Ok(()),
@@ -259,7 +259,7 @@ impl Worker {
         tokio::spawn(keep_in_progress(msg.clone(), done.clone()));
         match self.client.subscribe(control_subject(&job_id)).await {
             Ok(sub) => {
-                tokio::spawn(answer_control(
+                tokio::spawn(super::control::answer_control(
                     self.exec.clone(),
                     self.client.clone(),
                     sub,
@@ -278,53 +278,71 @@ impl Worker {
     }
 
     /// Claims a job: only a `queued` record may become ours (`running` here). `Ok(None)`: it
-    /// is not queued any more, or another worker claimed it first.
+    /// is not queued any more, or another worker claimed it first. A record changed
+    /// otherwise meanwhile (`detach`) is read again.
     async fn claim(&self, job_id: &str) -> Result<Option<(JobRecord, u64)>, String> {
-        let Some((mut record, revision)) = self.streams.record(job_id).await? else {
-            return Ok(None);
-        };
-        if record.state != RecordState::Queued {
-            return Ok(None);
+        loop {
+            let Some((mut record, revision)) = self.streams.record(job_id).await? else {
+                return Ok(None);
+            };
+            if record.state != RecordState::Queued {
+                return Ok(None);
+            }
+            record.state = RecordState::Running;
+            record.worker = Some(self.name.clone());
+            record.started = Some(now());
+            if let Some(revision) = self.streams.swap(&record, revision).await? {
+                return Ok(Some((record, revision)));
+            }
         }
-        record.state = RecordState::Running;
-        record.worker = Some(self.name.clone());
-        record.started = Some(now());
-        Ok(self
-            .streams
-            .swap(&record, revision)
-            .await?
-            .map(|revision| (record, revision)))
     }
 
     /// Writes the job's final record, if it is still ours: `false` when a gateway declared the
     /// job `lost` meanwhile (this worker was silent too long), in which case its own end must
-    /// not be published — the job already has one.
+    /// not be published — the job already has one. Other changes made while it ran (`detach`)
+    /// are kept: the record is read again and the end written over it.
     async fn finish(&self, completion: &Completion, claim: &(JobRecord, u64)) -> bool {
-        let (mut record, revision) = claim.clone();
-        record.state = RecordState::Ended;
-        record.ended = Some(now());
-        record.status = Some(completion.status);
-        record.exit_code = completion.exit_code;
-        record.error = completion.error.clone();
-        record.detail = self
-            .exec
-            .registry()
-            .get(&record.job_id)
-            .await
-            .ok()
-            .map(|mut d| {
-                d.worker = Some(self.name.clone());
-                Box::new(d)
-            });
-        match self.streams.swap(&record, revision).await {
-            Ok(Some(_)) => true,
-            Ok(None) => {
-                warn!("the job was declared lost while it ran here; its end is not published");
-                false
+        let (mut record, mut revision) = claim.clone();
+        loop {
+            record.state = RecordState::Ended;
+            record.ended = Some(now());
+            record.status = Some(completion.status);
+            record.exit_code = completion.exit_code;
+            record.error = completion.error.clone();
+            record.detail = self
+                .exec
+                .registry()
+                .get(&record.job_id)
+                .await
+                .ok()
+                .map(|mut d| {
+                    d.worker = Some(self.name.clone());
+                    Box::new(d)
+                });
+            match self.streams.swap(&record, revision).await {
+                Ok(Some(_)) => return true,
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(cause = %e, "cannot write the job's final record");
+                    return true;
+                }
             }
-            Err(e) => {
-                warn!(cause = %e, "cannot write the job's final record");
-                true
+            // Changed by someone else meanwhile: still running here?
+            match self.streams.record(&record.job_id).await {
+                Ok(Some((now, rev)))
+                    if now.state == RecordState::Running
+                        && now.worker.as_deref() == Some(self.name.as_str()) =>
+                {
+                    (record, revision) = (now, rev);
+                }
+                Ok(_) => {
+                    warn!("the job was declared lost while it ran here; its end is not published");
+                    return false;
+                }
+                Err(e) => {
+                    warn!(cause = %e, "cannot write the job's final record");
+                    return true;
+                }
             }
         }
     }
@@ -439,71 +457,6 @@ async fn keep_in_progress(msg: Arc<Message>, done: CancellationToken) {
         }
         if let Err(e) = msg.ack_with(AckKind::Progress).await {
             debug!(cause = %e, "progress acknowledgement failed");
-        }
-    }
-}
-
-/// Answers `control` requests for one job until `done`.
-async fn answer_control(
-    exec: Arc<Executor>,
-    client: async_nats::Client,
-    mut sub: async_nats::Subscriber,
-    job_id: String,
-    done: CancellationToken,
-) {
-    loop {
-        let req = tokio::select! {
-            r = sub.next() => r,
-            _ = done.cancelled() => break,
-        };
-        let Some(req) = req else { return };
-        let reply = match serde_json::from_slice::<ControlMessage>(&req.payload) {
-            Ok(c) => obey(&exec, &job_id, c).await,
-            Err(e) => Err(RpcError::InvalidParams(format!(
-                "not a control request: {e}"
-            ))),
-        };
-        let reply: ControlReply = reply.map_err(|e| e.to_object());
-        if let Some(to) = req.reply {
-            let body = serde_json::to_vec(&reply).expect("replies serialize");
-            let _ = client.publish(to, body.into()).await;
-        }
-    }
-    // Requests that arrived meanwhile hear that the job has ended.
-    let _ = sub.unsubscribe().await;
-    while let Ok(Some(req)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
-        if let Some(to) = req.reply {
-            let ended = RpcError::NoSuchJob(format!("job {job_id} has already ended"));
-            let reply: ControlReply = Err(ended.to_object());
-            let body = serde_json::to_vec(&reply).expect("replies serialize");
-            let _ = client.publish(to, body.into()).await;
-        }
-    }
-}
-
-/// Carries out one request for a running job with this worker's executor.
-async fn obey(exec: &Executor, job_id: &str, c: ControlMessage) -> Result<Value, RpcError> {
-    match c {
-        ControlMessage::Control { kind } => {
-            exec.control(kind, job_id).await?;
-            Ok(Value::Null)
-        }
-        ControlMessage::Input {
-            data,
-            encoding,
-            eof,
-        } => {
-            let data =
-                crate::protocol::input::decode(&data, encoding).map_err(RpcError::InvalidParams)?;
-            Ok(Value::from(exec.input(job_id, data, eof).await? as u64))
-        }
-        ControlMessage::Resize { rows, cols } => {
-            exec.resize(job_id, rows, cols).await?;
-            Ok(Value::Null)
-        }
-        ControlMessage::GetJob => {
-            let record = exec.registry().get(job_id).await?;
-            Ok(serde_json::to_value(record).expect("records serialize"))
         }
     }
 }

@@ -1,6 +1,6 @@
 // Over 500 lines: the raw TOML types and their one validation pass stay together, so every
 // key's default, check and error message are read in one place (sections with logic of their
-// own live in `execution`, `state`, `observe`, `secrets`).
+// own live in `execution`, `state`, `observe`, `secrets`, `cluster`).
 //! The configuration file: raw TOML is parsed strictly (unknown keys are errors that name the
 //! key and its line), then validated into [`Config`], the type the rest of ccx uses.
 //!
@@ -14,11 +14,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod cluster;
 mod execution;
 mod observe;
 mod secrets;
 mod state;
 mod watch;
+pub use cluster::{ClusterConfig, NATS_PASSWORD_ENV, NATS_TOKEN_ENV, NatsAuth};
 pub use execution::{ContainmentConfig, ContainmentMode, ExecConfig, LimitsConfig};
 pub use observe::{MetricsConfig, TraceConfig};
 pub use secrets::{DEFAULT_SECRET_ENV, DEFAULT_TOKEN_LABEL, MASK, NamedToken, is_secret, mask_env};
@@ -56,6 +58,8 @@ struct RawConfig {
     audit: crate::audit::AuditConfig,
     #[serde(default)]
     trace: observe::RawTrace,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -149,6 +153,8 @@ pub struct Config {
     pub trace: TraceConfig,
     /// `[[hooks]]` in file order, paths made absolute.
     pub hooks: Vec<HookSpec>,
+    /// `[cluster]`: how `ccx serve --nats` and `ccx worker` reach NATS.
+    pub cluster: ClusterConfig,
 }
 
 /// `[mcp]`: how the MCP tools report jobs to an agent.
@@ -338,6 +344,7 @@ impl Config {
         observe::apply(&mut cfg.server.metrics, raw.metrics);
         cfg.audit = observe::audit(raw.audit, &base)?;
         cfg.trace = observe::trace(raw.trace)?;
+        cfg.cluster = raw.cluster.validate(&base)?;
 
         let sb = raw.sandbox;
         if sb.cache == Some(false) {

@@ -1,0 +1,157 @@
+//! The JetStream streams and key-value buckets every gateway and worker uses
+//! ([`Streams`]): opened (created when missing), and the record and event operations on them.
+
+use super::{
+    ClusterOptions, EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, JobRecord, RecordState,
+    WORKERS_BUCKET, event_subject, now,
+};
+use async_nats::jetstream::{self, kv, stream};
+use std::time::Duration;
+
+/// The streams and bucket every gateway and worker uses, created when missing (an existing
+/// one is used as it is).
+#[derive(Clone)]
+pub struct Streams {
+    pub js: jetstream::Context,
+    pub jobs: stream::Stream,
+    pub events: stream::Stream,
+    pub records: kv::Store,
+    pub workers: kv::Store,
+}
+
+impl Streams {
+    /// Finds or creates them. Errors name what failed (NATS down, JetStream not enabled).
+    pub async fn open(
+        client: async_nats::Client,
+        opts: &ClusterOptions,
+    ) -> Result<Streams, String> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(5));
+        let stream = |name: &'static str, subject: &str, retention| {
+            js.get_or_create_stream(stream::Config {
+                name: name.into(),
+                subjects: vec![subject.into()],
+                retention,
+                storage: stream::StorageType::File,
+                max_age: opts.events_max_age,
+                ..Default::default()
+            })
+        };
+        let jobs = stream(
+            JOBS_STREAM,
+            "ccx.jobs.>",
+            stream::RetentionPolicy::WorkQueue,
+        )
+        .await
+        .map_err(|e| format!("JetStream stream {JOBS_STREAM}: {e}"))?;
+        let events = stream(EVENTS_STREAM, "ccx.ev.>", stream::RetentionPolicy::Limits)
+            .await
+            .map_err(|e| format!("JetStream stream {EVENTS_STREAM}: {e}"))?;
+        let bucket = |name: &'static str, storage| {
+            let js = js.clone();
+            async move {
+                match js.get_key_value(name).await {
+                    Ok(store) => Ok(store),
+                    Err(_) => js
+                        .create_key_value(kv::Config {
+                            bucket: name.into(),
+                            history: 1,
+                            max_age: opts.events_max_age,
+                            storage,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| format!("JetStream bucket {name}: {e}")),
+                }
+            }
+        };
+        let records = bucket(JOBS_BUCKET, stream::StorageType::File).await?;
+        // Heartbeats matter only while they are fresh.
+        let workers = bucket(WORKERS_BUCKET, stream::StorageType::Memory).await?;
+        Ok(Streams {
+            js,
+            jobs,
+            events,
+            records,
+            workers,
+        })
+    }
+
+    /// A job's record and its revision; `None` when there is none.
+    pub async fn record(&self, job_id: &str) -> Result<Option<(JobRecord, u64)>, String> {
+        let entry = self
+            .records
+            .entry(job_id)
+            .await
+            .map_err(|e| format!("reading job record {job_id}: {e}"))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| Some((serde_json::from_slice(&e.value).ok()?, e.revision))))
+    }
+
+    /// Replaces a record if it is still at `revision`, giving the new revision; `Ok(None)`:
+    /// someone changed it first.
+    pub async fn swap(&self, record: &JobRecord, revision: u64) -> Result<Option<u64>, String> {
+        let body = serde_json::to_vec(record).expect("records serialize");
+        match self
+            .records
+            .update(&record.job_id, body.into(), revision)
+            .await
+        {
+            Ok(new) => Ok(Some(new)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(format!("updating job record {}: {e}", record.job_id)),
+        }
+    }
+
+    /// Moves a record that is still in state `from` to ended with `status` and `error`
+    /// (compare-and-swap, read again after a change that kept its state); `Ok(false)`: it had
+    /// moved on (a worker claimed it, or it ended).
+    pub async fn end_if(
+        &self,
+        job_id: &str,
+        from: RecordState,
+        status: crate::events::JobStatus,
+        error: &str,
+    ) -> Result<bool, String> {
+        loop {
+            let Some((mut record, revision)) = self.record(job_id).await? else {
+                return Ok(false);
+            };
+            if record.state != from {
+                return Ok(false);
+            }
+            record.state = RecordState::Ended;
+            record.ended = Some(now());
+            record.status = Some(status);
+            record.error = Some(error.to_string());
+            if self.swap(&record, revision).await?.is_some() {
+                return Ok(true);
+            }
+            // Changed meanwhile: claimed or ended (checked above), or only marked detached.
+        }
+    }
+
+    /// Publishes one event of a job to its subject; the returned future resolves once
+    /// JetStream has stored it.
+    pub async fn send_event(
+        &self,
+        event: &crate::events::Event,
+    ) -> Result<jetstream::context::PublishAckFuture, String> {
+        let job_id = event.job_id().map(|j| j.to_string()).unwrap_or_default();
+        let body = serde_json::to_vec(event).expect("events serialize");
+        self.js
+            .publish(event_subject(&job_id), body.into())
+            .await
+            .map_err(|e| format!("publishing an event of job {job_id}: {e}"))
+    }
+
+    /// Publishes one event of a job and waits for JetStream to store it.
+    pub async fn publish_event(&self, event: &crate::events::Event) -> Result<(), String> {
+        self.send_event(event)
+            .await?
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("storing an event of a job: {e}"))
+    }
+}
