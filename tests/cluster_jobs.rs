@@ -188,3 +188,73 @@ async fn nats_credentials_come_from_the_config_and_a_refusal_is_reported() {
     let message = reply["error"]["message"].as_str().unwrap();
     assert!(message.contains("authorization violation"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_gateways_and_retry_lost_runs_a_job_again() {
+    let nats = Nats::start();
+    let mut workers = std::collections::HashMap::from([
+        ("w-1", Worker::start(&nats.url, "w-1", "r")),
+        ("w-2", Worker::start(&nats.url, "w-2", "r")),
+    ]);
+    let g1 = Gateway::start(&nats.url, "30");
+    let g2 = Gateway::start(&nats.url, "30");
+    let mut a = g1.connect().await;
+    let mut b = g2.connect().await;
+
+    // `retry_lost` says the command may run twice: it needs a key.
+    let reply = a
+        .call("execute", json!({"command": "true", "retry_lost": true}))
+        .await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+
+    let job = json!({
+        "command": "sleep 2; echo ran",
+        "requires": ["r"],
+        "idempotency_key": "deploy-42",
+        "retry_lost": true,
+    });
+    let reply = a.call("execute", job.clone()).await;
+    assert_eq!(reply["result"]["status"], "queued", "{reply}");
+    let id = reply["result"]["job_id"].as_str().unwrap().to_string();
+    // The same request through the other gateway names the first job; another one is refused.
+    let reply = b.call("execute", job.clone()).await;
+    assert_eq!(reply["result"]["status"], "existing", "{reply}");
+    assert_eq!(reply["result"]["job_id"], id.as_str(), "{reply}");
+    let mut other = job.clone();
+    other["command"] = json!("echo other");
+    let reply = b.call("execute", other).await;
+    assert_eq!(reply["error"]["code"], -32602, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(id.as_str()),
+        "{reply}"
+    );
+
+    // Its worker dies mid-run: the job runs again on the other one, to its end.
+    let first = a.next().await;
+    assert_eq!(first["method"], "process.started", "{first}");
+    let first_worker = first["params"]["worker"].as_str().unwrap().to_string();
+    let orphan = first["params"]["pid"].as_u64().unwrap();
+    let mut doomed = workers.remove(first_worker.as_str()).unwrap();
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
+    let events = a.collect(&id).await;
+    let done = completion(&events);
+    assert_eq!(done["status"], "completed", "{events:?}");
+    assert_eq!(output(&events, "stdout"), "ran\n");
+    let again: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["method"] == "process.started")
+        .collect();
+    assert_eq!(again.len(), 1, "one more start after the first: {events:?}");
+    let second_worker = again[0]["params"]["worker"].as_str().unwrap();
+    assert_ne!(second_worker, first_worker, "{events:?}");
+    let reply = b.call("get_job", json!({"job_id": id})).await;
+    assert_eq!(reply["result"]["status"], "completed", "{reply}");
+    assert_eq!(reply["result"]["worker"], second_worker, "{reply}");
+    assert_eq!(reply["result"]["idempotency_key"], "deploy-42", "{reply}");
+    // The dead worker's process has nobody left to end it; the test does.
+    unsafe { libc::kill(orphan as i32, libc::SIGKILL) };
+}

@@ -205,16 +205,25 @@ impl GatewaySession {
     ) -> Result<(ExecuteResult, oneshot::Sender<()>), RpcError> {
         let requires = p.requires.clone().unwrap_or_default();
         let route = route(&requires).map_err(RpcError::InvalidParams)?;
-        if p.idempotency_key.is_some() {
-            return Err(RpcError::InvalidParams(
-                "`idempotency_key` is not available through a cluster gateway yet".into(),
-            ));
-        }
         // The worker checks again, against its own limits; this catches the plain mistakes.
         let request = JobRequest::from_params(p.clone())
             .map_err(|e| RpcError::InvalidParams(e.to_string()))?;
         let streams = self.gw.streams().await?;
         let job_id: JobId = uuid::Uuid::now_v7().to_string().into();
+        if let Some(key) = &request.idempotency_key
+            && let Some(first) = streams
+                .claim_key(key, &request.fingerprint(), &job_id)
+                .await?
+        {
+            // Nothing runs: the reply names the first job (`attach` follows it).
+            let (gate, _) = oneshot::channel();
+            return Ok((
+                ExecuteResult::Existing {
+                    job_id: first.into(),
+                },
+                gate,
+            ));
+        }
         let record = JobRecord {
             job_id: job_id.to_string(),
             state: RecordState::Queued,
@@ -230,6 +239,8 @@ impl GatewaySession {
             exit_code: None,
             error: None,
             detached: p.detach,
+            idempotency_key: request.idempotency_key.clone(),
+            attempts: 0,
             detail: None,
         };
         let body = serde_json::to_vec(&record).expect("records serialize");

@@ -233,7 +233,10 @@ async fn all_records(streams: &Streams) -> Result<Vec<JobRecord>, RpcError> {
         .map_err(|e| unavailable(e.to_string()))?;
     let mut ids = Vec::new();
     while let Some(key) = keys.next().await {
-        ids.push(key.map_err(|e| unavailable(e.to_string()))?);
+        let key = key.map_err(|e| unavailable(e.to_string()))?;
+        if !key.starts_with(super::streams::KEY_PREFIX) {
+            ids.push(key);
+        }
     }
     let mut reads = futures_util::stream::iter(ids)
         .map(|id| async move { streams.record(&id).await })

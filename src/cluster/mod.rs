@@ -192,6 +192,11 @@ pub struct JobRecord {
     /// Set by `detach` (or the request's `detach`): the job outlives its client.
     #[serde(default)]
     pub detached: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Runs begun so far (more than one when `retry_lost` re-queued it after its worker died).
+    #[serde(default)]
+    pub attempts: u32,
     /// The worker's registry record of the job, written when it ends (absent when the
     /// worker keeps no registry, or the job never reached one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +233,7 @@ impl JobRecord {
         r.output_encoding = self.output_encoding;
         r.detached |= self.detached;
         r.worker.clone_from(&self.worker);
+        r.idempotency_key.clone_from(&self.idempotency_key);
         if r.error.is_none() {
             r.error.clone_from(&self.error);
         }

@@ -17,6 +17,9 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+/// Most runs of a `retry_lost` job (the first included).
+const MAX_RUNS: u32 = 3;
+
 /// How long a job's relay goes on after its client left and it was canceled.
 const AFTER_CANCEL: Duration = Duration::from_secs(30);
 
@@ -137,7 +140,7 @@ impl Relay {
             },
             Err(e) => return self.lost_sight(&format!("{e}")).await,
         };
-        let queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
+        let mut queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
         let mut started = false;
         let mut canceled_at: Option<tokio::time::Instant> = None;
         // Its client left, and it is detached: followed to its end all the same.
@@ -212,6 +215,12 @@ impl Relay {
                             silent.as_secs_f64(),
                             self.heartbeat.as_secs_f64()
                         );
+                        if self.message.params.retry_lost && self.requeue(&worker).await {
+                            warn!(job = job_id, %worker, "{error}; queued again (`retry_lost`)");
+                            started = false;
+                            queue_deadline = tokio::time::Instant::now() + self.queue_timeout;
+                            continue;
+                        }
                         end_job(&self.streams, job_id, RecordState::Running, JobStatus::Lost, Some(error)).await;
                     }
                 }
@@ -224,6 +233,47 @@ impl Relay {
     async fn detached(&self) -> bool {
         self.message.params.detach
             || matches!(self.streams.record(&self.message.job_id).await, Ok(Some((r, _))) if r.detached)
+    }
+
+    /// Puts a job whose worker died back on the queue (`retry_lost`), if its record still
+    /// says that worker runs it and it has had fewer than [`MAX_RUNS`] runs. `false`: it
+    /// is to end `lost` instead.
+    async fn requeue(&self, worker: &str) -> bool {
+        let job_id = self.message.job_id.as_str();
+        loop {
+            let Ok(Some((mut record, revision))) = self.streams.record(job_id).await else {
+                return false;
+            };
+            if record.state != RecordState::Running
+                || record.worker.as_deref() != Some(worker)
+                || record.attempts >= MAX_RUNS
+            {
+                return false;
+            }
+            record.state = RecordState::Queued;
+            record.worker = None;
+            record.started = None;
+            match self.streams.swap(&record, revision).await {
+                Ok(Some(_)) => break,
+                Ok(None) => continue,
+                Err(_) => return false,
+            }
+        }
+        let body = serde_json::to_vec(&self.message).expect("jobs serialize");
+        let queued = match self
+            .streams
+            .js
+            .publish(job_subject(&self.route), body.into())
+            .await
+        {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = queued {
+            // Queued in its record only: the queue timeout ends it.
+            warn!(job = job_id, cause = %e, "cannot queue the job again");
+        }
+        true
     }
 
     /// How long `worker` has been silent, if that is more than 1.5 heartbeats (`since`: when

@@ -5,6 +5,7 @@ use super::{
     ClusterOptions, EVENTS_STREAM, JOBS_BUCKET, JOBS_STREAM, JobRecord, RecordState,
     WORKERS_BUCKET, event_subject, now,
 };
+use crate::protocol::RpcError;
 use async_nats::jetstream::{self, kv, stream};
 use std::time::Duration;
 
@@ -154,4 +155,59 @@ impl Streams {
             .map(|_| ())
             .map_err(|e| format!("storing an event of a job: {e}"))
     }
+
+    /// Claims idempotency key `key` for `job_id` (an entry `key.<sha256 of key>` in the
+    /// records bucket, made only if absent, so two gateways cannot both claim it).
+    /// `Ok(None)`: the key is new, now `job_id`'s; `Ok(Some(id))`: job `id` holds it for the
+    /// same request (`request_hash`); `-32602` when it holds it for another request.
+    pub async fn claim_key(
+        &self,
+        key: &str,
+        request_hash: &str,
+        job_id: &str,
+    ) -> Result<Option<String>, RpcError> {
+        use sha2::{Digest, Sha256};
+        let hex: String = Sha256::digest(key.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let entry_key = format!("{KEY_PREFIX}{hex}");
+        let unavailable = |e: String| RpcError::ClusterUnavailable(format!("idempotency key: {e}"));
+        let held = KeyHolder {
+            job_id: job_id.to_string(),
+            request: request_hash.to_string(),
+        };
+        let body = serde_json::to_vec(&held).expect("serializes");
+        match self.records.create(&entry_key, body.into()).await {
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+        let entry = self
+            .records
+            .get(&entry_key)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+            .ok_or_else(|| unavailable("its entry vanished".into()))?;
+        let holder: KeyHolder =
+            serde_json::from_slice(&entry).map_err(|e| unavailable(e.to_string()))?;
+        if holder.request == request_hash {
+            Ok(Some(holder.job_id))
+        } else {
+            Err(RpcError::InvalidParams(format!(
+                "`idempotency_key` `{key}` was used for a different request (job {})",
+                holder.job_id
+            )))
+        }
+    }
+}
+
+/// Keys of the records bucket that hold an idempotency key's job, not a job record.
+pub const KEY_PREFIX: &str = "key.";
+
+/// The job an idempotency key names, and the fingerprint of the request it was used with.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyHolder {
+    job_id: String,
+    request: String,
 }

@@ -291,6 +291,7 @@ impl Worker {
             record.state = RecordState::Running;
             record.worker = Some(self.name.clone());
             record.started = Some(now());
+            record.attempts += 1;
             if let Some(revision) = self.streams.swap(&record, revision).await? {
                 return Ok(Some((record, revision)));
             }
@@ -373,6 +374,9 @@ impl Worker {
         let accepted = match JobRequest::from_params(job.params) {
             Ok(mut request) => {
                 request.job_id = Some(job_id.clone());
+                // The gateway that queued it already held the key for it (a retried run
+                // must not find its own first run here).
+                request.idempotency_key = None;
                 session.execute(request).await
             }
             Err(e) => Err(e),

@@ -169,6 +169,11 @@ impl JobRequest {
             .map(crate::trace::TraceParent::parse)
             .transpose()
             .map_err(ExecError::Invalid)?;
+        if p.retry_lost && request.idempotency_key.is_none() {
+            return Err(ExecError::Invalid(
+                "`retry_lost` may run the command twice: it needs an `idempotency_key`".into(),
+            ));
+        }
         if let Some(key) = &request.idempotency_key
             && (key.is_empty() || key.len() > 256)
         {

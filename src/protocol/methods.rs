@@ -118,6 +118,13 @@ pub struct ExecuteParams {
     /// `[A-Za-z0-9_-]`. A single server has no workers: a non-empty list is `-32602` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<Vec<String>>,
+    /// On a cluster gateway: when the worker running the job dies, run it again on another
+    /// worker (at most 3 runs in all) instead of ending it `lost`. Commands are not
+    /// idempotent, so this needs an `idempotency_key` (`-32602` without one): the client
+    /// says the command may run twice. A single server has no other machine to retry on;
+    /// there it has no effect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_lost: bool,
 }
 
 /// The `execute` result.
