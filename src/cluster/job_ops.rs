@@ -125,15 +125,7 @@ impl Gateway {
     pub async fn detach(&self, job_id: &str) -> Result<JobId, RpcError> {
         let streams = self.streams().await?;
         loop {
-            let Some((mut record, revision)) = streams
-                .record(job_id)
-                .await
-                .map_err(RpcError::ClusterUnavailable)?
-            else {
-                return Err(RpcError::NoSuchJob(format!(
-                    "no job {job_id} in the cluster"
-                )));
-            };
+            let (mut record, revision) = existing(&streams, job_id).await?;
             if record.state == RecordState::Ended {
                 return Err(self.not_running(&streams, job_id).await);
             }
@@ -158,15 +150,7 @@ impl Gateway {
     /// the cluster's record knows.
     pub async fn get_job(&self, job_id: &str) -> Result<protocol::JobRecord, RpcError> {
         let streams = self.streams().await?;
-        let Some((record, _)) = streams
-            .record(job_id)
-            .await
-            .map_err(RpcError::ClusterUnavailable)?
-        else {
-            return Err(RpcError::NoSuchJob(format!(
-                "no job {job_id} in the cluster"
-            )));
-        };
+        let (record, _) = existing(&streams, job_id).await?;
         if record.state == RecordState::Running
             && let Ok(Some(live)) = self.ask(&streams, job_id, &ControlMessage::GetJob).await
             && let Ok(mut live) = serde_json::from_value::<protocol::JobRecord>(live)
@@ -210,6 +194,15 @@ impl Gateway {
         jobs.truncate(limit);
         Ok(jobs)
     }
+}
+
+/// A job's record and its revision. Errors: no such job (`-32002`), NATS unreachable.
+async fn existing(streams: &Streams, job_id: &str) -> Result<(JobRecord, u64), RpcError> {
+    streams
+        .record(job_id)
+        .await
+        .map_err(RpcError::ClusterUnavailable)?
+        .ok_or_else(|| RpcError::NoSuchJob(format!("no job {job_id} in the cluster")))
 }
 
 /// The state a job's record is in; `None`: no record, or it cannot be read.

@@ -98,19 +98,24 @@ impl Relay {
         }
     }
 
-    /// Queues the job and relays its events until its end.
-    async fn follow(&self) {
-        let job_id = self.message.job_id.as_str();
+    /// Puts the job's message on the work queue and waits for JetStream to store it.
+    async fn queue(&self) -> Result<(), String> {
         let body = serde_json::to_vec(&self.message).expect("jobs serialize");
-        let queued = match self
+        match self
             .streams
             .js
             .publish(job_subject(&self.route), body.into())
             .await
         {
-            Ok(ack) => ack.await.map_err(|e| e.to_string()),
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
-        };
+        }
+    }
+
+    /// Queues the job and relays its events until its end.
+    async fn follow(&self) {
+        let job_id = self.message.job_id.as_str();
+        let queued = self.queue().await;
         if let Err(e) = queued {
             let error = format!("cannot queue the job: {e}");
             end_unclaimed(
@@ -259,17 +264,7 @@ impl Relay {
                 Err(_) => return false,
             }
         }
-        let body = serde_json::to_vec(&self.message).expect("jobs serialize");
-        let queued = match self
-            .streams
-            .js
-            .publish(job_subject(&self.route), body.into())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = queued {
+        if let Err(e) = self.queue().await {
             // Queued in its record only: the queue timeout ends it.
             warn!(job = job_id, cause = %e, "cannot queue the job again");
         }
