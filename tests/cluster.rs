@@ -77,6 +77,7 @@ impl Worker {
         .args(["--max-jobs", "4", "--config"])
         .arg(&config)
         .env("CCX_STATE_DIR", dir.path().join("state"))
+        .env("CCX_HEARTBEAT", HEARTBEAT)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
         if !labels.is_empty() {
@@ -100,7 +101,7 @@ impl Worker {
 
 /// A gateway: `ccx serve` with `CCX_NATS`.
 pub(crate) struct Gateway {
-    _child: KillOnDrop,
+    pub(crate) child: KillOnDrop,
     pub(crate) addr: String,
     _dir: TempDir,
 }
@@ -128,7 +129,7 @@ impl Gateway {
         env.extend_from_slice(more_env);
         let (child, addr, _) = spawn_ccx_serve(CCX, &config, &env);
         Gateway {
-            _child: KillOnDrop(child),
+            child: KillOnDrop(child),
             addr,
             _dir: dir,
         }

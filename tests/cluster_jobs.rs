@@ -196,7 +196,7 @@ async fn idempotency_keys_hold_across_gateways_and_retry_lost_runs_a_job_again()
         ("w-1", Worker::start(&nats.url, "w-1", "r")),
         ("w-2", Worker::start(&nats.url, "w-2", "r")),
     ]);
-    let g1 = Gateway::start(&nats.url, "30");
+    let mut g1 = Gateway::start(&nats.url, "30");
     let g2 = Gateway::start(&nats.url, "30");
     let mut a = g1.connect().await;
     let mut b = g2.connect().await;
@@ -255,6 +255,35 @@ async fn idempotency_keys_hold_across_gateways_and_retry_lost_runs_a_job_again()
     assert_eq!(reply["result"]["status"], "completed", "{reply}");
     assert_eq!(reply["result"]["worker"], second_worker, "{reply}");
     assert_eq!(reply["result"]["idempotency_key"], "deploy-42", "{reply}");
-    // The dead worker's process has nobody left to end it; the test does.
-    unsafe { libc::kill(orphan as i32, libc::SIGKILL) };
+
+    // A detached job whose gateway stops, then whose worker dies: nobody follows it, and
+    // the other gateway's sweeper ends it lost.
+    let reply = a
+        .call(
+            "execute",
+            json!({"command": "sleep 300", "detach": true, "requires": ["r"]}),
+        )
+        .await;
+    let unfollowed = reply["result"]["job_id"].as_str().unwrap().to_string();
+    let started = a.next().await;
+    assert_eq!(started["method"], "process.started", "{started}");
+    let orphan2 = started["params"]["pid"].as_u64().unwrap();
+    g1.child.kill().unwrap();
+    g1.child.wait().unwrap();
+    let mut last = workers.remove(second_worker).unwrap();
+    last.child.kill().unwrap();
+    last.child.wait().unwrap();
+    let reply = b.call("attach", json!({"job_id": unfollowed})).await;
+    assert!(reply.get("error").is_none(), "{reply}");
+    let events = b.collect(&unfollowed).await;
+    let done = completion(&events);
+    assert_eq!(done["status"], "lost", "{events:?}");
+    assert!(
+        done["error"].as_str().unwrap().contains(second_worker),
+        "{done}"
+    );
+    // The dead workers' processes have nobody left to end them; the test does.
+    for pid in [orphan, orphan2] {
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
 }

@@ -9,6 +9,7 @@
 //! `queue_timeout`, `canceled` when its connection closed (a detached job is left to run) or a
 //! client canceled it.
 
+use super::liveness::{self, Liveness};
 use super::relay::Relay;
 use super::{
     ClusterOptions, JobMessage, JobRecord, RecordState, Streams, event_subject, now, route,
@@ -19,15 +20,13 @@ use crate::protocol::{
     AttachParams, AttachResult, ControlType, ExecuteParams, ExecuteResult, JobState, RpcError,
 };
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
-use async_nats::jetstream::kv;
 use futures_util::StreamExt;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info_span};
+use tracing::{Instrument, info_span};
 
 /// How long a gateway waits for a worker's answer to `control`.
 pub(super) const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -48,9 +47,6 @@ pub struct Gateway {
     last_error: super::LastError,
 }
 
-/// Worker name → when this gateway last saw its heartbeat.
-pub(super) type Liveness = Arc<Mutex<HashMap<String, Instant>>>;
-
 /// The gateway's state for `/health`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct GatewayHealth {
@@ -70,14 +66,21 @@ impl Gateway {
         let client = opts
             .connect(&format!("ccx gateway {name}"), last_error.clone())
             .await?;
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             opts,
             name,
             client,
             streams: tokio::sync::Mutex::new(None),
             liveness: Arc::default(),
             last_error,
-        }))
+        });
+        // Opened now when NATS is up (so the sweeper runs before the first request), else
+        // by the first request.
+        let opening = gateway.clone();
+        tokio::spawn(async move {
+            let _ = opening.streams().await;
+        });
+        Ok(gateway)
     }
 
     pub fn health(&self) -> GatewayHealth {
@@ -126,33 +129,19 @@ impl Gateway {
         let s = Streams::open(self.client.clone(), &self.opts)
             .await
             .map_err(RpcError::ClusterUnavailable)?;
-        let mut beats = s
+        // Every worker's last heartbeat first, then each new one.
+        let beats = s
             .workers
-            .watch_all()
+            .watch_with_history(">")
             .await
             .map_err(|e| RpcError::ClusterUnavailable(format!("watching heartbeats: {e}")))?;
-        let liveness = Arc::downgrade(&self.liveness);
-        tokio::spawn(async move {
-            while let Some(beat) = beats.next().await {
-                let beat = match beat {
-                    Ok(b) => b,
-                    Err(e) => {
-                        debug!(cause = %e, "heartbeat watch");
-                        continue;
-                    }
-                };
-                debug!(worker = %beat.key, op = ?beat.operation, "heartbeat");
-                let Some(liveness) = liveness.upgrade() else {
-                    return;
-                };
-                let mut seen = liveness.lock().expect("lock");
-                if beat.operation == kv::Operation::Put {
-                    seen.insert(beat.key, Instant::now());
-                } else {
-                    seen.remove(&beat.key);
-                }
-            }
-        });
+        liveness::follow_heartbeats(beats, Arc::downgrade(&self.liveness));
+        tokio::spawn(liveness::sweep(
+            s.clone(),
+            self.client.clone(),
+            Arc::downgrade(&self.liveness),
+            self.opts.heartbeat,
+        ));
         *slot = Some(s.clone());
         Ok(s)
     }

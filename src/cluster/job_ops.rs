@@ -216,7 +216,7 @@ async fn record_state(streams: &Streams, job_id: &str) -> Option<RecordState> {
 }
 
 /// Every job record in the bucket, read in one pass (the last value of each key).
-async fn all_records(streams: &Streams) -> Result<Vec<JobRecord>, RpcError> {
+pub(super) async fn all_records(streams: &Streams) -> Result<Vec<JobRecord>, RpcError> {
     let unavailable = |e: String| RpcError::ClusterUnavailable(format!("reading job records: {e}"));
     let mut records = Vec::new();
     let mut keys = streams

@@ -27,6 +27,7 @@
 mod control;
 pub mod gateway;
 mod job_ops;
+mod liveness;
 mod relay;
 mod streams;
 pub mod worker;

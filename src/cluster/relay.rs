@@ -2,10 +2,11 @@
 //! connection's previous job, queue the job, relay its events to the end, and end it itself
 //! while nobody has claimed it (queue timeout, cancel) or once its worker is gone (`lost`).
 
-use super::gateway::{CONTROL_TIMEOUT, Liveness};
+use super::gateway::CONTROL_TIMEOUT;
+use super::liveness::{self, Liveness};
 use super::{
     ControlMessage, EVENTS_STREAM, JobMessage, RecordState, Streams, control_subject, end_event,
-    event_subject, job_subject, ping_subject,
+    event_subject, job_subject,
 };
 use crate::events::{Event, JobId, JobStatus};
 use crate::protocol::ControlType;
@@ -44,7 +45,7 @@ async fn end_job(
     error: Option<String>,
 ) -> bool {
     let text = error.clone().unwrap_or_default();
-    match streams.end_if(job_id, from, status, &text).await {
+    match streams.end_if(job_id, from, None, status, &text).await {
         Ok(true) => {
             if let Err(e) = streams
                 .publish_event(&end_event(job_id, status, error))
@@ -274,35 +275,19 @@ impl Relay {
     /// How long `worker` has been silent, if that is more than 1.5 heartbeats (`since`: when
     /// the job started; a gateway that lost NATS itself hears nobody and judges nobody).
     fn silent(&self, worker: &str, since: Instant) -> Option<Duration> {
-        let mut seen = self.liveness.lock().expect("lock");
         if self.client.connection_state() != async_nats::connection::State::Connected {
             // Counted again from when this gateway hears the cluster again.
-            seen.insert(worker.to_string(), Instant::now());
+            liveness::saw(&self.liveness, worker);
             return None;
         }
-        let last = seen.get(worker).copied().map_or(since, |t| t.max(since));
+        let last = liveness::last_seen(&self.liveness, worker).map_or(since, |t| t.max(since));
         let silent = last.elapsed();
         (silent > self.heartbeat * 3 / 2).then_some(silent)
     }
 
-    /// Asks a worker whose heartbeats stopped arriving whether it is there after all (a busy
-    /// machine can be late): `true` if it answers within one heartbeat. A dead worker has no
-    /// subscription left, so NATS says "no responders" at once.
+    /// Asks a worker whose heartbeats stopped arriving whether it is there after all.
     async fn answers(&self, worker: &str) -> bool {
-        let asked = tokio::time::timeout(
-            self.heartbeat,
-            self.client
-                .request(ping_subject(worker), bytes::Bytes::new()),
-        )
-        .await;
-        let alive = matches!(asked, Ok(Ok(_)));
-        if alive {
-            self.liveness
-                .lock()
-                .expect("lock")
-                .insert(worker.to_string(), Instant::now());
-        }
-        alive
+        liveness::answers(&self.client, &self.liveness, worker, self.heartbeat).await
     }
 
     /// The events of the job can no longer be read: the client hears so, as the job's end.

@@ -105,13 +105,15 @@ impl Streams {
         }
     }
 
-    /// Moves a record that is still in state `from` to ended with `status` and `error`
-    /// (compare-and-swap, read again after a change that kept its state); `Ok(false)`: it had
-    /// moved on (a worker claimed it, or it ended).
+    /// Moves a record that is still in state `from` (and, given `worker`, still that
+    /// worker's) to ended with `status` and `error` (compare-and-swap, read again after a
+    /// change that kept its state); `Ok(false)`: it had moved on (a worker claimed it, or it
+    /// ended).
     pub async fn end_if(
         &self,
         job_id: &str,
         from: RecordState,
+        worker: Option<&str>,
         status: crate::events::JobStatus,
         error: &str,
     ) -> Result<bool, String> {
@@ -119,7 +121,7 @@ impl Streams {
             let Some((mut record, revision)) = self.record(job_id).await? else {
                 return Ok(false);
             };
-            if record.state != from {
+            if record.state != from || worker.is_some_and(|w| record.worker.as_deref() != Some(w)) {
                 return Ok(false);
             }
             record.state = RecordState::Ended;

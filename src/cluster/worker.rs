@@ -123,27 +123,33 @@ pub async fn run_worker(
 async fn heartbeat(worker: Arc<Worker>, opts: WorkerOptions, stop: CancellationToken) {
     let mut tick = tokio::time::interval(opts.cluster.heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Also answers a gateway that asks whether this worker is still there.
-    let mut pings = match worker
+    // Also answers a gateway that asks whether this worker is still there: on its own, never
+    // behind a slow heartbeat write.
+    match worker
         .client
         .subscribe(super::ping_subject(&worker.name))
         .await
     {
-        Ok(s) => Some(s),
-        Err(e) => {
-            warn!(cause = %e, "cannot answer pings");
-            None
+        Ok(mut pings) => {
+            let (client, stop) = (worker.client.clone(), stop.clone());
+            tokio::spawn(async move {
+                loop {
+                    let ping = tokio::select! {
+                        p = pings.next() => p,
+                        _ = stop.cancelled() => return,
+                    };
+                    let Some(ping) = ping else { return };
+                    if let Some(to) = ping.reply {
+                        let _ = client.publish(to, bytes::Bytes::new()).await;
+                    }
+                }
+            });
         }
-    };
+        Err(e) => warn!(cause = %e, "cannot answer pings"),
+    }
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            Some(ping) = async { pings.as_mut()?.next().await } => {
-                if let Some(to) = ping.reply {
-                    let _ = worker.client.publish(to, bytes::Bytes::new()).await;
-                }
-                continue;
-            }
             _ = stop.cancelled() => return,
         }
         let running = opts.max_jobs - worker.room.available_permits().min(opts.max_jobs);
