@@ -450,7 +450,6 @@ async fn exec(args: ExecArgs) -> Result<ExitCode> {
                 client::input::local_size().unwrap_or(ccx::protocol::PtySize { rows: 24, cols: 80 })
             }),
             requires: (!args.requires.is_empty()).then_some(args.requires),
-            retry_lost: false,
             ..Default::default()
         },
         forward_stdin: args.interactive,

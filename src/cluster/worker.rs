@@ -310,22 +310,24 @@ impl Worker {
     /// are kept: the record is read again and the end written over it.
     async fn finish(&self, completion: &Completion, claim: &(JobRecord, u64)) -> bool {
         let (mut record, mut revision) = claim.clone();
+        // The worker's own registry record of the job, read once.
+        let detail = self
+            .exec
+            .registry()
+            .get(&record.job_id)
+            .await
+            .ok()
+            .map(|mut d| {
+                d.worker = Some(self.name.clone());
+                Box::new(d)
+            });
         loop {
             record.state = RecordState::Ended;
             record.ended = Some(now());
             record.status = Some(completion.status);
             record.exit_code = completion.exit_code;
             record.error = completion.error.clone();
-            record.detail = self
-                .exec
-                .registry()
-                .get(&record.job_id)
-                .await
-                .ok()
-                .map(|mut d| {
-                    d.worker = Some(self.name.clone());
-                    Box::new(d)
-                });
+            record.detail.clone_from(&detail);
             match self.streams.swap(&record, revision).await {
                 Ok(Some(_)) => return true,
                 Ok(None) => {}
