@@ -221,8 +221,9 @@ pub struct Snapshot {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HookCall {
     hook: String,
-    stage: &'static str,
-    decision: &'static str,
+    stage: String,
+    decision: String,
+    mode: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -242,7 +243,7 @@ fn u64_at(v: &Value, key: &str) -> u64 {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let gauges: [(&str, &str, u64); 5] = [
+        let gauges: [(&str, &str, u64); 4] = [
             (
                 "active_sessions",
                 "Sessions connected now (WebSocket and MCP)",
@@ -263,16 +264,18 @@ impl Collector for Snapshot {
                 "Jobs running on after their connection closed",
                 self.detached_jobs,
             ),
-            (
-                "spool_errors",
-                "Output spool write failures since start",
-                self.spool_errors,
-            ),
         ];
         for (name, help, value) in gauges {
             let metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
             ConstGauge::new(value as i64).encode(metric)?;
         }
+        let metric = encoder.encode_descriptor(
+            "spool_errors",
+            "Output spool write failures since start",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(self.spool_errors).encode(metric)?;
         let audit = [
             (
                 "audit_write_errors",
@@ -301,7 +304,8 @@ impl Snapshot {
         // answered wrongly (see the failures family for the kind).
         let mut calls = encoder.encode_descriptor(
             "hook_calls",
-            "Hook calls by hook, stage and decision (would_* for warn and dry-run hooks)",
+            "Hook calls by hook, stage (pre, post, output, input), decision (would_* for warn \
+             and dry-run hooks) and mode",
             None,
             MetricType::Counter,
         )?;
@@ -309,30 +313,18 @@ impl Snapshot {
             let (Some(name), Some(s)) = (h["name"].as_str(), h.get("stats")) else {
                 continue;
             };
-            let failed: u64 = s
-                .get("failures")
-                .and_then(Value::as_object)
-                .map(|f| f.values().filter_map(Value::as_u64).sum())
-                .unwrap_or(0);
-            let pre_failed = failed.saturating_sub(u64_at(s, "post_failures"));
-            let rows: [(&str, &str, u64); 9] = [
-                ("pre", "allow", u64_at(s, "allow")),
-                ("pre", "deny", u64_at(s, "deny")),
-                ("pre", "modify", u64_at(s, "modify")),
-                ("pre", "would_deny", u64_at(s, "would_deny")),
-                ("pre", "would_modify", u64_at(s, "would_modify")),
-                ("pre", "failed", pre_failed),
-                ("post", "pass", u64_at(s, "pass")),
-                ("post", "fail", u64_at(s, "fail")),
-                ("post", "failed", u64_at(s, "post_failures")),
-            ];
-            for (stage, decision, value) in rows {
+            let Some(rows) = s.get("calls_by").and_then(Value::as_array) else {
+                continue;
+            };
+            for row in rows {
+                let label = |key: &str| row[key].as_str().unwrap_or("").to_string();
                 let labels = HookCall {
                     hook: name.to_string(),
-                    stage,
-                    decision,
+                    stage: label("stage"),
+                    decision: label("decision"),
+                    mode: label("mode"),
                 };
-                ConstCounter::new(value).encode(calls.encode_family(&labels)?)?;
+                ConstCounter::new(u64_at(row, "calls")).encode(calls.encode_family(&labels)?)?;
             }
         }
         let mut failures = encoder.encode_descriptor(

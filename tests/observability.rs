@@ -144,15 +144,9 @@ path = "{deny-dangerous}"
     );
     assert_eq!(sample(&m, "ccx_running_jobs{}"), 0.0);
     assert_eq!(sample(&m, "ccx_active_sessions{}"), 1.0);
-    let call = |decision: &str| {
-        sample(
-            &m,
-            &format!(r#"ccx_hook_calls_total{{decision="{decision}",hook="guard",stage="pre"}}"#),
-        )
-    };
-    assert_eq!(call("allow"), 2.0);
-    assert_eq!(call("deny"), 1.0);
-    assert_eq!(call("failed"), 0.0);
+    assert_eq!(call_count(&m, "allow"), 2.0);
+    assert_eq!(call_count(&m, "deny"), 1.0);
+    assert_eq!(call_count(&m, "failed"), 0.0);
     assert_eq!(
         sample(&m, r#"ccx_hook_latency_seconds_count{hook="guard"}"#),
         3.0
@@ -180,10 +174,149 @@ path = "{deny-dangerous}"
 }
 
 fn call_count(m: &BTreeMap<String, f64>, decision: &str) -> f64 {
-    sample(
-        m,
-        &format!(r#"ccx_hook_calls_total{{decision="{decision}",hook="guard",stage="pre"}}"#),
-    )
+    hook_calls(m, "guard", "pre", decision, "enforce")
+}
+
+/// `ccx_hook_calls_total` for one hook, stage, decision and mode; a series appears with its
+/// first call, so an absent one is 0.
+fn hook_calls(
+    m: &BTreeMap<String, f64>,
+    hook: &str,
+    stage: &str,
+    decision: &str,
+    mode: &str,
+) -> f64 {
+    let key = format!(
+        r#"ccx_hook_calls_total{{decision="{decision}",hook="{hook}",mode="{mode}",stage="{stage}"}}"#
+    );
+    m.get(&key).copied().unwrap_or(0.0)
+}
+
+/// Every stage and mode in `ccx_hook_calls_total` (output chunks, input, a warn-mode pre-hook),
+/// a hook's failures, and the gauges and counters that only move with detached and queued
+/// jobs and reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_stage_and_mode_detached_queued_jobs_and_reloads() {
+    let dir = scratch();
+    let hooks = r#"
+[[hooks]]
+name = "shout"
+path = "{output-test}"
+config = { mode = "upper" }
+
+[[hooks]]
+name = "watch"
+path = "{deny-dangerous}"
+mode = "warn"
+
+[[hooks]]
+name = "broken"
+path = "{output-test}"
+config = { mode = "fail-start" }
+on_failure = "allow"
+
+[[hooks]]
+name = "input-guard"
+path = "{input-guard}"
+"#;
+    let config = crate::util::write_config(dir.path(), 0.1, hooks);
+    let (child, addr, _) =
+        crate::util::spawn_ccx_serve(crate::util::CCX, &config, &[("CCX_TOKEN", TOKEN)]);
+    let _server = crate::util::KillOnDrop(child);
+    let url = format!("ws://{addr}/ws?token={TOKEN}");
+    ready(&addr).await;
+
+    let mut ws = Ws::connect(&url).await;
+    // One output chunk replaced by `shout`; `watch` would deny a pipe into a shell (warn: the
+    // job runs).
+    let (_, events) = ws.run(json!({"command": "echo 'echo hi' | sh"})).await;
+    assert_eq!(crate::util::output(&events, "stdout"), "HI\n");
+    // Input: one allowed, one refused.
+    let r = ws
+        .call("execute", json!({"command": "cat", "stdin_open": true}))
+        .await;
+    let job = r["result"]["job_id"].as_str().unwrap().to_string();
+    let r = ws
+        .call("input", json!({"job_id": job, "data": "ok\n"}))
+        .await;
+    assert_eq!(r["result"]["bytes"], 3, "{r}");
+    let r = ws
+        .call(
+            "input",
+            json!({"job_id": job, "data": "rm -rf /\n", "eof": true}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], -32001, "{r}");
+    ws.call("input", json!({"job_id": job, "data": "", "eof": true}))
+        .await;
+    ws.collect(&job).await;
+
+    // A detached job whose client left, and a job queued behind another on one connection.
+    let mut gone = Ws::connect(&url).await;
+    let r = gone
+        .call("execute", json!({"command": "sleep 30", "detach": true}))
+        .await;
+    let detached = r["result"]["job_id"].as_str().unwrap().to_string();
+    drop(gone);
+    let mut busy = Ws::connect(&url).await;
+    let r = busy.call("execute", json!({"command": "sleep 30"})).await;
+    let running = r["result"]["job_id"].as_str().unwrap().to_string();
+    let r = busy.call("execute", json!({"command": "true"})).await;
+    let queued = r["result"]["job_id"].as_str().unwrap().to_string();
+
+    // A reload: the config file changes (the server watches it every 0.1 s).
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n# touched\n")).unwrap();
+
+    let deadline = std::time::Instant::now() + crate::util::WAIT;
+    let m = loop {
+        let m = parse_metrics(&scrape(&addr, Some(TOKEN)).await.1);
+        if sample(&m, "ccx_detached_jobs{}") == 1.0
+            && sample(&m, "ccx_queued_jobs{}") >= 1.0
+            && sample(&m, r#"ccx_config_reloads_total{result="ok"}"#) >= 1.0
+        {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "{m:#?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Output: the job-long instance's start and one replaced chunk (an end-of-stream call
+    // per stream passes).
+    assert!(
+        hook_calls(&m, "shout", "output", "start", "enforce") >= 2.0,
+        "{m:#?}"
+    );
+    assert!(
+        hook_calls(&m, "shout", "output", "replace", "enforce") >= 1.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        hook_calls(&m, "watch", "pre", "would_deny", "warn"),
+        1.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        hook_calls(&m, "input-guard", "input", "allow", "enforce"),
+        1.0,
+        "{m:#?}"
+    );
+    assert_eq!(
+        hook_calls(&m, "input-guard", "input", "deny", "enforce"),
+        1.0,
+        "{m:#?}"
+    );
+    assert!(
+        hook_calls(&m, "broken", "output", "failed", "enforce") >= 2.0,
+        "{m:#?}"
+    );
+    assert!(sample(&m, r#"ccx_hook_failures_total{hook="broken",kind="trap"}"#) >= 2.0);
+    assert_eq!(sample(&m, "ccx_spool_errors_total{}"), 0.0);
+
+    for job in [&detached, &running, &queued] {
+        busy.call("control", json!({"type": "CANCEL", "job_id": job}))
+            .await;
+    }
+    busy.collect(&running).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

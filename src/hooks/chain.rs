@@ -194,7 +194,7 @@ impl HookSet {
             Err(failure) => Tally::Failure(failure.kind, &failure.message),
         };
         hook.counters
-            .record(stage, out.duration, out.fuel_used, tally);
+            .record(stage, hook.spec.mode, out.duration, out.fuel_used, tally);
         let mut report = report(name, stage);
         report.duration_us = out.duration.as_micros() as u64;
         report.fuel_used = out.fuel_used;

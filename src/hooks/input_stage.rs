@@ -7,8 +7,9 @@
 use super::bindings::types as wit;
 use super::call::{self, Answer, Input};
 use super::set::{HookSet, Slot};
+use super::stats::{CallStage, Tally};
 use super::types::{HookRequest, MAX_REASON_BYTES};
-use super::{HookMode, OnFailure};
+use super::{FailureKind, HookMode, OnFailure};
 
 impl HookSet {
     /// Whether any loaded hook exports `check-input`.
@@ -40,16 +41,35 @@ impl HookSet {
             let callable = hook.callable(ready);
             let input = Input::Typed(Box::new(request.clone()), data.to_vec());
             let out = call::call(&self.host, &callable, input).await;
+            let (duration, fuel) = (out.duration, out.fuel_used);
+            let mode = hook.spec.mode;
+            let count = |tally| {
+                hook.counters
+                    .record(CallStage::Input, mode, duration, fuel, tally)
+            };
             let refusal = match out.result {
-                Ok(Answer::Input(wit::InputDecision::Allow)) => None,
+                Ok(Answer::Input(wit::InputDecision::Allow)) => {
+                    count(Tally::Decision("allow"));
+                    None
+                }
                 Ok(Answer::Input(wit::InputDecision::Deny(mut reason))) => {
+                    count(if enforce {
+                        Tally::Decision("deny")
+                    } else {
+                        Tally::Would("deny")
+                    });
                     if reason.len() > MAX_REASON_BYTES {
                         reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
                     }
                     Some(reason)
                 }
-                Ok(_) => Some("an answer of the wrong stage".into()),
+                Ok(_) => {
+                    let message = "an answer of the wrong stage";
+                    count(Tally::Failure(FailureKind::Invalid, message));
+                    Some(message.into())
+                }
                 Err(failure) => {
+                    count(Tally::Failure(failure.kind, &failure.message));
                     tracing::warn!(hook = %name, kind = ?failure.kind, "check-input failed: {}", failure.message);
                     (hook.spec.on_failure == OnFailure::Deny).then_some(failure.message)
                 }

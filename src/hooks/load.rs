@@ -6,14 +6,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::ScopedJoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::bindings::{post, pre, v1};
 use super::call::{HookIdentity, Limits, PostExport, PreExport};
 use super::set::{HookSet, LoadedHook, Ready, Slot};
 use super::spare::SparePool;
-use super::stats::Tally;
-use super::{FailureKind, HookHost, HookSpec, MAX_MEMORY_MB, Stage};
+use super::{HookHost, HookSpec, MAX_MEMORY_MB};
 use sha2::Digest;
 
 /// Why a hook could not be loaded.
@@ -315,12 +314,7 @@ impl HookSet {
                 let counters = host.counters_for(&spec.name);
                 if let Slot::Failed(err) = &slot {
                     // Counted once per load, not once per chain that skips it.
-                    counters.record(
-                        Stage::Pre,
-                        Duration::ZERO,
-                        0,
-                        Tally::Failure(FailureKind::Load, &err.to_string()),
-                    );
+                    counters.record_load_failure(&err.to_string());
                 }
                 let ident = Arc::new(HookIdentity {
                     name: spec.name.clone(),

@@ -16,7 +16,8 @@
 //! output goes past the hook. In `warn` and `dry-run` modes the hook's answers are counted but
 //! never applied.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use wasmtime::Store;
@@ -25,6 +26,7 @@ use super::bindings::output::OutputHook;
 use super::bindings::types as wit;
 use super::call::{self, CallState, Failure, Limits, Phase};
 use super::set::{HookSet, Slot};
+use super::stats::{CallStage, HookCounters, Tally};
 use super::types::HookRequest;
 use super::{FailureKind, HookMode, OnFailure};
 
@@ -134,6 +136,8 @@ struct Session {
     _slot: Option<tokio::sync::OwnedSemaphorePermit>,
     report: OutputReport,
     warned: bool,
+    /// The hook's counters (`/hooks`, `/metrics`): one call per `filter-output`.
+    counters: Arc<HookCounters>,
 }
 
 /// The output stage of one job: the job-long instances of every output hook that matched its
@@ -197,6 +201,7 @@ impl HookSet {
                 }
             };
             let started = with_fuel(&mut store, &limits, u64::MAX);
+            let began = Instant::now();
             let timed = tokio::time::timeout(limits.timeout, async {
                 if slot.is_err() {
                     let e = wasmtime::Error::msg(
@@ -225,7 +230,16 @@ impl HookSet {
             })
             .await;
             let fuel_used = started.used(&store);
-            match outcome(&name, &limits, &store, timed, &stderr.text()) {
+            let result = outcome(&name, &limits, &store, timed, &stderr.text());
+            let tally = match &result {
+                Ok(_) => Tally::Decision("start"),
+                Err(f) => Tally::Failure(f.kind, &f.message),
+            };
+            let took = began.elapsed();
+            let mode = hook.spec.mode;
+            hook.counters
+                .record(CallStage::Output, mode, took, fuel_used, tally);
+            match result {
                 Ok(bound) => sessions.push(Session {
                     name: name.clone(),
                     mode: hook.spec.mode,
@@ -242,6 +256,7 @@ impl HookSet {
                         ..Default::default()
                     },
                     warned: false,
+                    counters: hook.counters.clone(),
                 }),
                 Err(f) => {
                     let enforce = hook.spec.mode == HookMode::Enforce;
@@ -394,6 +409,8 @@ impl Session {
                 self.name, self.job_fuel
             ),
         };
+        let began = Instant::now();
+        let fuel_before = self.report.fuel_used;
         let answer = if left == 0 {
             Err(budget_spent())
         } else {
@@ -425,6 +442,23 @@ impl Session {
             }
         };
         let applies = self.mode == HookMode::Enforce;
+        let decision = match &answer {
+            Ok(wit::OutputAction::Pass) => "pass",
+            Ok(wit::OutputAction::Replace(new)) if *new == data => "pass",
+            Ok(wit::OutputAction::Drop) if data.is_empty() => "pass",
+            Ok(wit::OutputAction::Replace(_)) => "replace",
+            Ok(wit::OutputAction::Drop) => "drop",
+            Ok(wit::OutputAction::EndJob(_)) => "end_job",
+            Err(_) => "failed",
+        };
+        let tally = match &answer {
+            Err(f) => Tally::Failure(f.kind, &f.message),
+            Ok(_) if applies || decision == "pass" => Tally::Decision(decision),
+            Ok(_) => Tally::Would(decision),
+        };
+        let fuel = self.report.fuel_used - fuel_before;
+        self.counters
+            .record(CallStage::Output, self.mode, began.elapsed(), fuel, tally);
         let (bytes, end_reason) = match answer {
             Ok(wit::OutputAction::Pass) => (data, None),
             // Nothing changed: an unchanged replacement, or nothing dropped.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::{FailureKind, Stage};
+use super::{FailureKind, HookMode, Stage};
 
 /// How many recent calls the latency and fuel percentiles are computed over.
 pub const STATS_WINDOW: usize = 1024;
@@ -31,6 +31,10 @@ struct Inner {
     calls: u64,
     pre_calls: u64,
     post_calls: u64,
+    output_calls: u64,
+    input_calls: u64,
+    /// Calls by stage, decision and mode: a handful of rows per hook, searched linearly.
+    by_label: Vec<CallCount>,
     allow: u64,
     deny: u64,
     modify: u64,
@@ -60,10 +64,57 @@ pub struct FailureCounts {
     pub load: u64,
 }
 
+/// The stage of one call, for the counters: the pre- and post-hook chains, and the two
+/// streaming stages (`filter-output` on a job's output, `check-input` on its input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallStage {
+    Pre,
+    Post,
+    Output,
+    Input,
+}
+
+impl From<Stage> for CallStage {
+    fn from(stage: Stage) -> Self {
+        match stage {
+            Stage::Pre => CallStage::Pre,
+            Stage::Post => CallStage::Post,
+        }
+    }
+}
+
+impl CallStage {
+    /// The stage's name in `/hooks` and `/metrics` labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallStage::Pre => "pre",
+            CallStage::Post => "post",
+            CallStage::Output => "output",
+            CallStage::Input => "input",
+        }
+    }
+}
+
+/// Calls of one hook with one stage, decision and mode since start (`/metrics`'
+/// `ccx_hook_calls_total{hook, stage, decision, mode}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CallCount {
+    pub stage: CallStage,
+    /// Pre: `allow`, `deny`, `modify`, or `would_deny`/`would_modify` outside `enforce`.
+    /// Post: `pass`, `fail`, or `none` (no verdict). Output: `start`, `pass`, `replace`,
+    /// `drop`, `end_job` (`would_*` outside `enforce`). Input: `allow`, `deny`
+    /// (`would_deny`). Any stage: `failed` (a limit hit or a wrong answer).
+    pub decision: String,
+    /// The hook's mode at the call.
+    pub mode: HookMode,
+    pub calls: u64,
+}
+
 /// The most recent failure of a hook.
 #[derive(Clone, Debug, Serialize)]
 pub struct LastFailure {
-    pub stage: Stage,
+    pub stage: CallStage,
     pub kind: FailureKind,
     pub message: String,
     /// Seconds since the Unix epoch.
@@ -73,10 +124,16 @@ pub struct LastFailure {
 /// A copy of one hook's counters, for status pages.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HookStats {
-    /// Calls of either stage, including failed ones.
+    /// Calls of every stage, including failed ones.
     pub calls: u64,
     pub pre_calls: u64,
     pub post_calls: u64,
+    /// `filter-output` calls (one per chunk or line, plus the job's `start-output`).
+    pub output_calls: u64,
+    /// `check-input` calls.
+    pub input_calls: u64,
+    /// Every call by stage, decision and mode.
+    pub calls_by: Vec<CallCount>,
     /// Pre-hook decisions (answers that passed the checks).
     pub allow: u64,
     pub deny: u64,
@@ -96,7 +153,7 @@ pub struct HookStats {
     pub fuel_p50: Option<u64>,
     /// Fuel used by every call since start.
     pub fuel_total: u64,
-    /// Failures of post-hook calls (the rest of `failures` are pre-hook calls).
+    /// Failures of post-hook calls.
     pub post_failures: u64,
     /// Every call's latency since start, in buckets.
     pub latency: LatencyHistogram,
@@ -139,12 +196,24 @@ fn percentile(ring: &VecDeque<u64>, p: f64) -> Option<u64> {
 }
 
 impl HookCounters {
-    pub(crate) fn record(&self, stage: Stage, duration: Duration, fuel: u64, tally: Tally<'_>) {
+    /// Counts one call of `stage` by a hook in `mode`: its latency, fuel and what it ended
+    /// with.
+    pub(crate) fn record(
+        &self,
+        stage: impl Into<CallStage>,
+        mode: HookMode,
+        duration: Duration,
+        fuel: u64,
+        tally: Tally<'_>,
+    ) {
+        let stage = stage.into();
         let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         s.calls += 1;
         match stage {
-            Stage::Pre => s.pre_calls += 1,
-            Stage::Post => s.post_calls += 1,
+            CallStage::Pre => s.pre_calls += 1,
+            CallStage::Post => s.post_calls += 1,
+            CallStage::Output => s.output_calls += 1,
+            CallStage::Input => s.input_calls += 1,
         }
         let us = duration.as_micros() as u64;
         let bucket = LATENCY_BOUNDS_US.partition_point(|&le| le < us);
@@ -153,43 +222,61 @@ impl HookCounters {
         s.fuel_total += fuel;
         push_bounded(&mut s.durations_us, us);
         push_bounded(&mut s.fuel, fuel);
+        let would;
+        let decision = match &tally {
+            Tally::Decision(d) => *d,
+            Tally::Would("allow") | Tally::Would("pass") => "allow",
+            Tally::Would(d) => {
+                would = format!("would_{d}");
+                would.as_str()
+            }
+            Tally::Verdict(Some(true)) => "pass",
+            Tally::Verdict(Some(false)) => "fail",
+            Tally::Verdict(None) => "none",
+            Tally::Failure(..) => "failed",
+        };
+        let decision = match (stage, decision) {
+            (CallStage::Output, "allow") => "pass",
+            (_, d) => d,
+        };
+        match s
+            .by_label
+            .iter_mut()
+            .find(|c| c.stage == stage && c.mode == mode && c.decision == decision)
+        {
+            Some(count) => count.calls += 1,
+            None => s.by_label.push(CallCount {
+                stage,
+                decision: decision.to_string(),
+                mode,
+                calls: 1,
+            }),
+        }
         match tally {
             Tally::Decision("allow") => s.allow += 1,
             Tally::Decision("deny") => s.deny += 1,
-            Tally::Decision(_) => s.modify += 1,
+            Tally::Decision("modify") => s.modify += 1,
+            Tally::Decision(_) => {}
             Tally::Would("deny") => s.would_deny += 1,
             Tally::Would("modify") => s.would_modify += 1,
-            Tally::Would(_) => s.allow += 1,
+            Tally::Would("allow") => s.allow += 1,
+            Tally::Would(_) => {}
             Tally::Verdict(Some(true)) => s.pass += 1,
             Tally::Verdict(Some(false)) => s.fail += 1,
             Tally::Verdict(None) => {}
             Tally::Failure(kind, message) => {
-                let real = !matches!(kind, FailureKind::Deny | FailureKind::Modify);
-                if real && matches!(stage, Stage::Post) {
+                if matches!(stage, CallStage::Post) {
                     s.post_failures += 1;
                 }
-                let f = &mut s.failures;
-                match kind {
-                    FailureKind::Fuel => f.fuel += 1,
-                    FailureKind::Timeout => f.timeout += 1,
-                    FailureKind::Memory => f.memory += 1,
-                    FailureKind::Trap => f.trap += 1,
-                    FailureKind::Invalid => f.invalid += 1,
-                    FailureKind::Load => f.load += 1,
-                    // Decisions, never tallied as failures.
-                    FailureKind::Deny | FailureKind::Modify => {}
-                }
-                s.last_failure = Some(LastFailure {
-                    stage,
-                    kind,
-                    message: message.to_string(),
-                    at_unix: SystemTime::now()
-                        .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0),
-                });
+                s.failure(stage, kind, message);
             }
         }
+    }
+
+    /// Counts a hook that could not be loaded: a failure of kind `load`, not a call.
+    pub(crate) fn record_load_failure(&self, message: &str) {
+        let mut s = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        s.failure(CallStage::Pre, FailureKind::Load, message);
     }
 
     pub(crate) fn snapshot(&self) -> HookStats {
@@ -198,6 +285,9 @@ impl HookCounters {
             calls: s.calls,
             pre_calls: s.pre_calls,
             post_calls: s.post_calls,
+            output_calls: s.output_calls,
+            input_calls: s.input_calls,
+            calls_by: s.by_label.clone(),
             allow: s.allow,
             deny: s.deny,
             modify: s.modify,
@@ -221,6 +311,31 @@ impl HookCounters {
     }
 }
 
+impl Inner {
+    fn failure(&mut self, stage: CallStage, kind: FailureKind, message: &str) {
+        let f = &mut self.failures;
+        match kind {
+            FailureKind::Fuel => f.fuel += 1,
+            FailureKind::Timeout => f.timeout += 1,
+            FailureKind::Memory => f.memory += 1,
+            FailureKind::Trap => f.trap += 1,
+            FailureKind::Invalid => f.invalid += 1,
+            FailureKind::Load => f.load += 1,
+            // Decisions of warn-mode hooks, never tallied as failures.
+            FailureKind::Deny | FailureKind::Modify => return,
+        }
+        self.last_failure = Some(LastFailure {
+            stage,
+            kind,
+            message: message.to_string(),
+            at_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +354,7 @@ mod tests {
         for _ in 0..STATS_WINDOW + 10 {
             c.record(
                 Stage::Pre,
+                HookMode::Enforce,
                 Duration::from_micros(5),
                 7,
                 Tally::Decision("allow"),
