@@ -125,6 +125,32 @@ async fn ends_kill_escapees(mode: &str) {
     all_gone(&job).await;
 }
 
+/// Whether `pid` is paused as `mode` pauses: stopped (`T` in /proc/<pid>/stat) in
+/// process-group mode; in cgroup mode frozen, which /proc shows only as `frozen 1` in its
+/// cgroup's `cgroup.events` (frozen tasks show state `S`).
+fn stopped(pid: u32, mode: &str) -> bool {
+    if mode == "process-group" {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        return state.starts_with('T') || state.starts_with('t');
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let Some(path) = cgroup.lines().find_map(|l| l.strip_prefix("0::")) else {
+        return false;
+    };
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mount = mountinfo
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split(' ').nth(4))
+        .expect("a cgroup2 mount");
+    let events = format!("{mount}{path}/cgroup.events");
+    std::fs::read_to_string(&events)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l == "frozen 1")
+}
+
 /// Bytes the job's escaped writer has written so far.
 fn written(file: &Path) -> u64 {
     std::fs::metadata(file).map_or(0, |m| m.len())
@@ -147,6 +173,12 @@ async fn pause_stops_escapees(mode: &str) {
     .await;
     control(&mut ws, "PAUSE", &job).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Every process of the job, the double-forked daemon and its child too, is stopped.
+    let procs = processes_of(&job);
+    assert!(procs.len() >= 5, "{procs:?}");
+    for pid in procs {
+        assert!(stopped(pid, mode), "{pid} of {job} runs on while paused");
+    }
     let paused_at = written(&file);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(written(&file), paused_at, "the escaped writer is paused");

@@ -5,9 +5,11 @@
 //! (Linux 5.14) SIGKILLs every process of a subtree, `cgroup.freeze` (5.2) freezes one,
 //! `cgroup.events` reports `populated` and `frozen`, `cgroup.procs` lists the processes, and
 //! rmdir(2) fails with EBUSY while a cgroup has processes or child cgroups. The hierarchy is
-//! found in /proc/self/mountinfo (fstype `cgroup2`), never assumed. This module never moves
-//! processes: the server starts children straight inside a job with clone3(2)'s
-//! `CLONE_INTO_CGROUP` (5.7), passing [`JobCgroup::dir_fd`].
+//! found in /proc/self/mountinfo (fstype `cgroup2`), never assumed. This module never moves a
+//! job's processes: the server starts children straight inside a job with clone3(2)'s
+//! `CLONE_INTO_CGROUP` (5.7), passing [`JobCgroup::dir_fd`]. It moves only the server itself,
+//! once, into a leaf of its own cgroup when that is what it takes to pass the `memory` and
+//! `pids` controllers down to job cgroups ([`CgroupRoot::open`]).
 //!
 //! Observed on Linux 6.18 (tests of this module): a killed process leaves `cgroup.procs`, and
 //! `populated` drops to 0, as soon as it has exited, while still an unreaped zombie, so rmdir
@@ -52,7 +54,9 @@ impl CgroupRoot {
     /// `cgroup.kill`,
     /// wait up to 5 s until empty, rmdir with their children. A sibling whose pid was reused by
     /// another live process is left alone. Checks that the base has `cgroup.kill` (Linux >=
-    /// 5.14) and `cgroup.freeze` (>= 5.2).
+    /// 5.14) and `cgroup.freeze` (>= 5.2). Passes `memory` and `pids` down from `parent` where
+    /// it offers them, moving the server into `ccx-<pid>-server` below its own cgroup when
+    /// that is needed (see `delegate_controllers`); a failure there is only logged.
     ///
     /// Errors: a human-readable reason naming what is missing (no cgroup2 mount, parent not
     /// found or not writable, no `cgroup.kill`, ...).
@@ -83,6 +87,11 @@ impl CgroupRoot {
             return Err(msg);
         }
         remove_stale(&parent_dir);
+        let leaf = format!("{BASE_PREFIX}{}-server", std::process::id());
+        let own = parent.is_none().then_some(leaf.as_str());
+        if let Err(why) = delegate_controllers(&parent_dir, own, std::process::id()) {
+            tracing::warn!(cgroup = %parent_dir.display(), "{why}");
+        }
         // The counter: several roots in one process (tests, an embedding program) each have
         // their own base.
         static ROOTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -338,6 +347,62 @@ fn remove_stale(parent: &Path) {
     }
 }
 
+/// The controllers a job's limits use in cgroup v2 (`memory.max`, `pids.max`).
+const LIMIT_CONTROLLERS: [&str; 2] = ["memory", "pids"];
+
+/// Passes `memory` and `pids` down from `parent` (`+memory +pids` in its
+/// `cgroup.subtree_control`), where `parent/cgroup.controllers` offers them, so that the bases
+/// made below it can enable them for job cgroups. cgroup v2 refuses that (EBUSY) while
+/// processes live in `parent` itself ("no internal process" rule, cgroup-v2.rst): when
+/// `parent` is the server's own cgroup (`own_leaf` is `Some(name)`: under systemd,
+/// `Delegate=yes` hands the service's cgroup over with the server inside it), the server first
+/// moves itself (`pid`, all its threads) into a leaf `parent/<name>` of its own, as systemd's
+/// delegation notes advise. Errors: why the controllers stay off (jobs then fall back to
+/// cgroup v1 or rlimits, as `/health` shows).
+fn delegate_controllers(parent: &Path, own_leaf: Option<&str>, pid: u32) -> Result<(), String> {
+    let listed = |file: &str| fs::read_to_string(parent.join(file)).unwrap_or_default();
+    let offered = listed("cgroup.controllers");
+    let enabled = listed("cgroup.subtree_control");
+    let missing: Vec<&str> = LIMIT_CONTROLLERS
+        .into_iter()
+        .filter(|c| offered.split_whitespace().any(|o| o == *c))
+        .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let control = parent.join("cgroup.subtree_control");
+    let enable = || {
+        let change: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+        write_file(&control, &change.join(" "))
+    };
+    let busy = match enable() {
+        Ok(()) => return Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => e,
+        Err(e) => return Err(format!("cannot enable {missing:?} for job cgroups: {e}")),
+    };
+    let Some(leaf) = own_leaf else {
+        return Err(format!(
+            "cannot enable {missing:?} for job cgroups: {busy} (processes live in the parent)"
+        ));
+    };
+    let leaf = parent.join(leaf);
+    match fs::create_dir(&leaf) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(format!(
+                "cannot make {} for the server: {e}",
+                leaf.display()
+            ));
+        }
+        _ => {}
+    }
+    write_file(&leaf.join("cgroup.procs"), &pid.to_string())
+        .map_err(|e| format!("cannot move the server into {}: {e}", leaf.display()))?;
+    enable().map_err(|e| {
+        format!("cannot enable {missing:?} for job cgroups: {e} (other processes live in the server's cgroup)")
+    })
+}
+
 /// `cgroup.kill`s the subtree at `path`, sleeps until it is empty (at most `limit`), removes it.
 fn kill_and_remove(path: &Path, limit: Duration) -> io::Result<()> {
     write_file(&path.join("cgroup.kill"), "1")?;
@@ -431,3 +496,7 @@ pub(super) fn write_file(path: &Path, value: &str) -> io::Result<()> {
 fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
+
+#[cfg(test)]
+#[path = "cgroup_tests.rs"]
+mod tests;
