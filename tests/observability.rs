@@ -198,7 +198,10 @@ fn hook_calls(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_every_stage_and_mode_detached_queued_jobs_and_reloads() {
     let dir = scratch();
-    let hooks = r#"
+    let log = dir.path().join("decisions.jsonl");
+    // The first line lands in the harness's `[sandbox]` table.
+    let hooks = format!("decision_log = \"{}\"\n", log.display())
+        + r#"
 [[hooks]]
 name = "shout"
 path = "{output-test}"
@@ -219,7 +222,7 @@ on_failure = "allow"
 name = "input-guard"
 path = "{input-guard}"
 "#;
-    let config = crate::util::write_config(dir.path(), 0.1, hooks);
+    let config = crate::util::write_config(dir.path(), 0.1, &hooks);
     let (child, addr, _) =
         crate::util::spawn_ccx_serve(crate::util::CCX, &config, &[("CCX_TOKEN", TOKEN)]);
     let _server = crate::util::KillOnDrop(child);
@@ -311,6 +314,22 @@ path = "{input-guard}"
     );
     assert!(sample(&m, r#"ccx_hook_failures_total{hook="broken",kind="trap"}"#) >= 2.0);
     assert_eq!(sample(&m, "ccx_spool_errors_total{}"), 0.0);
+
+    // The input stage's decisions are in the decision log too.
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let input: Vec<Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["stage"] == "input")
+        .collect();
+    let decisions: Vec<&str> = input
+        .iter()
+        .map(|r| r["decision"].as_str().unwrap())
+        .collect();
+    assert_eq!(decisions, ["allow", "deny"], "{lines}");
+    assert_eq!(input[1]["hook"], "input-guard");
+    assert_eq!(input[1]["reason"], "input contains `rm -rf`");
+    assert_eq!(input[1]["request"]["job_id"], job.as_str());
 
     for job in [&detached, &running, &queued] {
         busy.call("control", json!({"type": "CANCEL", "job_id": job}))

@@ -6,6 +6,7 @@
 
 use super::bindings::types as wit;
 use super::call::{self, Answer, Input};
+use super::decision_log::DecisionRecord;
 use super::set::{HookSet, Slot};
 use super::stats::{CallStage, Tally};
 use super::types::{HookRequest, MAX_REASON_BYTES};
@@ -33,9 +34,9 @@ impl HookSet {
             if ready.input.is_none() {
                 continue;
             }
-            if hook.sees(request).is_none() {
+            let Some(matched) = hook.sees(request) else {
                 continue;
-            }
+            };
             let name = hook.spec.name.clone();
             let enforce = hook.spec.mode == HookMode::Enforce;
             let callable = hook.callable(ready);
@@ -43,33 +44,63 @@ impl HookSet {
             let out = call::call(&self.host, &callable, input).await;
             let (duration, fuel) = (out.duration, out.fuel_used);
             let mode = hook.spec.mode;
-            let count = |tally| {
+            // Every call goes to the counters and, when it is on, the decision log.
+            let count = |tally: Tally<'_>, why: Option<&str>| {
+                if let Some(log) = self.host.decision_log() {
+                    let why = why.map(str::to_string);
+                    let (decision, reason, failure) = match &tally {
+                        Tally::Decision(d) | Tally::Would(d) => (d.to_string(), why, None),
+                        Tally::Failure(kind, message) => {
+                            ("failed".to_string(), Some(message.to_string()), Some(*kind))
+                        }
+                        Tally::Verdict(_) => ("none".to_string(), None, None),
+                    };
+                    log.record(DecisionRecord {
+                        time: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                        job_id: request.job_id.clone(),
+                        hook: name.clone(),
+                        sha256: ready.sha256.clone(),
+                        stage: "input",
+                        mode,
+                        matched: matched.clone(),
+                        decision,
+                        reason,
+                        patch: None,
+                        duration_us: duration.as_micros() as u64,
+                        fuel,
+                        failure,
+                        request: request.clone(),
+                    });
+                }
                 hook.counters
                     .record(CallStage::Input, mode, duration, fuel, tally)
             };
             let refusal = match out.result {
                 Ok(Answer::Input(wit::InputDecision::Allow)) => {
-                    count(Tally::Decision("allow"));
+                    count(Tally::Decision("allow"), None);
                     None
                 }
                 Ok(Answer::Input(wit::InputDecision::Deny(mut reason))) => {
-                    count(if enforce {
-                        Tally::Decision("deny")
-                    } else {
-                        Tally::Would("deny")
-                    });
                     if reason.len() > MAX_REASON_BYTES {
                         reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
                     }
+                    let tally = if enforce {
+                        Tally::Decision("deny")
+                    } else {
+                        Tally::Would("deny")
+                    };
+                    count(tally, Some(&reason));
                     Some(reason)
                 }
                 Ok(_) => {
                     let message = "an answer of the wrong stage";
-                    count(Tally::Failure(FailureKind::Invalid, message));
+                    count(Tally::Failure(FailureKind::Invalid, message), None);
                     Some(message.into())
                 }
                 Err(failure) => {
-                    count(Tally::Failure(failure.kind, &failure.message));
+                    count(Tally::Failure(failure.kind, &failure.message), None);
                     tracing::warn!(hook = %name, kind = ?failure.kind, "check-input failed: {}", failure.message);
                     (hook.spec.on_failure == OnFailure::Deny).then_some(failure.message)
                 }
