@@ -1,18 +1,18 @@
 //! The output stage through a real server, a real WebSocket and the real `output-test` guest
 //! (`hooks/output-test`, its behaviour chosen by config): what clients, the record and the
-//! replay see; line granularity and its flush; a hook that ends the job; failures under both
-//! policies, with another connection served meanwhile.
+//! replay see; `seq` gaps; line granularity, its flush and its line limit; a hook that ends
+//! the job. Failures are in `output_hooks_failures`.
 
 use crate::util::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
-async fn start(hooks: &str) -> AppServer {
+pub(crate) async fn start(hooks: &str) -> AppServer {
     AppServer::with_config(0.05, hooks).await
 }
 
-fn named<'a>(events: &'a [Value], method: &str) -> Vec<&'a Value> {
+pub(crate) fn named<'a>(events: &'a [Value], method: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["method"] == method).collect()
 }
 
@@ -64,6 +64,45 @@ config = { mode = "drop-stderr" }
     let replay = ws.collect(&job).await;
     assert_eq!(output(&replay, "stdout"), "SECRET HERE");
     assert_eq!(output(&replay, "stderr"), "");
+
+    // So is the job's record.
+    let rec = ws.call("get_job", json!({"job_id": job})).await["result"].clone();
+    assert_eq!(rec["stdout_bytes"], 11, "{rec}");
+    assert_eq!(rec["stdout_sha256"], sha256(b"SECRET HERE"), "{rec}");
+    assert_eq!(rec["stderr_bytes"], 0, "{rec}");
+    assert_eq!(rec["stderr_sha256"], sha256(b""), "{rec}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_chunk_leaves_a_gap_in_seq() {
+    let server = start(
+        r#"
+[[hooks]]
+name = "odd"
+path = "{output-test}"
+config = { mode = "drop-odd" }
+"#,
+    )
+    .await;
+    let mut ws = server.connect().await;
+    let (_, events) = ws
+        .run(json!({"command": "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.05; done"}))
+        .await;
+    assert_eq!(completion(&events)["status"], "completed");
+    let seqs: Vec<u64> = named(&events, "process.output")
+        .iter()
+        .filter(|e| e["params"]["data"] != "")
+        .map(|e| e["params"]["seq"].as_u64().unwrap())
+        .collect();
+    // Reads are numbered from 1; the odd ones were dropped and their numbers are not reused.
+    assert!(seqs.len() >= 2, "{events:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    assert!(seqs.iter().all(|s| s % 2 == 0), "{seqs:?}");
+    let out = output(&events, "stdout");
+    assert!(!out.contains("1\n"), "the first read was dropped: {out:?}");
+    assert!(out.lines().count() < 8, "{out:?}");
+    let changed = report(completion(&events), "odd")["output"]["chunks_changed"].clone();
+    assert!(changed.as_u64() >= Some(1), "{changed}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,6 +125,36 @@ config = { mode = "hold" }
     assert_eq!(completion(&events)["status"], "completed");
 }
 
+/// Runs a command to its end and returns the `tag` mode's deliveries, `<seq:LEN>` each, as
+/// (LEN, when it arrived), and when `process.completed` arrived.
+async fn tagged_deliveries(ws: &mut Ws, command: &str) -> (Vec<(usize, Duration)>, Duration) {
+    let t0 = Instant::now();
+    let r = ws.call("execute", json!({"command": command})).await;
+    let job = r["result"]["job_id"].as_str().expect("job id").to_string();
+    let mut got = Vec::new();
+    loop {
+        let e = ws.next().await;
+        if e["params"]["job_id"] != job {
+            continue;
+        }
+        if e["method"] == "process.completed" {
+            assert_eq!(e["params"]["status"], "completed", "{e}");
+            return (got, t0.elapsed());
+        }
+        if e["method"] == "process.output" && e["params"]["data"] != "" {
+            // One delivery per event: `<SEQ:LEN>`.
+            let data = e["params"]["data"].as_str().unwrap();
+            let len = data
+                .strip_prefix('<')
+                .and_then(|d| d.strip_suffix('>'))
+                .and_then(|d| d.split_once(':'))
+                .and_then(|(_, len)| len.parse().ok())
+                .unwrap_or_else(|| panic!("not one tag: {data}"));
+            got.push((len, t0.elapsed()));
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn line_granularity_delivers_whole_lines_and_flushes_a_prompt() {
     let server = start(
@@ -100,22 +169,54 @@ config = { mode = "tag" }
     .await;
     let mut ws = server.connect().await;
     // Two lines written in three pieces, then a prompt that never gets its newline while the
-    // job waits: it must still appear, after `flush_ms`.
-    let (_, events) = ws
-        .run(json!({"command": "printf 'ab'; sleep 0.05; printf 'c\\nde'; sleep 0.05; printf 'f\\n'; printf 'name? '; sleep 1.5"}))
-        .await;
-    let chunks: Vec<String> = named(&events, "process.output")
-        .iter()
-        .map(|e| e["params"]["data"].as_str().unwrap().to_string())
-        .collect();
-    let all = chunks.concat();
-    // `<seq:len>` per delivery: the lines `abc\n` (4) and `def\n` (4), then the prompt (6).
-    let lens: Vec<&str> = all
-        .split('<')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.split(':').nth(1).unwrap().trim_end_matches('>'))
-        .collect();
-    assert_eq!(lens, ["4", "4", "6"], "{all}");
+    // job waits 2 s: it must appear after `flush_ms`, long before the job ends.
+    let (got, done) = tagged_deliveries(
+        &mut ws,
+        "printf 'ab'; sleep 0.05; printf 'c\\nde'; sleep 0.05; printf 'f\\n'; printf 'name? '; sleep 2",
+    )
+    .await;
+    // The lines `abc\n` (4) and `def\n` (4), then the prompt (6).
+    let lens: Vec<usize> = got.iter().map(|(len, _)| *len).collect();
+    assert_eq!(lens, [4, 4, 6], "{got:?}");
+    let (line, prompt) = (got[1].1, got[2].1);
+    let waited = prompt - line;
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1400),
+        "the prompt came {waited:?} after the line before it (flush_ms = 400)"
+    );
+    assert!(
+        done > prompt + Duration::from_secs(1),
+        "the prompt came at {prompt:?}, the end at {done:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_longer_than_the_limit_goes_at_the_limit_without_its_newline() {
+    // `flush_ms` is long: only the line limit can let a partial line go early.
+    let server = start(
+        r#"
+[[hooks]]
+name = "tag"
+path = "{output-test}"
+output = { granularity = "line", max_line_bytes = 8, flush_ms = 10000 }
+config = { mode = "tag" }
+"#,
+    )
+    .await;
+    let mut ws = server.connect().await;
+    let (got, done) = tagged_deliveries(
+        &mut ws,
+        "printf '0123456789abcdefXY'; sleep 1; printf 'Z\\n'",
+    )
+    .await;
+    // Sixteen bytes (twice the limit) at once; `XY` waits for its newline and goes with it.
+    let lens: Vec<usize> = got.iter().map(|(len, _)| *len).collect();
+    assert_eq!(lens, [16, 4], "{got:?}");
+    assert!(
+        got[1].1 - got[0].1 > Duration::from_millis(700),
+        "the cut part did not go before the newline: {got:?}"
+    );
+    assert!(done < Duration::from_secs(8), "{done:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,163 +247,4 @@ config = { mode = "end-on", needle = "STOP" }
         error.contains("stopper") && error.contains("saw `STOP`"),
         "{error}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spinning_hook_is_cut_at_its_deadline_under_both_policies() {
-    // Fails closed by default: the job ends `failed`, nothing past the failure is sent.
-    let server = start(
-        r#"
-[[hooks]]
-name = "spinner"
-path = "{output-test}"
-timeout_ms = 100
-fuel = 0
-match = { programs = ["echo"] }
-config = { mode = "spin" }
-"#,
-    )
-    .await;
-    let mut ws = server.connect().await;
-    let mut other = server.connect().await;
-    let job = ws
-        .call("execute", json!({"command": "echo leak; sleep 5"}))
-        .await;
-    let job = job["result"]["job_id"].as_str().unwrap().to_string();
-    // Meanwhile another connection is served at once.
-    let t = Instant::now();
-    let (_, quick) = other.run(json!({"command": "true"})).await;
-    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
-    assert_eq!(completion(&quick)["status"], "completed");
-    let events = ws.collect(&job).await;
-    assert_eq!(output(&events, "stdout"), "");
-    let done = completion(&events);
-    assert_eq!(done["status"], "failed", "{done}");
-    assert!(
-        done["error"]
-            .as_str()
-            .unwrap()
-            .contains("deadline of 100 ms"),
-        "{done}"
-    );
-    drop(ws);
-    drop(other);
-    server.stop().await;
-
-    // `on_failure = "allow"`: the chunk passes unchanged, a warning says why, and the rest
-    // of the output goes past the failed hook.
-    let server = start(
-        r#"
-[[hooks]]
-name = "spinner"
-path = "{output-test}"
-timeout_ms = 100
-fuel = 0
-on_failure = "allow"
-config = { mode = "spin" }
-"#,
-    )
-    .await;
-    let mut ws = server.connect().await;
-    let (_, events) = ws
-        .run(json!({"command": "echo one; sleep 0.1; echo two"}))
-        .await;
-    assert_eq!(output(&events, "stdout"), "one\ntwo\n");
-    let warnings = named(&events, "hook.warning");
-    assert_eq!(warnings.len(), 1, "{events:?}");
-    assert_eq!(warnings[0]["params"]["stage"], "output");
-    assert_eq!(warnings[0]["params"]["kind"], "timeout");
-    let done = completion(&events);
-    assert_eq!(done["status"], "completed", "{done}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_job_long_instance_stays_within_its_memory_limit() {
-    let server = start(
-        r#"
-[[hooks]]
-name = "hoarder"
-path = "{output-test}"
-memory_mb = 32
-config = { mode = "alloc", mb = "8" }
-"#,
-    )
-    .await;
-    let mut ws = server.connect().await;
-    let (_, events) = ws
-        .run(json!({"command": "for i in 1 2 3 4 5 6 7 8; do echo $i; sleep 0.02; done"}))
-        .await;
-    let done = completion(&events);
-    assert_eq!(done["status"], "failed", "{done}");
-    let error = done["error"].as_str().unwrap();
-    assert!(
-        error.contains("hoarder") && error.contains("memory"),
-        "{error}"
-    );
-    // What went out before the failure went out whole; nothing after it. (Each chunk costs
-    // 8 MB, so the fourth fails; on a loaded machine one chunk may carry several lines.)
-    let out = output(&events, "stdout");
-    let all = "1\n2\n3\n4\n5\n6\n7\n8\n";
-    assert!(
-        out.len() < all.len() && all.starts_with(&out) && (out.is_empty() || out.ends_with('\n')),
-        "{out:?}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hook_that_cannot_start_keeps_the_job_from_running_when_it_fails_closed() {
-    let server = start(
-        r#"
-[[hooks]]
-name = "broken"
-path = "{output-test}"
-config = { mode = "fail-start" }
-"#,
-    )
-    .await;
-    let mut ws = server.connect().await;
-    let dir = scratch();
-    let marker = dir.path().join("ran");
-    let err = ws
-        .call(
-            "execute",
-            json!({"command": format!("touch {}", marker.display())}),
-        )
-        .await;
-    assert_eq!(err["error"]["code"], -32001, "{err}");
-    assert_eq!(err["error"]["data"]["hook"], "broken");
-    assert!(!marker.exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_jobs_fuel_budget_ends_the_hook_and_its_policy_decides() {
-    // `upper` burns some fuel per chunk; a budget for a few chunks runs out mid-job.
-    let server = start(
-        r#"
-[[hooks]]
-name = "budgeted"
-path = "{output-test}"
-output = { job_fuel = 30_000 }
-on_failure = "allow"
-config = { mode = "upper" }
-"#,
-    )
-    .await;
-    let mut ws = server.connect().await;
-    let (_, events) = ws
-        .run(json!({"command": "for i in $(seq 1 40); do echo line$i; sleep 0.01; done"}))
-        .await;
-    let done = completion(&events);
-    assert_eq!(done["status"], "completed", "{done}");
-    let out = output(&events, "stdout");
-    // Upper case until the budget ran out, then the rest passed the failed hook unchanged.
-    assert!(
-        out.starts_with("LINE1\n") && out.ends_with("line40\n"),
-        "{out}"
-    );
-    let warnings = named(&events, "hook.warning");
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(warnings[0]["params"]["kind"], "fuel");
-    let r = report(done, "budgeted");
-    assert!(r["error"].as_str().unwrap().contains("fuel budget"), "{r}");
 }

@@ -1,6 +1,7 @@
 //! The example output hook `secret-redact` (`hooks/secret-redact`) through a real server: a
 //! secret split across reads is redacted for WebSocket, `ccx exec` and MCP clients alike, and
-//! 100 MB of output arrive byte-exact except the redactions.
+//! 100 MB of output arrive byte-exact except the redactions through all three; extra patterns
+//! from the config through `ccx hooks run`.
 
 use crate::util::*;
 use serde_json::json;
@@ -66,6 +67,13 @@ async fn a_secret_split_across_reads_is_redacted_for_every_kind_of_client() {
     );
     // (The command line, which MCP echoes, has the key in two pieces.)
     assert!(!text.contains("AKIAABCDEFGHIJKLMNOP"), "{text}");
+    // The structured stdout is exactly what the other clients got, bearer value included.
+    let s = r.structured_content.as_ref().unwrap();
+    assert_eq!(s["stdout"], REDACTED, "{s}");
+    assert_eq!(
+        s["stdout_sha256"],
+        hex(&Sha256::digest(REDACTED.as_bytes()))
+    );
     let _ = client.cancel().await;
 }
 
@@ -111,24 +119,67 @@ async fn a_hundred_megabytes_arrive_byte_exact_except_the_redactions() {
     let dir = scratch();
     let file = dir.path().join("big.log");
     std::fs::write(&file, &raw).unwrap();
+    let raw_len = raw.len();
 
+    let want = hex(&Sha256::digest(&expected));
+    drop(raw);
+
+    // One server, three clients at once: a WebSocket, `ccx exec` and MCP.
     let server = AppServer::with_config(0.05, HOOK).await;
-    let mut ws = server.connect().await;
-    let (_, events) = ws
-        .run(json!({"command": format!("cat {}", file.display())}))
-        .await;
+    let command = format!("cat {}", file.display());
+    let exec = {
+        let (url, command) = (format!("ws://{}/ws", server.addr), command.clone());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(CCX)
+                .args(["exec", "--url", &url, &command])
+                .env_remove("CCX_TOKEN")
+                .output()
+                .unwrap()
+        })
+    };
+    let mcp = async {
+        let (client, _) = crate::mcp::http_client(server.addr, None).await.unwrap();
+        let r = crate::mcp::call_tool(&client, "execute", json!({"command": command})).await;
+        let _ = client.cancel().await;
+        r.structured_content.expect("structured content")
+    };
+    let ws = async {
+        let mut ws = server.connect().await;
+        ws.run(json!({"command": command})).await.1
+    };
+    let (events, mcp, exec) = tokio::join!(ws, mcp, exec);
+
     let done = completion(&events);
     assert_eq!(done["status"], "completed", "{done}");
-    assert_eq!(done["stdout_raw_bytes"], raw.len());
+    assert_eq!(done["stdout_raw_bytes"], raw_len);
     assert_eq!(done["stdout_bytes"], expected.len());
     let got = output(&events, "stdout");
     assert_eq!(got.len(), expected.len());
     assert_eq!(
         hex(&Sha256::digest(got.as_bytes())),
-        hex(&Sha256::digest(&expected)),
+        want,
         "the received bytes differ from the expected redaction"
     );
-    assert_eq!(done["stdout_sha256"], hex(&Sha256::digest(&expected)));
+    assert_eq!(done["stdout_sha256"], want);
+
+    // `ccx exec` writes every byte it got to its stdout.
+    let exec = exec.unwrap();
+    assert!(exec.status.success(), "{:?}", exec.status);
+    assert_eq!(exec.stdout.len(), expected.len());
+    assert_eq!(
+        hex(&Sha256::digest(&exec.stdout)),
+        want,
+        "ccx exec's stdout differs"
+    );
+
+    // MCP keeps only a head and tail for the agent to read, and reports the digest of all.
+    assert_eq!(mcp["status"], "completed", "{mcp}");
+    assert_eq!(mcp["stdout_raw_bytes"], raw_len);
+    assert_eq!(mcp["stdout_bytes"], expected.len());
+    assert_eq!(mcp["stdout_sha256"], want);
+    let shown = mcp["stdout"].as_str().unwrap();
+    let (head, tail) = (&expected[..1000], &expected[expected.len() - 1000..]);
+    assert!(shown.as_bytes().starts_with(head) && shown.as_bytes().ends_with(tail));
 }
 
 #[test]
@@ -150,4 +201,30 @@ fn hooks_run_output_passes_a_file_through_the_stage() {
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stderr).unwrap();
     assert_eq!(report["reports"][0]["chunks_changed"], 1, "{report}");
+}
+
+#[test]
+fn hooks_run_output_takes_extra_patterns_from_the_config() {
+    let dir = scratch();
+    let input = dir.path().join("in.txt");
+    let token = "itk_0123456789abcdef0123456789abcdef";
+    std::fs::write(
+        &input,
+        format!("t={token} k=AKIAIOSFODNN7EXAMPLE\nitk_short\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(CCX)
+        .args(["hooks", "run"])
+        .arg(component("secret-redact"))
+        .args(["--config", "pattern.internal-token=itk_[0-9a-f]{32}"])
+        .arg("--output")
+        .arg(format!("@{}", input.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    // The extra kind beside the built-in ones; a near miss stays.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "t=[REDACTED:internal-token] k=[REDACTED:aws-access-key-id]\nitk_short\n"
+    );
 }

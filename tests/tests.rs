@@ -25,8 +25,11 @@
 //! - `mcp_jobs`: the MCP job-handle tools (run by `mcp` on each transport).
 //! - `mcp_python`: the same tools driven by the official MCP Python SDK at both revisions.
 //! - `mcp_tasks`: `execute` as an MCP task for clients of the Tasks extension.
-//! - `output_hooks`: the output stage: what clients, records and replays see, line granularity,
-//!   a hook ending the job, failures under both policies, the instance's memory limit.
+//! - `output_hooks`: the output stage: what clients, records and replays see, `seq` gaps, line
+//!   granularity with its flush and line limit, a hook ending the job.
+//! - `output_hooks_failures`: output hooks that fail: a spinning hook cut at its deadline while
+//!   another connection is served, the instance's memory limit, a hook that cannot start, the
+//!   job's fuel budget under both policies.
 //! - `audit`: the audit log for every kind of ending and refusal; `ccx audit verify` on
 //!   edited, deleted, reordered and cut logs.
 //! - `observability`: `/metrics` read by the Prometheus parser as jobs end; trace context.
@@ -81,6 +84,7 @@ mod mcp_python;
 mod mcp_tasks;
 mod observability;
 mod output_hooks;
+mod output_hooks_failures;
 mod policy;
 mod redact_core;
 mod restructure;

@@ -89,8 +89,21 @@ pub struct JobReport {
     pub signal: Option<i32>,
     /// Seconds from spawn to the end of the output.
     pub execution_time: f64,
+    /// Bytes sent (after output hooks, when any ran): `stdout` and `stderr` below are cut
+    /// from these.
     pub stdout_bytes: u64,
     pub stderr_bytes: u64,
+    /// Bytes the job wrote, when output hooks ran (they may differ from what was sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_raw_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_raw_bytes: Option<u64>,
+    /// SHA-256 (hex) of all the stdout bytes sent, for a job that ran: lets an agent check a
+    /// whole output it only sees the head and tail of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdout_sha256: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stderr_sha256: Option<String>,
     pub pid: Option<u32>,
     pub pgid: Option<i32>,
     /// Why the command could not be started.
@@ -236,6 +249,10 @@ impl Collector {
             execution_time: c.execution_time,
             stdout_bytes: c.stdout_bytes,
             stderr_bytes: c.stderr_bytes,
+            stdout_raw_bytes: c.stdout_raw_bytes,
+            stderr_raw_bytes: c.stderr_raw_bytes,
+            stdout_sha256: c.stdout_sha256,
+            stderr_sha256: c.stderr_sha256,
             pid: c.pid.or(self.progress.borrow().pid),
             pgid: c.pgid.or(self.progress.borrow().pgid),
             error: c.error,

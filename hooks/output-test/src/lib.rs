@@ -3,6 +3,7 @@
 //! - `pass` (default): passes every chunk;
 //! - `upper`: replaces each chunk with its ASCII upper case;
 //! - `drop-stderr`: drops stderr chunks;
+//! - `drop-odd`: drops the chunks with an odd `seq`;
 //! - `hold`: holds everything back and releases it, tagged `[held N]`, at each stream's end;
 //! - `end-on`: ends the job when a chunk contains `needle`;
 //! - `tag`: replaces each chunk with `<seq:LEN>` (shows how the host cut the stream);
@@ -42,6 +43,7 @@ impl Guest for OutputTest {
         match mode.as_str() {
             "upper" => OutputAction::Replace(chunk.data.to_ascii_uppercase()),
             "drop-stderr" if chunk.source == OutputStream::Stderr => OutputAction::Drop,
+            "drop-odd" if chunk.seq % 2 == 1 => OutputAction::Drop,
             "hold" => {
                 let i = usize::from(chunk.source == OutputStream::Stderr);
                 HELD.with_borrow_mut(|held| {
