@@ -199,6 +199,8 @@ impl App {
     fn install(&self, config: Config, set: Arc<HookSet>) -> u64 {
         let mut cur = self.current.lock().expect("generation lock");
         cur.number += 1;
+        // Before any job can reach the set: its decisions are logged with the number.
+        set.set_generation(cur.number);
         // The old generation's spares go now; jobs still running on it instantiate.
         if let Some(old) = cur.set.replace(set.clone()) {
             old.retire();

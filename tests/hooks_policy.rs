@@ -299,10 +299,21 @@ path = "{{pre-only}}"
         "{stdout}"
     );
 
-    // The recorded component with its config decides as it did. The log's older part, FILE.1,
-    // is read first.
-    std::fs::rename(&log, dir.path().join("decisions.jsonl.1")).unwrap();
-    std::fs::write(&log, "").unwrap();
+    // The recorded component with its config decides as it did. A rotated log is read whole:
+    // its older part, FILE.1 (here up to `guard`'s first record), then FILE.
+    let whole = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = whole.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.contains(r#""hook":"guard""#) && l.contains(r#""stage":"pre""#))
+        .unwrap();
+    let older: String = lines[..=first].iter().map(|l| format!("{l}\n")).collect();
+    let newer: String = lines[first + 1..]
+        .iter()
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(dir.path().join("decisions.jsonl.1"), older).unwrap();
+    std::fs::write(&log, newer).unwrap();
     let out = replay("test-hook");
     let (stdout, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");

@@ -1,13 +1,17 @@
 //! Hooks as admission control, through the built binary: matchers evaluated by the host on its
 //! parse (a hook that does not match is never called; a dynamic command meets every matcher),
-//! `warn` and `dry-run` modes, and the parse a 0.2.0 hook sees.
+//! `warn` and `dry-run` modes, and the parse a 0.2.0 hook sees. Failures outside `enforce`
+//! and the chain's re-parse after a rewrite are in `modes`.
+
+mod modes;
 
 use crate::jobs::serve;
 use crate::util::{Ws, scratch};
 use serde_json::{Value, json};
+use std::time::{Duration, Instant};
 
 /// The `/hooks` entry of hook `name` once the whole set is ready and that hook loaded.
-async fn hook_stats(url: &str, name: &str) -> Value {
+pub(super) async fn hook_stats(url: &str, name: &str) -> Value {
     let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
     let deadline = std::time::Instant::now() + crate::util::WAIT;
     loop {
@@ -29,7 +33,7 @@ async fn hook_stats(url: &str, name: &str) -> Value {
     }
 }
 
-fn reports(events: &[Value]) -> Vec<Value> {
+pub(super) fn reports(events: &[Value]) -> Vec<Value> {
     let started = events
         .iter()
         .find(|e| e["method"] == "process.started")
@@ -54,12 +58,20 @@ config = { mode = "sleep", ms = "1000" }
     let (_server, url) = serve(dir.path(), config, &[]);
     hook_stats(&url, "git-guard").await;
     let mut ws = Ws::connect(&url).await;
-    // Not instantiated at all for `echo hi`.
+    // Not instantiated at all for `echo hi`: its round trip is far below the hook's second.
+    let start = Instant::now();
     let (_, events) = ws.run(json!({"command": "echo hi"})).await;
+    let took = start.elapsed();
+    assert!(took < Duration::from_millis(500), "echo hi took {took:?}");
     assert!(reports(&events).is_empty(), "{events:?}");
     assert_eq!(hook_stats(&url, "git-guard").await["stats"]["calls"], 0);
-    // Met by `git`, anywhere in the line, by a command glob, and by a dynamic program.
+    // Met by `git push` (it need not succeed), by `git` anywhere in the line, by a command
+    // glob, and by a dynamic program; each then waits out the hook's second.
     for (command, rule) in [
+        (
+            "git push --dry-run origin main >/dev/null 2>&1 || true",
+            "program git",
+        ),
         (
             "echo a; git --version >/dev/null 2>&1 || true",
             "program git",
@@ -73,7 +85,10 @@ config = { mode = "sleep", ms = "1000" }
             "dynamic command",
         ),
     ] {
+        let start = Instant::now();
         let (_, events) = ws.run(json!({"command": command})).await;
+        let took = start.elapsed();
+        assert!(took >= Duration::from_secs(1), "{command} took {took:?}");
         let r = reports(&events);
         assert_eq!(r.len(), 1, "{command}: {events:?}");
         let matched = r[0]["matched"].as_str().unwrap();
@@ -83,7 +98,7 @@ config = { mode = "sleep", ms = "1000" }
     let stats = hook_stats(&url, "git-guard").await["stats"].clone();
     assert_eq!(
         (stats["pre_calls"].as_u64(), stats["post_calls"].as_u64()),
-        (Some(3), Some(3)),
+        (Some(4), Some(4)),
         "{stats}"
     );
 }
@@ -178,12 +193,22 @@ config = { mode = "describe" }
     assert!(reason.contains("commands=[] unparsed=Some("), "{reason}");
 }
 
+/// The decision log's lines, each parsed.
+pub(super) fn logged(log: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_decision_is_logged_with_secrets_masked() {
     let dir = scratch();
     let log = dir.path().join("decisions.jsonl");
+    std::fs::write(dir.path().join("broken.wasm"), b"\0asm not a component").unwrap();
     // The first lines land in the harness's `[sandbox]` table.
-    let config = format!(
+    let hooks = format!(
         r#"decision_log = "{}"
 
 [[hooks]]
@@ -203,7 +228,9 @@ config = {{ mode = "panic" }}
 "#,
         log.display()
     );
-    let (_server, url) = serve(dir.path(), &config, &[]);
+    // `broken` fails to load: at start it stays, failed, and is logged where it is met.
+    let config = format!("{hooks}\n[[hooks]]\nname = \"broken\"\npath = \"broken.wasm\"\n");
+    let (server, url) = serve(dir.path(), &config, &[]);
     hook_stats(&url, "crasher").await;
     let mut ws = Ws::connect(&url).await;
     ws.run(json!({"command": "echo ok", "env": {"API_TOKEN": "s3cret-value"}}))
@@ -215,13 +242,9 @@ config = {{ mode = "panic" }}
 
     let mut lines = Vec::new();
     let complete = crate::util::eventually(crate::util::WAIT, || {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        lines = text
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .collect();
-        // Post-hook calls are logged too: wait for the five pre-stage ones.
-        lines.iter().filter(|l| l["stage"] == "pre").count() >= 5
+        lines = logged(&log);
+        // Post-hook calls are logged too: wait for the six pre-stage ones.
+        lines.iter().filter(|l| l["stage"] == "pre").count() >= 6
     })
     .await;
     assert!(complete, "{lines:?}");
@@ -239,6 +262,7 @@ config = {{ mode = "panic" }}
         ("modifier", "modify"),
         ("guard", "allow"),
         ("crasher", "failed"),
+        ("broken", "failed"),
         ("modifier", "modify"),
         ("guard", "deny"),
     ];
@@ -259,14 +283,53 @@ config = {{ mode = "panic" }}
         first["request"]["commands"][0]["argv"] == json!(["echo", "ok"]),
         "{first}"
     );
-    let crash = lines.iter().find(|l| l["decision"] == "failed").unwrap();
-    assert_eq!(crash["failure"], "trap", "{crash}");
+    // The first generation decided all of them.
+    assert!(lines.iter().all(|l| l["generation"] == 1), "{lines:?}");
+    let crash = lines.iter().find(|l| l["hook"] == "crasher").unwrap();
+    assert_eq!(
+        (crash["decision"].as_str(), crash["failure"].as_str()),
+        (Some("failed"), Some("trap")),
+        "{crash}"
+    );
+    let broken = lines.iter().find(|l| l["hook"] == "broken").unwrap();
+    assert_eq!(broken["failure"], "load", "{broken}");
+    assert!(broken.get("sha256").is_none(), "{broken}");
+    assert_eq!(broken["request"]["command"], "echo ok", "{broken}");
     let deny = lines.iter().find(|l| l["decision"] == "deny").unwrap();
     assert_eq!(deny["reason"], "command contains `forbidden`");
     // The secret's value reached the hooks, not the log.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("s3cret-value"));
     assert!(text.contains(r#"["API_TOKEN","***"]"#), "{text}");
+
+    // A reload (without `broken`: a set with a load error is refused) is generation 2.
+    crate::util::write_config(dir.path(), 0.0, &hooks);
+    // SAFETY: kill(2) on the server this test started; it is still running.
+    unsafe { libc::kill(server.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + crate::util::WAIT;
+    loop {
+        let status = ws.call("hook_status", json!({})).await["result"].clone();
+        if status["generation"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no reload: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ws.run(json!({"command": "echo again"})).await;
+    let again = crate::util::eventually(crate::util::WAIT, || {
+        lines = logged(&log);
+        lines
+            .iter()
+            .any(|l| l["request"]["command"] == "echo again" && l["hook"] == "crasher")
+    })
+    .await;
+    assert!(again, "{lines:?}");
+    for line in lines
+        .iter()
+        .filter(|l| l["request"]["command"] == "echo again")
+    {
+        assert_eq!(line["generation"], 2, "{line}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

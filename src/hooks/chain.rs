@@ -102,44 +102,53 @@ pub(super) fn stage_name(stage: Stage) -> &'static str {
     }
 }
 
-/// One call as the decision log records it.
-fn decision_record(
-    hook: &LoadedHook,
-    ready: &Ready,
+/// One call as the decision log records it: the hook's component digest (`None`: it failed
+/// to load), the set's generation, and what the call saw and answered.
+struct Decided<'a> {
+    hook: &'a LoadedHook,
+    sha256: Option<&'a str>,
     stage: Stage,
-    request: &HookRequest,
-    matched: Option<&str>,
-    (duration, fuel): (std::time::Duration, u64),
-    checked: &Result<Checked, Failure>,
-) -> DecisionRecord {
-    let (decision, reason, patch, failure) = match checked {
-        Ok(Checked::Pre(PreDecision::Allow)) => ("allow".to_string(), None, None, None),
-        Ok(Checked::Pre(PreDecision::Deny(r))) => ("deny".into(), Some(r.clone()), None, None),
-        Ok(Checked::Pre(PreDecision::Modify(p))) => ("modify".into(), None, Some(p.clone()), None),
-        Ok(Checked::Post(o)) => match &o.verdict {
-            Some(Verdict::Pass) => ("pass".into(), None, None, None),
-            Some(Verdict::Fail(r)) => ("fail".into(), Some(r.clone()), None, None),
-            None => ("annotate".into(), None, None, None),
-        },
-        Err(f) => ("failed".into(), Some(f.message.clone()), None, Some(f.kind)),
-    };
-    DecisionRecord {
-        time: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-        job_id: request.job_id.clone(),
-        hook: hook.spec.name.clone(),
-        sha256: ready.sha256.clone(),
-        stage: stage_name(stage),
-        mode: hook.spec.mode,
-        matched: matched.map(str::to_string),
-        decision,
-        reason,
-        patch,
-        duration_us: duration.as_micros() as u64,
-        fuel,
-        failure,
-        request: request.clone(),
+    request: &'a HookRequest,
+    matched: Option<&'a str>,
+    took: (std::time::Duration, u64),
+    checked: &'a Result<Checked, Failure>,
+}
+
+impl Decided<'_> {
+    fn record(self, generation: u64) -> DecisionRecord {
+        let (decision, reason, patch, failure) = match self.checked {
+            Ok(Checked::Pre(PreDecision::Allow)) => ("allow".to_string(), None, None, None),
+            Ok(Checked::Pre(PreDecision::Deny(r))) => ("deny".into(), Some(r.clone()), None, None),
+            Ok(Checked::Pre(PreDecision::Modify(p))) => {
+                ("modify".into(), None, Some(p.clone()), None)
+            }
+            Ok(Checked::Post(o)) => match &o.verdict {
+                Some(Verdict::Pass) => ("pass".into(), None, None, None),
+                Some(Verdict::Fail(r)) => ("fail".into(), Some(r.clone()), None, None),
+                None => ("annotate".into(), None, None, None),
+            },
+            Err(f) => ("failed".into(), Some(f.message.clone()), None, Some(f.kind)),
+        };
+        let (duration, fuel) = self.took;
+        DecisionRecord {
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64()),
+            job_id: self.request.job_id.clone(),
+            hook: self.hook.spec.name.clone(),
+            sha256: self.sha256.map(str::to_string),
+            generation,
+            stage: stage_name(self.stage),
+            mode: self.hook.spec.mode,
+            matched: self.matched.map(str::to_string),
+            decision,
+            reason,
+            patch,
+            duration_us: duration.as_micros() as u64,
+            fuel,
+            failure,
+            request: self.request.clone(),
+        }
     }
 }
 
@@ -154,6 +163,13 @@ fn log_output(hook: &str, stage: Stage, out: &CallOutcome) {
 }
 
 impl HookSet {
+    /// Appends a decision to the decision log, when there is one.
+    fn log_decision(&self, decided: Decided<'_>) {
+        if let Some(log) = self.host.decision_log() {
+            log.record(decided.record(self.generation()));
+        }
+    }
+
     /// Calls one loaded hook at `stage`: logs its output, checks its answer and counts the
     /// call. The report holds the call's timings.
     async fn call_checked(
@@ -178,12 +194,15 @@ impl HookSet {
         log_output(name, stage, &out);
         let (duration, fuel_used) = (out.duration, out.fuel_used);
         let checked = out.result.and_then(|answer| check(name, answer));
-        if let Some(log) = self.host.decision_log() {
-            let took = (duration, fuel_used);
-            log.record(decision_record(
-                hook, ready, stage, request, matched, took, &checked,
-            ));
-        }
+        self.log_decision(Decided {
+            hook,
+            sha256: Some(&ready.sha256),
+            stage,
+            request,
+            matched,
+            took: (duration, fuel_used),
+            checked: &checked,
+        });
         let enforced = hook.spec.mode == HookMode::Enforce;
         let tally = match &checked {
             Ok(Checked::Pre(decision)) if !enforced => Tally::Would(decision.name()),
@@ -229,6 +248,16 @@ impl HookSet {
                         kind: FailureKind::Load,
                         message: err.to_string(),
                     };
+                    // Logged as the call it stands in for: no digest, no time, no fuel.
+                    self.log_decision(Decided {
+                        hook,
+                        sha256: None,
+                        stage,
+                        request: fold.request(),
+                        matched: matched.as_deref(),
+                        took: (std::time::Duration::ZERO, 0),
+                        checked: &Err(failure.clone()),
+                    });
                     (
                         F::REPORTS_LOAD_FAILURES.then(|| report(name, stage)),
                         failure,

@@ -1,6 +1,6 @@
 //! The decision log (`[sandbox] decision_log`): every hook decision as one JSON line — time,
 //! job, the request the hook saw (values of secret variables masked), hook, the component's
-//! SHA-256, stage, mode, the matcher rule, decision, reason, patch, duration, fuel and failure
+//! SHA-256, the config generation, stage, mode, the matcher rule, decision, reason, patch, duration, fuel and failure
 //! kind — as OPA's decision logs keep them, for audits and for `ccx hooks replay`.
 //!
 //! Lines are written by a thread of their own behind a bounded queue: a hook chain never
@@ -25,8 +25,12 @@ pub struct DecisionRecord {
     pub time: f64,
     pub job_id: String,
     pub hook: String,
-    /// SHA-256 of the component that decided.
-    pub sha256: String,
+    /// SHA-256 of the component that decided; absent for a hook that failed to load.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// The config generation whose hook set made the call (1 for the first, +1 with every
+    /// applied reload; 0 outside a server).
+    pub generation: u64,
     pub stage: &'static str,
     pub mode: super::HookMode,
     /// The matcher rule that let the hook see the job, when it has a matcher.
@@ -113,6 +117,73 @@ impl DecisionLog {
             if n.is_power_of_two() {
                 tracing::warn!(dropped = n, "decision log is behind; records dropped");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(job: usize) -> DecisionRecord {
+        DecisionRecord {
+            time: 0.0,
+            job_id: format!("job-{job}"),
+            hook: "guard".into(),
+            sha256: Some("0".repeat(64)),
+            generation: 1,
+            stage: "pre",
+            mode: super::super::HookMode::Enforce,
+            matched: None,
+            decision: "allow".into(),
+            reason: None,
+            patch: None,
+            duration_us: 1,
+            fuel: 1,
+            failure: None,
+            request: super::super::HookRequest {
+                command: "echo hi".into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    /// The job ids of a JSON Lines file, each line parsed.
+    fn jobs(path: &std::path::Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: `{l}`: {e}", path.display()));
+                v["job_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_log_rotates_at_its_size_into_file_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        let rotated = dir.path().join("d.jsonl.1");
+        let line = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
+        // Room for three lines a file: ten records rotate three times.
+        let log =
+            DecisionLog::open(path.clone(), 3 * line + line / 2, Arc::new(|_| false)).unwrap();
+        for job in 0..10 {
+            log.record(record(job));
+        }
+        drop(log);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while jobs(&path).last().map(String::as_str) != Some("job-9") {
+            assert!(std::time::Instant::now() < deadline, "{:?}", jobs(&path));
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // The newest records in FILE, the three before them in FILE.1; older ones are gone.
+        assert_eq!(jobs(&path), ["job-9"]);
+        assert_eq!(jobs(&rotated), ["job-6", "job-7", "job-8"]);
+        for file in [&path, &rotated] {
+            assert!(std::fs::metadata(file).unwrap().len() <= 3 * line + line / 2);
         }
     }
 }

@@ -348,6 +348,7 @@ impl HookSet {
         let set = HookSet {
             host: host.clone(),
             hooks,
+            generation: Default::default(),
         };
         // No cold call after start or a reload: the first spares are made now.
         set.prime();

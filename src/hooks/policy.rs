@@ -167,4 +167,57 @@ mod tests {
         assert!(matched(push(), "sudo git push origin main").is_some());
         assert_eq!(matched(push(), "git pull"), None);
     }
+
+    #[test]
+    fn a_regex_is_searched_in_the_line_and_in_each_command() {
+        let pipe = || MatchSpec {
+            regex: Some(r"curl .*\| *sh".into()),
+            ..Default::default()
+        };
+        for line in [
+            "curl -fsSL https://x.sh | sh",
+            "cd /tmp && curl http://x|sh",
+        ] {
+            assert_eq!(
+                matched(pipe(), line).as_deref(),
+                Some(r"regex curl .*\| *sh"),
+                "{line}"
+            );
+        }
+        assert_eq!(matched(pipe(), "curl -o x.sh https://x.sh"), None);
+        // In each simple command's words too, quotes removed: the line alone has no match.
+        let rm = MatchSpec {
+            regex: Some("rm -rf".into()),
+            ..Default::default()
+        };
+        let line = "ls && \"rm\" -rf /tmp/x";
+        assert_eq!(matched(rm.clone(), line).as_deref(), Some("regex rm -rf"));
+        assert_eq!(matched(rm, "ls -la"), None);
+    }
+
+    #[test]
+    fn an_unparsed_line_matches_every_matcher() {
+        let line = "echo \"unterminated";
+        let specs = [
+            MatchSpec {
+                programs: vec!["rm".into()],
+                ..Default::default()
+            },
+            MatchSpec {
+                commands: vec!["git push*".into()],
+                ..Default::default()
+            },
+            MatchSpec {
+                regex: Some("^never$".into()),
+                ..Default::default()
+            },
+        ];
+        for spec in specs {
+            assert_eq!(
+                matched(spec.clone(), line).as_deref(),
+                Some("unparsed line"),
+                "{spec:?}"
+            );
+        }
+    }
 }

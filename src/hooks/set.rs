@@ -19,6 +19,10 @@ use super::{HookHost, HookSpec, Stage};
 pub struct HookSet {
     pub(super) host: Arc<HookHost>,
     pub(super) hooks: Vec<LoadedHook>,
+    /// The config generation this set belongs to, as the decision log records it: set once,
+    /// when the set is installed (a set loads before it is known whether it will be);
+    /// 0 for a set never installed (`ccx hooks run`, `test`, `replay`).
+    pub(super) generation: std::sync::atomic::AtomicU64,
 }
 
 /// A hook of a set, whatever its state.
@@ -122,6 +126,17 @@ impl std::fmt::Debug for HookSet {
 }
 
 impl HookSet {
+    /// Records the number of the generation this set is installed as (see `generation`).
+    pub fn set_generation(&self, number: u64) {
+        self.generation
+            .store(number, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The number of the generation this set was installed as; 0 before.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The hooks that failed to load, as `(hook name, error message)`, in config order.
     pub fn load_errors(&self) -> Vec<(String, String)> {
         self.hooks
