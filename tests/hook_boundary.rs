@@ -251,3 +251,47 @@ async fn random_answers_in_this_process() {
         (growth - 1.0) * 100.0
     );
 }
+
+/// The input stage: `input-guard` in `random` mode allows, or denies with a reason from empty
+/// to 4 MiB (NUL, every plane). A reason past 4 KiB is cut to it; nothing else comes back, and
+/// the host goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_input_answers_are_cut_to_the_reason_bound() {
+    let host = HookHost::new(HostOptions {
+        cache_dir: Some(crate::util::shared_cache()),
+        ..HostOptions::default()
+    })
+    .expect("hook host");
+    let mut spec = HookSpec::new("input-fuzz", crate::util::component("input-guard"));
+    spec.config = [("mode", "random"), ("seed", "3")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    spec.fuel = 2_000_000_000;
+    spec.memory_mb = 128;
+    spec.timeout_ms = 20_000;
+    let set = HookSet::load(&host, &[spec]);
+    assert!(set.load_errors().is_empty(), "{:?}", set.load_errors());
+    let req = request("sh");
+    let (mut allowed, mut denied, mut cut) = (0, 0, 0);
+    for case in 0..cases() {
+        match set
+            .check_input(&req, format!("input {case}\n").as_bytes())
+            .await
+        {
+            Ok(()) => allowed += 1,
+            Err((hook, reason)) => {
+                assert_eq!(hook, "input-fuzz");
+                assert!(
+                    reason.len() <= MAX_REASON_BYTES,
+                    "case {case}: {}",
+                    reason.len()
+                );
+                cut += usize::from(reason.len() == MAX_REASON_BYTES);
+                denied += 1;
+            }
+        }
+    }
+    println!("input boundary: {allowed} allowed, {denied} denied ({cut} at the 4 KiB bound)");
+    assert!(allowed > 0 && denied > 0 && cut > 0);
+}
