@@ -7,7 +7,10 @@
 //! Reports frames sent, wrong or missing replies, connections the server closed, the
 //! server's resident memory (start, peak, end), whether it lived, and the well-behaved
 //! client's job latency. Exits non-zero if the server died, a reply was wrong, or the
-//! well-behaved client failed.
+//! well-behaved client failed. A connection that cannot be opened again (after a close, or a
+//! send or read that failed) means the server is gone: the run stops, prints `DIED` with the
+//! fuzzing connection's seed, the frame's index and the frame it sent last (in full in a file
+//! it names), and exits 1.
 //!
 //! `cargo bench --bench live_fuzz` starts the built server itself (release, no hooks).
 //! `CCX_FUZZ_SECONDS` (60; 10 with `CCX_BENCH_QUICK`), `CCX_FUZZ_CONNECTIONS` (4) and
@@ -21,11 +24,11 @@ mod frame_gen;
 #[path = "../tests/util.rs"]
 mod util;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{connect, folder, multi_thread_runtime, percentiles, send_execute, stop, us};
+use common::{folder, multi_thread_runtime, percentiles, stop, us};
 use frame_gen::{Rng, expected_reply, frame};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -44,6 +47,36 @@ struct Tally {
     replies: AtomicU64,
     closes: AtomicU64,
     wrong: AtomicU64,
+    /// Set once the server is gone: every task stops.
+    gone: AtomicBool,
+    /// What the fuzzing connection that found the server gone sent last.
+    death: Mutex<Option<Death>>,
+}
+
+/// The server went away: which connection saw it, and what it had just sent.
+struct Death {
+    seed: u64,
+    /// Index of the frame (in that connection's sequence) sent last.
+    frame: usize,
+    text: String,
+    why: String,
+}
+
+/// Opens a connection and reads its greeting; a few tries over about a second, so a
+/// refusal under load is not taken for a dead server. `Err`: the server is gone.
+async fn try_connect(url: &str) -> Result<common::Ws, String> {
+    let mut why = String::new();
+    for _ in 0..5 {
+        match tokio_tungstenite::connect_async_with_config(url, None, true).await {
+            Ok((mut ws, _)) => match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.contains("\"connected\"") => return Ok(ws),
+                other => why = format!("no greeting: {other:?}"),
+            },
+            Err(e) => why = format!("connect: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(why)
 }
 
 /// The next reply (notifications skipped): `Err` when the server closed the connection.
@@ -65,13 +98,31 @@ async fn next_reply(ws: &mut common::Ws) -> Result<Value, String> {
     }
 }
 
-/// One fuzzing connection until `until`; reconnects after each close.
+/// One fuzzing connection until `until`; reconnects after each close. When it cannot, the
+/// server is gone: it records what it sent last and stops every task.
 async fn fuzz(url: String, seed: u64, until: Instant, max_frame: usize, tally: Arc<Tally>) {
     let mut rng = Rng(seed | 1);
-    let mut ws = connect(&url).await;
+    let mut last = (0, String::new());
+    let gone = |last: (usize, String), why: String| {
+        tally.gone.store(true, Ordering::Relaxed);
+        let mut death = tally.death.lock().unwrap();
+        if death.is_none() {
+            *death = Some(Death {
+                seed,
+                frame: last.0,
+                text: last.1,
+                why,
+            });
+        }
+    };
+    let mut ws = match try_connect(&url).await {
+        Ok(ws) => ws,
+        Err(why) => return gone(last, why),
+    };
     let mut n = 0usize;
-    while Instant::now() < until {
+    while Instant::now() < until && !tally.gone.load(Ordering::Relaxed) {
         let text = frame(&mut rng, n);
+        last = (n, text.clone());
         let want = expected_reply(&text, max_frame);
         let sentinel = json!(format!("sentinel-{seed}-{n}"));
         let ping = json!({"jsonrpc": "2.0", "id": sentinel, "method": "ping"}).to_string();
@@ -81,7 +132,10 @@ async fn fuzz(url: String, seed: u64, until: Instant, max_frame: usize, tally: A
             || ws.send(Message::Text(ping.into())).await.is_err()
         {
             tally.closes.fetch_add(1, Ordering::Relaxed);
-            ws = connect(&url).await;
+            match try_connect(&url).await {
+                Ok(again) => ws = again,
+                Err(why) => return gone(last, why),
+            }
             continue;
         }
         let mut replies = Vec::new();
@@ -103,7 +157,10 @@ async fn fuzz(url: String, seed: u64, until: Instant, max_frame: usize, tally: A
             .fetch_add(replies.len() as u64, Ordering::Relaxed);
         if closed {
             tally.closes.fetch_add(1, Ordering::Relaxed);
-            ws = connect(&url).await;
+            match try_connect(&url).await {
+                Ok(again) => ws = again,
+                Err(why) => return gone(last, why),
+            }
             continue;
         }
         let right = match &want {
@@ -118,15 +175,35 @@ async fn fuzz(url: String, seed: u64, until: Instant, max_frame: usize, tally: A
     }
 }
 
-/// The well-behaved client: `echo` jobs one after another until `until`; their latencies.
-async fn behave(url: String, until: Instant, failed: Arc<AtomicBool>) -> Vec<Duration> {
-    let mut ws = connect(&url).await;
+/// The well-behaved client: `echo` jobs one after another until `until` (or the server is
+/// gone); their latencies.
+async fn behave(
+    url: String,
+    until: Instant,
+    failed: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) -> Vec<Duration> {
     let mut took = Vec::new();
+    let Ok(mut ws) = try_connect(&url).await else {
+        eprintln!("well-behaved client: cannot connect");
+        failed.store(true, Ordering::Relaxed);
+        return took;
+    };
     let mut id = 0;
-    while Instant::now() < until {
+    while Instant::now() < until && !tally.gone.load(Ordering::Relaxed) {
         id += 1;
         let started = Instant::now();
-        send_execute(&mut ws, id, "echo ok").await;
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": "execute",
+            "params": {"command": "echo ok"}});
+        if ws
+            .send(Message::Text(msg.to_string().into()))
+            .await
+            .is_err()
+        {
+            eprintln!("well-behaved job {id}: the send failed");
+            failed.store(true, Ordering::Relaxed);
+            return took;
+        }
         let done = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 let v = next_any(&mut ws).await?;
@@ -196,16 +273,24 @@ fn main() {
         let fuzzers: Vec<_> = (0..conns)
             .map(|c| tokio::spawn(fuzz(url.clone(), seed ^ c, until, max_frame, tally.clone())))
             .collect();
-        let behaved = tokio::spawn(behave(url.clone(), until, failed.clone()));
+        let behaved = tokio::spawn(behave(url.clone(), until, failed.clone(), tally.clone()));
         for f in fuzzers {
-            f.await.unwrap();
+            if let Err(e) = f.await {
+                eprintln!("a fuzzing task failed: {e}");
+                failed.store(true, Ordering::Relaxed);
+            }
         }
-        behaved.await.unwrap()
+        behaved.await.unwrap_or_else(|e| {
+            eprintln!("the well-behaved client failed: {e}");
+            failed.store(true, Ordering::Relaxed);
+            Vec::new()
+        })
     });
-    let alive = match server.as_mut() {
-        Some(child) => child.try_wait().unwrap().is_none(),
-        None => true,
-    };
+    let exited = server
+        .as_mut()
+        .and_then(|child| child.try_wait().ok().flatten());
+    let death = tally.death.lock().unwrap().take();
+    let alive = exited.is_none() && death.is_none();
     let end_rss = pid.map(rss_mib);
     let (frames, replies, closes, wrong) = (
         tally.frames.load(Ordering::Relaxed),
@@ -223,6 +308,27 @@ fn main() {
         println!(
             "server: {}, RSS {a:.1} MiB at start, {peak:.1} MiB at peak, {b:.1} MiB at the end",
             if alive { "alive" } else { "DIED" }
+        );
+    } else if !alive {
+        println!("server: DIED");
+    }
+    if let Some(status) = exited {
+        println!("server exited: {status}");
+    }
+    if let Some(d) = &death {
+        let path =
+            std::env::temp_dir().join(format!("ccx-live-fuzz-{:#x}-{}.frame", d.seed, d.frame));
+        let saved = match std::fs::write(&path, &d.text) {
+            Ok(()) => format!("in full in {}", path.display()),
+            Err(e) => format!("not saved: {e}"),
+        };
+        let shown: String = d.text.chars().take(2000).collect();
+        println!(
+            "server gone ({}): connection seed {:#x}, frame {} ({} bytes, {saved}), sent last:\n{shown:?}",
+            d.why,
+            d.seed,
+            d.frame,
+            d.text.len()
         );
     }
     let n = latencies.len();

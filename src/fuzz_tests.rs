@@ -3,14 +3,14 @@
 //! (proptest): arbitrary text and bytes, arbitrary JSON, structurally valid frames with hostile
 //! values (huge numbers, deep nesting, long strings, NUL, every Unicode plane) and raw JSON
 //! text that `Value` cannot express (lone surrogates, numbers out of range). Nothing may panic;
-//! a frame parses or is refused with a code of the table in [`super`], and each method's params
-//! are accepted or refused with -32602.
+//! a frame parses or is refused with a code of the table in [`crate::protocol`], and each
+//! method's params are accepted or refused with -32602.
 //!
 //! Each property runs 256 cases by default (the whole file takes seconds). A long run sets the
 //! number of cases per property (six properties: 170000 each is over a million, about 4 min):
 //!
 //! ```text
-//! CCX_FUZZ_CASES=170000 cargo test --lib protocol::fuzz_tests -- --test-threads 1
+//! CCX_FUZZ_CASES=170000 cargo test --lib fuzz_tests -- --test-threads 1
 //! ```
 
 use crate::executor::JobRequest;

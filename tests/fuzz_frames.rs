@@ -3,7 +3,7 @@
 //! `max_frame_bytes`) while a second connection runs commands. Every frame is answered exactly
 //! once (with its id when it had a usable one, `null` otherwise), or not at all when it is a
 //! well-formed notification; the server never dies. The parser's own properties are in
-//! `src/protocol/fuzz_tests.rs`.
+//! `src/fuzz_tests.rs`.
 //!
 //! Deterministic: the frames come from a fixed seed. A longer run:
 //! `CCX_FUZZ_FRAMES=20000 CCX_FUZZ_SEED=7 cargo test --test integration fuzz_frames`.

@@ -5,9 +5,10 @@
 //! 20% growth over the last two fifths of the jobs), and that
 //! after a restart the spool is within its retention.
 //!
-//! `cargo test` runs 1,000 jobs over 50 connections; the long run is
-//! `CCX_SOAK_JOBS=10000 cargo test --test integration soak -- --nocapture` (it prints its
-//! figures either way; `CCX_SOAK_CONNECTIONS` changes the 50).
+//! `cargo test` runs 1,000 jobs over 50 connections; the long run is a bench command,
+//! `cargo bench --bench soak` (10,000 jobs against the release build; `benches/soak.rs`
+//! includes this file and calls [`soak`]). Both print their figures; `CCX_SOAK_JOBS` and
+//! `CCX_SOAK_CONNECTIONS` change the 1,000 (10,000) and the 50.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -193,16 +194,26 @@ fn count_dir(path: &Path) -> usize {
     std::fs::read_dir(path).map(|d| d.count()).unwrap_or(0)
 }
 
+/// `CCX_SOAK_JOBS`, else `jobs`; and `CCX_SOAK_CONNECTIONS`, else 50.
+pub fn sizes(jobs: usize) -> (usize, usize) {
+    let var = |key: &str, default: usize| {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (var("CCX_SOAK_JOBS", jobs), var("CCX_SOAK_CONNECTIONS", 50))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_every_job_ends_once_and_nothing_is_left_behind() {
-    let jobs: usize = std::env::var("CCX_SOAK_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
-    let conns: usize = std::env::var("CCX_SOAK_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50);
+    let (jobs, conns) = sizes(1000);
+    soak(jobs, conns).await;
+}
+
+/// The soak: `jobs` jobs over `conns` connections against the built `ccx`; panics on the
+/// first broken promise, prints its figures.
+pub async fn soak(jobs: usize, conns: usize) {
     let tmp = scratch();
     let config = write_config(
         tmp.path(),

@@ -16,7 +16,8 @@
 //!   non-zero; `command` is the request as run, `received_command` as the client sent it), `big` (`count` annotations), `log`, or a misbehaviour below.
 //! - `random` (either stage): a well-typed answer drawn at random (seeded by the command line,
 //!   and `seed`), with strings and lists below, at and past the host's bounds, up to 4 MiB
-//!   strings and 100,000-entry lists: the hook boundary's fuzzer.
+//!   strings and 100,000-entry lists: the hook boundary's fuzzer. Some answers are tame: within
+//!   every bound, often right at the 64 KiB answer limit, so they must be accepted.
 //! - misbehaviours, either stage: `loop`, `alloc` (without end), `alloc-some` (`mb` MiB, then
 //!   answer normally), `stack`, `panic`, `sleep` (`ms`, default 60000).
 
@@ -106,6 +107,14 @@ fn say(stage: &str) {
     host::log(Level::Info, &format!("{stage} says hello"));
 }
 
+/// The host's bounds (`src/hooks/types.rs`), which the tame answers keep to.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+const MAX_PATCH_ENV: usize = 256;
+const MAX_ANNOTATIONS: usize = 64;
+const MAX_ANNOTATION_KEY_BYTES: usize = 128;
+const MAX_ANNOTATION_VALUE_BYTES: usize = 4 * 1024;
+const MAX_REASON_BYTES: usize = 4 * 1024;
+
 /// xorshift64* (Vigna, "An experimental exploration of Marsaglia's xorshift generators"),
 /// seeded by FNV-1a of a text: each command line draws its own answer, the same each time.
 struct Rng(u64);
@@ -162,6 +171,28 @@ impl Rng {
         s
     }
 
+    /// Exactly `len` bytes with no NUL or `=` (valid in any patch or annotation).
+    fn clean(&mut self, len: usize) -> String {
+        const POOL: &[char] =
+            &['a', 'Z', '_', ' ', '\n', '\t', '"', '\\', '$', 'é', '\u{ffff}', '😀', '\u{10fffd}'];
+        let mut s = String::with_capacity(len);
+        while s.len() < len {
+            let c = POOL[self.below(POOL.len() as u64) as usize];
+            s.push(if s.len() + c.len_utf8() <= len { c } else { 'a' });
+        }
+        s
+    }
+
+    /// A length in `0..=max`: empty, short, `max` itself, or anything between.
+    fn upto(&mut self, max: usize) -> usize {
+        match self.below(4) {
+            0 => 0,
+            1 => self.below(max.min(16) as u64 + 1) as usize,
+            2 => max,
+            _ => self.below(max as u64 + 1) as usize,
+        }
+    }
+
     fn maybe_string(&mut self, huge: usize) -> Option<String> {
         let len = self.len(huge);
         self.chance().then(|| self.string(len))
@@ -202,9 +233,80 @@ impl Rng {
             .collect()
     }
 
+    /// A patch within every bound: at most `MAX_PATCH_ENV` entries, names non-empty, no NUL,
+    /// at most `MAX_ANSWER_BYTES` in all; a quarter of the commands fill the budget exactly.
+    fn tame_patch(&mut self) -> RequestPatch {
+        let mut left = MAX_ANSWER_BYTES;
+        let mut set_env = Vec::new();
+        for _ in 0..self.below(MAX_PATCH_ENV as u64 / 2 + 1) {
+            if left == 0 {
+                break;
+            }
+            let k = 1 + self.upto(15.min(left - 1));
+            left -= k;
+            let v = self.upto(256.min(left));
+            left -= v;
+            set_env.push((self.clean(k), self.clean(v)));
+        }
+        let mut unset_env = Vec::new();
+        for _ in 0..self.below(MAX_PATCH_ENV as u64 / 2 + 1) {
+            if left == 0 {
+                break;
+            }
+            let k = 1 + self.upto(15.min(left - 1));
+            left -= k;
+            unset_env.push(self.clean(k));
+        }
+        let cwd = self.chance().then(|| {
+            let n = self.upto(4096.min(left));
+            left -= n;
+            self.clean(n)
+        });
+        let command = match self.below(4) {
+            0 => None,
+            1 => Some(self.clean(left)),
+            _ => {
+                let n = self.upto(left);
+                Some(self.clean(n))
+            }
+        };
+        RequestPatch {
+            command,
+            cwd,
+            set_env,
+            unset_env,
+            timeout_ms: self.number(),
+            limits: None,
+        }
+    }
+
+    /// Annotations and a verdict within every bound, often right at the answer limit.
+    fn tame_post(&mut self) -> PostOutcome {
+        let mut left = MAX_ANSWER_BYTES;
+        let verdict = match self.below(3) {
+            0 => None,
+            1 => Some(Verdict::Pass),
+            _ => {
+                let n = self.upto(MAX_REASON_BYTES);
+                left -= n;
+                Some(Verdict::Fail(self.clean(n)))
+            }
+        };
+        let mut annotations = Vec::new();
+        for _ in 0..self.below(MAX_ANNOTATIONS as u64 + 1) {
+            let k = self.upto(MAX_ANNOTATION_KEY_BYTES.min(left));
+            left -= k;
+            let v = self.upto(MAX_ANNOTATION_VALUE_BYTES.min(left));
+            left -= v;
+            annotations.push((self.clean(k), self.clean(v)));
+        }
+        PostOutcome { annotations, verdict }
+    }
+
     fn pre(&mut self) -> PreDecision {
-        match self.below(3) {
+        match self.below(4) {
             0 => PreDecision::Allow,
+            3 => PreDecision::Modify(self.tame_patch()),
             1 => {
                 let len = self.len(4 << 20);
                 PreDecision::Deny(self.string(len))
@@ -234,6 +336,9 @@ impl Rng {
     }
 
     fn post(&mut self) -> PostOutcome {
+        if self.chance() {
+            return self.tame_post();
+        }
         let n = self.count();
         let keys = self.strings(n);
         let values = self.strings(n);
