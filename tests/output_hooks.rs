@@ -226,7 +226,7 @@ async fn a_hook_can_end_the_job_and_withholds_everything_after() {
 [[hooks]]
 name = "stopper"
 path = "{output-test}"
-config = { mode = "end-on", needle = "STOP" }
+config = { mode = "end-on", needle = "STOP", pad_kb = "1024" }
 "#,
     )
     .await;
@@ -247,4 +247,6 @@ config = { mode = "end-on", needle = "STOP" }
         error.contains("stopper") && error.contains("saw `STOP`"),
         "{error}"
     );
+    // The hook's 1 MiB reason is cut to the 4 KiB every reason gets.
+    assert!(error.len() < 4096 + 200, "{}", error.len());
 }

@@ -27,7 +27,7 @@ use super::bindings::types as wit;
 use super::call::{self, CallState, Failure, Limits, Phase};
 use super::set::{HookSet, Slot};
 use super::stats::{CallStage, HookCounters, Tally};
-use super::types::HookRequest;
+use super::types::{HookRequest, MAX_REASON_BYTES};
 use super::{FailureKind, HookMode, OnFailure};
 
 /// Default `output.job_fuel`: the fuel all of one job's output calls may burn together.
@@ -476,7 +476,11 @@ impl Session {
                     (data, None)
                 }
             }
-            Ok(wit::OutputAction::EndJob(reason)) => {
+            Ok(wit::OutputAction::EndJob(mut reason)) => {
+                // Cut as the input stage cuts a deny reason: it goes into the job's error.
+                if reason.len() > MAX_REASON_BYTES {
+                    reason.truncate(reason.floor_char_boundary(MAX_REASON_BYTES));
+                }
                 self.changed(warnings, &format!("end the job: {reason}"));
                 if applies {
                     (Vec::new(), Some(reason))

@@ -5,7 +5,8 @@
 //! - `drop-stderr`: drops stderr chunks;
 //! - `drop-odd`: drops the chunks with an odd `seq`;
 //! - `hold`: holds everything back and releases it, tagged `[held N]`, at each stream's end;
-//! - `end-on`: ends the job when a chunk contains `needle`;
+//! - `end-on`: ends the job when a chunk contains `needle` (with `pad_kb`, the reason carries
+//!   that many KiB of `x` after it);
 //! - `tag`: replaces each chunk with `<seq:LEN>` (shows how the host cut the stream);
 //! - `spin`: spins without end on every chunk (fuel or the deadline cuts it);
 //! - `alloc`: keeps `mb` MiB more per chunk (default 8), never freeing (the memory limit cuts it);
@@ -61,7 +62,8 @@ impl Guest for OutputTest {
             "end-on" => {
                 let needle = cfg("needle").unwrap_or_else(|| "STOP".into());
                 if String::from_utf8_lossy(&chunk.data).contains(&needle) {
-                    OutputAction::EndJob(format!("saw `{needle}`"))
+                    let pad_kb: usize = cfg("pad_kb").and_then(|k| k.parse().ok()).unwrap_or(0);
+                    OutputAction::EndJob(format!("saw `{needle}`{}", "x".repeat(pad_kb << 10)))
                 } else {
                     OutputAction::Pass
                 }
