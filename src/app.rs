@@ -104,7 +104,19 @@ impl App {
         }
         let containment = crate::containment::Containment::start(&config.execution.containment)?;
         let audit = open_audit(&config.audit, &registry)?;
-        let exec = Executor::serving(config.execution.clone(), registry, containment);
+        let exec = Executor::serving(config.execution.clone(), registry.clone(), containment);
+        // Every job's final record: to the audit log, and the jobs settled `lost` at the
+        // start (told at once) to the metrics, which otherwise count jobs as the executor ends
+        // them.
+        let (metrics, jobs) = (exec.metrics().clone(), audit.clone());
+        registry.on_job_end(Box::new(move |record| {
+            if let Some(log) = &jobs {
+                log.record("job", serde_json::to_value(record).unwrap_or_default());
+            }
+            if record.status == crate::protocol::JobState::Lost {
+                metrics.job_lost();
+            }
+        }));
         if let Some(log) = audit {
             exec.set_audit(log);
         }
@@ -469,7 +481,7 @@ pub fn audit_hash_key(path: &std::path::Path) -> String {
 }
 
 /// Opens the audit log of `[audit]` (`None` when it is off), continuing the chain from the
-/// hash the state store kept, and has every job's final record written to it. Errors: the
+/// hash the state store kept (the caller has every job's final record written to it). Errors: the
 /// file cannot be created or read (the message names it).
 fn open_audit(cfg: &crate::audit::AuditConfig, registry: &Registry) -> Result<Option<AuditLog>> {
     let Some(path) = &cfg.path else {
@@ -480,9 +492,5 @@ fn open_audit(cfg: &crate::audit::AuditConfig, registry: &Registry) -> Result<Op
         .with_context(|| format!("cannot open the audit log {}", path.display()))?;
     let reg = registry.clone();
     log.on_written(Box::new(move |hash: &str| reg.meta_set(&key, hash)));
-    let jobs = log.clone();
-    registry.on_job_end(Box::new(move |record| {
-        jobs.record("job", serde_json::to_value(record).unwrap_or_default());
-    }));
     Ok(Some(log))
 }

@@ -164,6 +164,16 @@ impl Metrics {
         self.spawn.observe(latency.as_secs_f64());
     }
 
+    /// A job a previous run left unfinished was settled `lost` at the start (the executor
+    /// never saw it end).
+    pub fn job_lost(&self) {
+        self.jobs
+            .get_or_create(&StatusLabel {
+                status: status_name(JobStatus::Lost),
+            })
+            .inc();
+    }
+
     /// A config reload was applied (`ok`) or refused.
     pub fn reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "failed" };

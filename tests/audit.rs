@@ -141,10 +141,21 @@ async fn every_ending_and_refusal_is_audited_and_verify_finds_each_tampering() {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     drop(server);
-    let (server, _url) = serve(dir.path(), &config, &env);
+    let (server, url) = serve(dir.path(), &config, &env);
     let r = wait_for(&audit, "lost", status_of(&lost)).await;
     assert_eq!(r["status"], "lost");
     assert_eq!(r["env"]["API_TOKEN"], "***", "secret values masked: {r}");
+    // The job settled `lost` at the start is counted in `/metrics` too.
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+    let auth = format!("Bearer {TOKEN}");
+    let (status, body) =
+        crate::util::http(addr, "GET", "/metrics", &[("Authorization", &auth)], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == r#"ccx_jobs_total{status="lost"} 1"#),
+        "{body}"
+    );
     // Stop it gracefully: the last hash is then in the state store.
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     let mut server = server;
