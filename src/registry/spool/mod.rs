@@ -23,10 +23,11 @@
 //! of the registry's work on a short job (ext4's inode allocation; measured in the README).
 //! It is written out ("spilled") to its file once it holds more than [`INLINE_MAX`] bytes,
 //! or when the registry's spiller finds the job still running [`INLINE_WINDOW`] after its
-//! start. A job that ends before either keeps its whole spool in its database row instead
+//! start having written output (one that has written none yet spills at its first output).
+//! A job that ends before either keeps its whole spool in its database row instead
 //! (the writer's [`SpoolWriter::finish`] hands it over). The price: a crash (`kill -9`) loses
-//! the output of jobs younger than [`INLINE_WINDOW`], as the record's batch window loses
-//! their newest record writes.
+//! the output of jobs younger than [`INLINE_WINDOW`], and the spooled events of jobs that
+//! never wrote output, as the record's batch window loses their newest record writes.
 //!
 //! # Bound
 //! The first segments, up to half of `max_bytes`, are the head and always kept; of the rest
@@ -139,6 +140,9 @@ pub struct SpoolWriter {
     io: Io,
     /// Records still go to segment 1 in memory.
     in_memory: bool,
+    /// The job outlived [`INLINE_WINDOW`] before writing any output: the first output
+    /// spills.
+    spill_due: bool,
     inline_max: u64,
     ended: bool,
 }
@@ -187,6 +191,7 @@ impl SpoolWriter {
             shared: Shared::new(),
             io,
             in_memory: true,
+            spill_due: false,
             inline_max: INLINE_MAX.min(segment_max),
             ended: false,
         };
@@ -200,10 +205,17 @@ impl SpoolWriter {
     }
 
     /// Has segment 1 written out to its file if it is still in memory (the job outlived
-    /// [`INLINE_WINDOW`]). A failure stops the spool as any write error does.
+    /// [`INLINE_WINDOW`]); a job that has written no output yet (its spool holds only events
+    /// such as `process.started`) spills at its first output instead, so a long job that
+    /// prints nothing (`sleep 60`) never makes a file. A failure stops the spool as any write
+    /// error does.
     pub fn persist(&mut self) {
         if self.in_memory && !self.ended && !self.shared.failed() {
-            self.spill();
+            if self.total == 0 {
+                self.spill_due = true;
+            } else {
+                self.spill();
+            }
         }
     }
 
@@ -258,6 +270,10 @@ impl SpoolWriter {
         self.total += bytes.len() as u64;
         if let Some(s) = self.segments.back_mut() {
             s.output_bytes += bytes.len() as u64;
+        }
+        if self.spill_due && self.total > 0 {
+            self.spill_due = false;
+            self.persist();
         }
     }
 

@@ -164,3 +164,33 @@ fn a_live_reader_follows_segment_one_from_memory_into_its_file() {
     );
     assert_eq!(r.read_next().unwrap(), None);
 }
+
+#[test]
+fn a_job_without_output_spills_only_at_its_first_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("job");
+    let io = io();
+    let mut w = SpoolWriter::create(base.clone(), 1 << 20, io.clone());
+    w.event(br#"{"method":"process.started","params":{"job_id":"j"}}"#);
+    // Past the window with no output: no file.
+    w.persist();
+    io.flush();
+    assert!(
+        !segment_path(&base, 1).exists(),
+        "no file for a job without output"
+    );
+    // Its first output spills at once, the event before it included.
+    w.output(true, 1, 0, b"late");
+    io.flush();
+    assert!(
+        segment_path(&base, 1).exists(),
+        "spilled at the first output"
+    );
+    assert_eq!(finish_now(&mut w, &io), None, "nothing kept in memory");
+    let mut r = SpoolReader::open(base.clone(), None, None, None);
+    assert!(matches!(r.read_next().unwrap(), Some(Item::Event(_))));
+    let Some(Item::Output { bytes, .. }) = r.read_next().unwrap() else {
+        panic!("the output, from the file")
+    };
+    assert_eq!(bytes, b"late");
+}
