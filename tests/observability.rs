@@ -1,3 +1,5 @@
+// Over 500 lines: the metrics tests (jobs, every hook stage and mode, gauges, reloads) and the
+// trace tests share the Prometheus parser, the scrape and the server helpers above them.
 //! What an operator sees, through a real `ccx serve`: `/metrics` read by the Prometheus
 //! project's own text-format parser (`prometheus_client.parser`, Python, pinned in
 //! `tests/python/requirements.txt`) while jobs complete, are denied and time out; the token

@@ -182,19 +182,26 @@ async fn a_hundred_megabytes_arrive_byte_exact_except_the_redactions() {
     assert!(shown.as_bytes().starts_with(head) && shown.as_bytes().ends_with(tail));
 }
 
-#[test]
-fn hooks_run_output_passes_a_file_through_the_stage() {
-    let dir = scratch();
-    let input = dir.path().join("in.txt");
-    std::fs::write(&input, "key AKIAIOSFODNN7EXAMPLE x\nhello\n").unwrap();
+/// `ccx hooks run <secret-redact> ARGS --output @INPUT`, which must succeed.
+fn hooks_run_output(input: &std::path::Path, args: &[&str]) -> std::process::Output {
     let out = std::process::Command::new(CCX)
         .args(["hooks", "run"])
         .arg(component("secret-redact"))
+        .args(args)
         .arg("--output")
         .arg(format!("@{}", input.display()))
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    out
+}
+
+#[test]
+fn hooks_run_output_passes_a_file_through_the_stage() {
+    let dir = scratch();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "key AKIAIOSFODNN7EXAMPLE x\nhello\n").unwrap();
+    let out = hooks_run_output(&input, &[]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "key [REDACTED:aws-access-key-id] x\nhello\n"
@@ -213,15 +220,10 @@ fn hooks_run_output_takes_extra_patterns_from_the_config() {
         format!("t={token} k=AKIAIOSFODNN7EXAMPLE\nitk_short\n"),
     )
     .unwrap();
-    let out = std::process::Command::new(CCX)
-        .args(["hooks", "run"])
-        .arg(component("secret-redact"))
-        .args(["--config", "pattern.internal-token=itk_[0-9a-f]{32}"])
-        .arg("--output")
-        .arg(format!("@{}", input.display()))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    let out = hooks_run_output(
+        &input,
+        &["--config", "pattern.internal-token=itk_[0-9a-f]{32}"],
+    );
     // The extra kind beside the built-in ones; a near miss stays.
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

@@ -387,15 +387,11 @@ fn delegate_controllers(parent: &Path, own_leaf: Option<&str>, pid: u32) -> Resu
         ));
     };
     let leaf = parent.join(leaf);
-    match fs::create_dir(&leaf) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            return Err(format!(
-                "cannot make {} for the server: {e}",
-                leaf.display()
-            ));
-        }
-        _ => {}
-    }
+    let made = fs::create_dir(&leaf).or_else(|e| match e.kind() {
+        io::ErrorKind::AlreadyExists => Ok(()),
+        _ => Err(e),
+    });
+    made.map_err(|e| format!("cannot make {} for the server: {e}", leaf.display()))?;
     write_file(&leaf.join("cgroup.procs"), &pid.to_string())
         .map_err(|e| format!("cannot move the server into {}: {e}", leaf.display()))?;
     enable().map_err(|e| {
