@@ -1,6 +1,7 @@
 //! Containment in both modes, through the built binary: a `setsid` child and a double-forked
 //! daemon are killed at the job's normal end, at timeout, at CANCEL and at disconnect, and
-//! PAUSE stops them too. Every process of a job is found by the `CCX_JOB_ID` it carries.
+//! PAUSE stops them too; a detached job is spared at disconnect; `/health` states the mode
+//! and why. Every process of a job is found by the `CCX_JOB_ID` it carries.
 
 use crate::jobs::{processes_of, serve};
 use crate::util::{WAIT, Ws, scratch};
@@ -272,5 +273,52 @@ async fn time_paused_does_not_count_toward_the_timeout_and_max_pause_bounds_it()
             .is_some_and(|e| e.contains("max_pause")),
         "{done}"
     );
+    all_gone(&job).await;
+}
+
+/// `auto` takes a cgroup where one can be made (these machines can), and `/health` says
+/// which mode is in effect and why, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_states_the_mode_in_effect_and_why() {
+    for (config, mode, why) in [
+        ("", "cgroup", "a cgroup v2 per job under "),
+        (
+            "[execution]\ncontainment = \"process-group\"\n",
+            "process-group",
+            "child subreaper (no cgroup: `[execution] containment = \"process-group\"`)",
+        ),
+    ] {
+        let dir = scratch();
+        let (_server, url) = serve(dir.path(), config, &[]);
+        let addr = url.trim_start_matches("ws://").trim_end_matches("/ws");
+        let (_, body) = crate::util::http(addr, "GET", "/health", &[], "").await;
+        let health: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["containment"]["mode"], mode, "{health}");
+        let reason = health["containment"]["reason"].as_str().unwrap();
+        assert!(reason.contains(why), "{reason}");
+    }
+}
+
+/// A detached job is spared when its client leaves, in process-group mode too (the reaper
+/// kills only what belongs to ended jobs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_group_mode_spares_a_detached_job_at_disconnect() {
+    let dir = scratch();
+    let (_server, url) = server(dir.path(), "process-group").await;
+    let mut ws = Ws::connect(&url).await;
+    let job = start(
+        &mut ws,
+        json!({"command": escapees("sleep 300"), "detach": true}),
+    )
+    .await;
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(
+        processes_of(&job).len() >= 3,
+        "the detached job and its escapees run on: {:?}",
+        processes_of(&job)
+    );
+    let mut other = Ws::connect(&url).await;
+    control(&mut other, "CANCEL", &job).await;
     all_gone(&job).await;
 }
