@@ -131,9 +131,7 @@ impl Decided<'_> {
         };
         let (duration, fuel) = self.took;
         DecisionRecord {
-            time: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
+            time: super::decision_log::unix_now(),
             job_id: self.request.job_id.clone(),
             hook: self.hook.spec.name.clone(),
             sha256: self.sha256.map(str::to_string),

@@ -50,6 +50,13 @@ pub struct DecisionRecord {
     pub request: super::HookRequest,
 }
 
+/// Seconds since the Unix epoch, for [`DecisionRecord::time`].
+pub(super) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Where decisions go; cheap to share.
 #[derive(Clone)]
 pub struct DecisionLog {

@@ -56,9 +56,7 @@ impl HookSet {
                         Tally::Verdict(_) => ("none".to_string(), None, None),
                     };
                     log.record(DecisionRecord {
-                        time: std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0.0, |d| d.as_secs_f64()),
+                        time: super::decision_log::unix_now(),
                         job_id: request.job_id.clone(),
                         hook: name.clone(),
                         sha256: Some(ready.sha256.clone()),

@@ -170,6 +170,7 @@ pub struct LatencyHistogram {
 }
 
 /// What one call ended with, for the counters.
+#[derive(Clone, Copy)]
 pub(crate) enum Tally<'a> {
     Decision(&'a str),
     /// A decision of a hook not in `enforce` mode.
@@ -222,22 +223,20 @@ impl HookCounters {
         s.fuel_total += fuel;
         push_bounded(&mut s.durations_us, us);
         push_bounded(&mut s.fuel, fuel);
-        let would;
-        let decision = match &tally {
-            Tally::Decision(d) => *d,
-            Tally::Would("allow") | Tally::Would("pass") => "allow",
-            Tally::Would(d) => {
-                would = format!("would_{d}");
-                would.as_str()
-            }
+        // Static names: this runs per output chunk, so no label is built per call.
+        let decision = match tally {
+            Tally::Decision(d) => d,
+            Tally::Would(d @ ("allow" | "pass")) => d,
+            Tally::Would("deny") => "would_deny",
+            Tally::Would("modify") => "would_modify",
+            Tally::Would("replace") => "would_replace",
+            Tally::Would("drop") => "would_drop",
+            Tally::Would("end_job") => "would_end_job",
+            Tally::Would(_) => "would_other",
             Tally::Verdict(Some(true)) => "pass",
             Tally::Verdict(Some(false)) => "fail",
             Tally::Verdict(None) => "none",
             Tally::Failure(..) => "failed",
-        };
-        let decision = match (stage, decision) {
-            (CallStage::Output, "allow") => "pass",
-            (_, d) => d,
         };
         match s
             .by_label
