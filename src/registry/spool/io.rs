@@ -4,16 +4,34 @@
 //! the disk falls behind, queuing blocks, which is the same backpressure a direct write gave.
 //!
 //! Operations run in the order queued, so each job's records land in order; what a reader
-//! may read ([`Progress`]) is published only after its bytes are written.
+//! may read ([`Progress`]) is published only after its bytes are written. Records of one job
+//! that follow one another in the queue are gathered and written at once (at most
+//! [`BATCH_BYTES`]); a large batch bypasses the page cache ([`SegmentFile`]).
 
+use super::segment::{SegmentFile, Staging};
 use super::{Progress, SharedInline};
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
+
+/// The most bytes one write gathers.
+pub const BATCH_BYTES: usize = 2 << 20;
+
+/// The least a batch must hold to be written with `O_DIRECT`: below it, the device's round
+/// trip costs more than the page cache's copy (on this project's machines, 1 GB in 64 KiB
+/// direct writes took 1.23 s of system time, in 256 KiB ones 0.30 s, through the page cache
+/// 0.86 s plus its writeback).
+pub const DIRECT_MIN: usize = 256 << 10;
+
+/// How long a batch smaller than [`DIRECT_MIN`] waits for more of its job's records (its
+/// readers see them that much later; any other operation ends the wait).
+pub const GATHER: Duration = Duration::from_millis(5);
+
+/// The staging buffer's memory kept between batches.
+const STAGING_KEEP: usize = 2 * BATCH_BYTES;
 
 /// How many operations may wait for the thread.
 pub const QUEUE_OPS: usize = 128;
@@ -29,7 +47,7 @@ pub(super) struct Shared {
     failed: AtomicBool,
     reported: AtomicBool,
     /// The segment being written (I/O thread only).
-    file: Mutex<Option<File>>,
+    file: Mutex<Option<SegmentFile>>,
 }
 
 impl Shared {
@@ -108,20 +126,33 @@ pub(super) enum Op {
 #[derive(Clone)]
 pub struct Io {
     tx: SyncSender<Op>,
+    /// Record buffers the thread is done with, for the writers to fill again (at most
+    /// [`SPARE_BUFFERS`]): a fresh 64 KiB allocation per read of output costs page faults.
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// How many record buffers wait for reuse.
+const SPARE_BUFFERS: usize = 16;
+
+/// A record buffer's capacity: a header and one read of output.
+pub const RECORD_CAPACITY: usize = super::HEADER_BYTES + 64 * 1024;
 
 impl Io {
     /// Starts the thread (`ccx-spool-io`).
     pub fn start() -> std::io::Result<Io> {
         let (tx, rx) = sync_channel::<Op>(QUEUE_OPS);
+        let spare = Arc::new(Mutex::new(Vec::with_capacity(SPARE_BUFFERS)));
+        let recycle = spare.clone();
         std::thread::Builder::new()
             .name("ccx-spool-io".into())
-            .spawn(move || {
-                while let Ok(op) = rx.recv() {
-                    run(op);
-                }
-            })?;
-        Ok(Io { tx })
+            .spawn(move || serve(&rx, &recycle))?;
+        Ok(Io { tx, spare })
+    }
+
+    /// An empty buffer for a record: one the thread is done with, or a new one.
+    pub(super) fn buffer(&self) -> Vec<u8> {
+        let reused = self.spare.lock().expect("lock").pop();
+        reused.unwrap_or_else(|| Vec::with_capacity(RECORD_CAPACITY))
     }
 
     /// Queues `op`, waiting while the queue is full; `false` if the thread is gone.
@@ -138,48 +169,145 @@ impl Io {
     }
 }
 
-fn run(op: Op) {
+/// The thread's loop: runs each operation, gathering a job's queued writes into batches.
+fn serve(rx: &Receiver<Op>, spare: &Mutex<Vec<Vec<u8>>>) {
+    let mut staging = Staging::new();
+    let recycle = |mut bytes: Vec<u8>| {
+        let mut spare = spare.lock().expect("lock");
+        if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 2 * RECORD_CAPACITY {
+            bytes.clear();
+            spare.push(bytes);
+        }
+    };
+    let mut next: Option<Op> = None;
+    loop {
+        let op = match next.take() {
+            Some(op) => op,
+            None => match rx.recv() {
+                Ok(op) => op,
+                Err(_) => return,
+            },
+        };
+        next = match op {
+            Op::Write {
+                job,
+                bytes,
+                segment,
+                len,
+            } => write_batch(rx, &mut staging, &recycle, job, bytes, segment, len),
+            op => {
+                run(op, &mut staging);
+                None
+            }
+        };
+    }
+}
+
+/// Writes `bytes` and the records of the same job and segment that follow it in the queue
+/// (up to [`BATCH_BYTES`]; while fewer than [`DIRECT_MIN`] are gathered, waiting up to
+/// [`GATHER`] for more) with one write, then publishes them. Returns the operation that ended
+/// the batch, if one was taken from the queue.
+fn write_batch(
+    rx: &Receiver<Op>,
+    staging: &mut Staging,
+    recycle: &impl Fn(Vec<u8>),
+    job: Arc<Shared>,
+    bytes: Vec<u8>,
+    segment: u32,
+    mut len: u64,
+) -> Option<Op> {
+    if job.failed() {
+        return None;
+    }
+    let begun = {
+        let slot = job.file.lock().expect("lock");
+        slot.as_ref().map(|file| file.begin(staging)).is_some()
+    };
+    if !begun {
+        job.fail("cannot write the spool: no segment is open".to_string());
+        return None;
+    }
+    staging.push(&bytes);
+    recycle(bytes);
+    let deadline = Instant::now() + GATHER;
+    let mut next = None;
+    while staging.len() < BATCH_BYTES {
+        let op = match rx.try_recv() {
+            Ok(op) => op,
+            Err(TryRecvError::Empty) if staging.len() < DIRECT_MIN => {
+                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(op) => op,
+                    Err(_) => break,
+                }
+            }
+            Err(_) => break,
+        };
+        match op {
+            Op::Write {
+                job: j,
+                bytes,
+                segment: s,
+                len: l,
+            } if Arc::ptr_eq(&j, &job) && s == segment => {
+                staging.push(&bytes);
+                recycle(bytes);
+                len = l;
+            }
+            op => {
+                next = Some(op);
+                break;
+            }
+        }
+    }
+    let direct = staging.len() >= DIRECT_MIN;
+    let result = {
+        let mut slot = job.file.lock().expect("lock");
+        slot.as_mut().map(|file| file.commit(staging, direct))
+    };
+    staging.clear(STAGING_KEEP);
+    match result {
+        Some(Ok(())) => job.progress.send_modify(|p| {
+            p.segment = segment;
+            p.len = len;
+        }),
+        Some(Err(e)) => job.fail(format!("cannot write the spool: {e}")),
+        // The spool failed meanwhile.
+        None => {}
+    }
+    next
+}
+
+fn run(op: Op, staging: &mut Staging) {
     match op {
         Op::Open { job, path, spill } => {
             if job.failed() {
                 return;
             }
             let result = (|| {
-                let mut file = File::create_new(&path)?;
+                let mut file = SegmentFile::create(&path)?;
                 if spill {
                     let mut m = job.inline.lock().expect("lock");
-                    file.write_all(&m.bytes)?;
+                    file.begin(staging);
+                    staging.push(&m.bytes);
+                    let written = file.commit(staging, false);
+                    staging.clear(STAGING_KEEP);
+                    written?;
                     m.spilled = true;
                     m.bytes = Vec::new();
                 }
                 std::io::Result::Ok(file)
             })();
             match result {
-                Ok(file) => *job.file.lock().expect("lock") = Some(file),
+                Ok(file) => {
+                    let done = job.file.lock().expect("lock").replace(file);
+                    if let Some(Err(e)) = done.map(SegmentFile::finish) {
+                        job.fail(format!("cannot finish a spool segment: {e}"));
+                    }
+                }
                 Err(e) => job.fail(format!("cannot create {}: {e}", path.display())),
             }
         }
-        Op::Write {
-            job,
-            bytes,
-            segment,
-            len,
-        } => {
-            if job.failed() {
-                return;
-            }
-            let result = match job.file.lock().expect("lock").as_mut() {
-                Some(file) => file.write_all(&bytes),
-                None => Err(std::io::Error::other("no segment is open")),
-            };
-            match result {
-                Ok(()) => job.progress.send_modify(|p| {
-                    p.segment = segment;
-                    p.len = len;
-                }),
-                Err(e) => job.fail(format!("cannot write the spool: {e}")),
-            }
-        }
+        Op::Write { .. } => unreachable!("`serve` writes in batches"),
         Op::Remove { job, path } => {
             if let Err(e) = std::fs::remove_file(&path) {
                 job.fail(format!("cannot remove {}: {e}", path.display()));
@@ -191,7 +319,10 @@ fn run(op: Op) {
             }
         }
         Op::Close { job, then } => {
-            *job.file.lock().expect("lock") = None;
+            let file = job.file.lock().expect("lock").take();
+            if let Some(Err(e)) = file.map(SegmentFile::finish) {
+                job.fail(format!("cannot finish the spool: {e}"));
+            }
             job.progress.send_modify(|p| p.ended = true);
             then();
         }

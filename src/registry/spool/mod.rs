@@ -44,6 +44,7 @@ use tokio::sync::watch;
 
 mod io;
 mod read;
+mod segment;
 pub use io::Io;
 use io::{Op, Shared};
 pub use read::{Item, SpoolReader};
@@ -187,7 +188,7 @@ impl SpoolWriter {
             total: 0,
             last_seq: 0,
             gap: None,
-            buf: Vec::with_capacity(HEADER_BYTES + 64 * 1024),
+            buf: io.buffer(),
             shared: Shared::new(),
             io,
             in_memory: true,
@@ -345,7 +346,7 @@ impl SpoolWriter {
             drop(m);
             self.spill();
         }
-        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(HEADER_BYTES + 64 * 1024));
+        let bytes = std::mem::replace(&mut self.buf, self.io.buffer());
         self.account(kind, seq, record);
         let op = Op::Write {
             job: self.shared.clone(),

@@ -1,7 +1,9 @@
 //! Reading a spool back ([`SpoolReader`]): one per `attach`, living as long as its replay,
 //! while the writer (in `mod.rs`, with the format) lives as long as the job.
 
-use super::{Gap, HEADER_BYTES, KIND_STDERR, KIND_STDOUT, Progress, SharedInline, segment_path};
+use super::{
+    Gap, HEADER_BYTES, KIND_EVENT, KIND_STDERR, KIND_STDOUT, Progress, SharedInline, segment_path,
+};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -32,6 +34,11 @@ struct Header {
 }
 
 impl Header {
+    /// A record's kind is never 0: zeros where a header should be are a segment's padding.
+    fn valid(&self) -> bool {
+        matches!(self.kind, KIND_STDOUT | KIND_STDERR | KIND_EVENT)
+    }
+
     fn parse(b: &[u8; HEADER_BYTES]) -> Header {
         let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         Header {
@@ -153,8 +160,10 @@ impl SpoolReader {
                 return Ok(None);
             }
             let mut hb = [0u8; HEADER_BYTES];
-            if file.read_at(&self.dir, self.pos, &mut hb)? < HEADER_BYTES {
-                // End of this segment (or a torn record after a crash).
+            let got = file.read_at(&self.dir, self.pos, &mut hb)?;
+            if got < HEADER_BYTES || !Header::parse(&hb).valid() {
+                // End of this segment (or, after a crash, a torn record or the zeros that
+                // pad a segment's last block).
                 if complete {
                     self.file = None;
                     continue;

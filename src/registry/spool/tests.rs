@@ -194,3 +194,45 @@ fn a_job_without_output_spills_only_at_its_first_output() {
     };
     assert_eq!(bytes, b"late");
 }
+
+#[test]
+fn batched_writes_land_exactly_and_a_crashs_zero_padding_reads_as_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = io();
+    let base = dir.path().join("job");
+    let mut w = SpoolWriter::create(base.clone(), 1 << 30, io.clone());
+    // Enough queued at once for batches past `DIRECT_MIN`, in reads of odd sizes.
+    let mut want = Vec::new();
+    for i in 0..400u64 {
+        let chunk: Vec<u8> = (0..(10_000 + i as usize * 7))
+            .map(|j| (i as usize + j) as u8)
+            .collect();
+        w.output(true, i + 1, want.len() as u64, &chunk);
+        want.extend_from_slice(&chunk);
+    }
+    assert!(finish_now(&mut w, &io).is_none(), "spilled to its file");
+    assert!(w.error().is_none(), "{:?}", w.error());
+    let seg = segment_path(&base, 1);
+    let records = 400 * HEADER_BYTES as u64 + want.len() as u64;
+    assert_eq!(
+        std::fs::metadata(&seg).unwrap().len(),
+        records,
+        "no padding once finished"
+    );
+    let read_all = || {
+        let mut r = SpoolReader::open(base.clone(), None, None, None);
+        let mut got = Vec::new();
+        while let Some(item) = r.read_next().unwrap() {
+            match item {
+                Item::Output { bytes, .. } => got.extend_from_slice(&bytes),
+                other => panic!("only output was written, got {other:?}"),
+            }
+        }
+        got
+    };
+    assert!(read_all() == want, "every byte back, in order");
+    // A crash leaves the last block padded with zeros: read as the end, not as a record.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&seg).unwrap();
+    std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
+    assert!(read_all() == want, "the padding is not read as records");
+}
