@@ -14,9 +14,10 @@
 //! | 8 | output bytes, both streams, before this record |
 //! | n | payload: the raw bytes read, or the JSON |
 //!
-//! A record is written with one `write` and published (through [`Progress`]) only after it,
-//! so a reader never sees half of one; a crash can leave a torn last record, which readers
-//! treat as the end.
+//! Records are written whole, in batches, and published (through [`Progress`]) only after
+//! they are written, so a reader never sees half of one; a crash can leave a torn last record,
+//! or the zeros that pad a segment's last block while it is written (see `segment.rs`), which
+//! readers treat as the end.
 //!
 //! # Short jobs stay off the file system
 //! Segment 1 starts in memory ([`Inline`]): creating a file per job costs more than the rest
