@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The most bytes one write gathers.
+/// The most bytes one write gathers (give or take a record).
 pub const BATCH_BYTES: usize = 2 << 20;
 
 /// The least a batch must hold to be written with `O_DIRECT`: below it, the device's round
@@ -172,6 +172,8 @@ impl Io {
 /// The thread's loop: runs each operation, gathering a job's queued writes into batches.
 fn serve(rx: &Receiver<Op>, spare: &Mutex<Vec<Vec<u8>>>) {
     let mut staging = Staging::new();
+    // `O_DIRECT` was refused once: the state directory's file system does not take it.
+    let mut refused = false;
     let recycle = |mut bytes: Vec<u8>| {
         let mut spare = spare.lock().expect("lock");
         if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 2 * RECORD_CAPACITY {
@@ -194,7 +196,14 @@ fn serve(rx: &Receiver<Op>, spare: &Mutex<Vec<Vec<u8>>>) {
                 bytes,
                 segment,
                 len,
-            } => write_batch(rx, &mut staging, &recycle, job, bytes, segment, len),
+            } => {
+                let batch = Batch {
+                    staging: &mut staging,
+                    refused: &mut refused,
+                    recycle: &recycle,
+                };
+                write_batch(rx, batch, job, bytes, segment, len)
+            }
             op => {
                 run(op, &mut staging);
                 None
@@ -203,20 +212,36 @@ fn serve(rx: &Receiver<Op>, spare: &Mutex<Vec<Vec<u8>>>) {
     }
 }
 
+/// What the I/O thread lends a batch.
+struct Batch<'a, R: Fn(Vec<u8>)> {
+    staging: &'a mut Staging,
+    /// `O_DIRECT` was refused once: no later batch asks for it.
+    refused: &'a mut bool,
+    recycle: &'a R,
+}
+
 /// Writes `bytes` and the records of the same job and segment that follow it in the queue
-/// (up to [`BATCH_BYTES`]; while fewer than [`DIRECT_MIN`] are gathered, waiting up to
-/// [`GATHER`] for more) with one write, then publishes them. Returns the operation that ended
-/// the batch, if one was taken from the queue.
+/// (about [`BATCH_BYTES`] at most; while fewer than [`DIRECT_MIN`] are gathered, waiting up
+/// to [`GATHER`] for more) with one write, then publishes them. Returns the operation that
+/// ended the batch, if one was taken from the queue.
+///
+/// A write error stops the spool at the last batch published: records of the failed batch
+/// that reached the file anyway may be replayed after the job, though no live reader saw them.
 fn write_batch(
     rx: &Receiver<Op>,
-    staging: &mut Staging,
-    recycle: &impl Fn(Vec<u8>),
+    batch: Batch<'_, impl Fn(Vec<u8>)>,
     job: Arc<Shared>,
     bytes: Vec<u8>,
     segment: u32,
     mut len: u64,
 ) -> Option<Op> {
+    let Batch {
+        staging,
+        refused,
+        recycle,
+    } = batch;
     if job.failed() {
+        recycle(bytes);
         return None;
     }
     let begun = {
@@ -259,10 +284,14 @@ fn write_batch(
             }
         }
     }
-    let direct = staging.len() >= DIRECT_MIN;
+    let direct = staging.len() >= DIRECT_MIN && !*refused;
     let result = {
         let mut slot = job.file.lock().expect("lock");
-        slot.as_mut().map(|file| file.commit(staging, direct))
+        slot.as_mut().map(|file| {
+            let written = file.commit(staging, direct);
+            *refused |= file.refused();
+            written
+        })
     };
     staging.clear(STAGING_KEEP);
     match result {

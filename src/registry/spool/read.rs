@@ -161,9 +161,21 @@ impl SpoolReader {
             }
             let mut hb = [0u8; HEADER_BYTES];
             let got = file.read_at(&self.dir, self.pos, &mut hb)?;
-            if got < HEADER_BYTES || !Header::parse(&hb).valid() {
-                // End of this segment (or, after a crash, a torn record or the zeros that
-                // pad a segment's last block).
+            let valid = got == HEADER_BYTES && Header::parse(&hb).valid();
+            if limit.is_some() && !valid {
+                // Inside what the live writer has published: never padding.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a bad record header at byte {} of a spool segment",
+                        self.pos
+                    ),
+                ));
+            }
+            if !valid {
+                // End of this segment (or a torn record, or the zeros that pad a segment's
+                // last block, where its writer stopped before finishing it: a crash, a spool
+                // failure).
                 if complete {
                     self.file = None;
                     continue;
@@ -247,7 +259,7 @@ impl SpoolReader {
             // Missing segments: the gap's extent comes from the next record's header.
             let mut file = Source::File(File::open(segment_path(&self.dir, next))?);
             let mut hb = [0u8; HEADER_BYTES];
-            if file.read_at(&self.dir, 0, &mut hb)? == HEADER_BYTES {
+            if file.read_at(&self.dir, 0, &mut hb)? == HEADER_BYTES && Header::parse(&hb).valid() {
                 let h = Header::parse(&hb);
                 let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
                 let next_seq = if is_output { h.seq } else { h.seq + 1 };

@@ -5,13 +5,15 @@
 //! cache, where a write costs microseconds rather than a round trip to the device.
 //!
 //! `O_DIRECT` asks that the buffer's address, the file offset and the length be multiples of
-//! the device's logical block size (open(2), "O_DIRECT"); [`BLOCK`] (4096) is a multiple of
-//! every size Linux uses. So a segment is written in whole blocks, either way: each write
-//! starts at the last partial block, rewriting its bytes followed by the new ones, and pads
-//! the end with zeros, which the next write overwrites and [`SegmentFile::finish`] cuts off.
-//! Readers read only what was published, and a crash can leave zeros after the last record,
-//! which they take as its end (a record's kind is never 0). Where `O_DIRECT` is refused (tmpfs
-//! on older kernels), every write goes through the page cache.
+//! the device's logical block size (open(2), "O_DIRECT"); [`BLOCK`] (4096) is the largest
+//! such size of nearly every device (one that asks more refuses the write with `EINVAL`, and
+//! the file falls back to the page cache). So a segment is written in whole blocks, either
+//! way: each write starts at the last partial block, rewriting its bytes followed by the new
+//! ones, and pads the end with zeros, which the next write overwrites and
+//! [`SegmentFile::finish`] cuts off. Readers read only what was published; where the writer
+//! stopped before finishing a segment (a crash, a spool failure) zeros can follow the last
+//! record, which readers take as its end (a record's kind is never 0). Where `O_DIRECT` is
+//! refused (tmpfs before Linux 6.6), every write goes through the page cache.
 
 use rustix::fs::{OFlags, fcntl_getfl, fcntl_setfl};
 use std::fs::File;
@@ -120,15 +122,16 @@ impl SegmentFile {
     /// `direct` and the file system takes it, else through the page cache.
     ///
     /// # Errors
-    /// The write's error. A refusal of `O_DIRECT` (`EINVAL` from fcntl(2) `F_SETFL` or from
-    /// the write) is not one: the file goes through the page cache from then on.
+    /// The write's error. A refusal of `O_DIRECT` (an error from fcntl(2) `F_SETFL`, or
+    /// `EINVAL`/`EOPNOTSUPP` from the write) is not one: the file goes through the page cache
+    /// from then on ([`SegmentFile::refused`]) and the write is done that way.
     pub fn commit(&mut self, staging: &mut Staging, direct: bool) -> io::Result<()> {
         let len = staging.len();
         self.set_direct(direct && !self.refused);
         let mut result = self.file.write_all_at(staging.padded(), self.base);
         if let Err(e) = &result
             && self.direct
-            && e.raw_os_error() == Some(libc::EINVAL)
+            && matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP))
         {
             self.refuse();
             result = self.file.write_all_at(staging.padded(), self.base);
@@ -140,6 +143,11 @@ impl SegmentFile {
         self.tail
             .extend_from_slice(&staging.bytes_mut()[whole..len]);
         Ok(())
+    }
+
+    /// Whether `O_DIRECT` was refused on this file (the I/O thread then stops asking for it).
+    pub fn refused(&self) -> bool {
+        self.refused
     }
 
     /// Sets or clears `O_DIRECT` (fcntl(2) `F_SETFL`) if it is not so already.
