@@ -135,17 +135,21 @@ pub struct Io {
 const SPARE_BUFFERS: usize = 16;
 
 /// A record buffer's capacity: a header and one read of output.
-pub const RECORD_CAPACITY: usize = super::HEADER_BYTES + 64 * 1024;
+const RECORD_CAPACITY: usize = super::HEADER_BYTES + 64 * 1024;
 
 impl Io {
     /// Starts the thread (`ccx-spool-io`).
     pub fn start() -> std::io::Result<Io> {
         let (tx, rx) = sync_channel::<Op>(QUEUE_OPS);
         let spare = Arc::new(Mutex::new(Vec::with_capacity(SPARE_BUFFERS)));
-        let recycle = spare.clone();
+        let mut thread = Thread {
+            staging: Staging::new(),
+            refused: false,
+            spare: spare.clone(),
+        };
         std::thread::Builder::new()
             .name("ccx-spool-io".into())
-            .spawn(move || serve(&rx, &recycle))?;
+            .spawn(move || thread.serve(&rx))?;
         Ok(Io { tx, spare })
     }
 
@@ -169,194 +173,191 @@ impl Io {
     }
 }
 
-/// The thread's loop: runs each operation, gathering a job's queued writes into batches.
-fn serve(rx: &Receiver<Op>, spare: &Mutex<Vec<Vec<u8>>>) {
-    let mut staging = Staging::new();
-    // `O_DIRECT` was refused once: the state directory's file system does not take it.
-    let mut refused = false;
-    let recycle = |mut bytes: Vec<u8>| {
-        let mut spare = spare.lock().expect("lock");
+/// What the I/O thread keeps between operations.
+struct Thread {
+    /// Where a batch is gathered.
+    staging: Staging,
+    /// `O_DIRECT` was refused once: the state directory's file system does not take it, and
+    /// no later batch asks for it.
+    refused: bool,
+    /// Shared with [`Io::buffer`].
+    spare: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Thread {
+    /// The thread's loop: runs each operation, gathering a job's queued writes into batches.
+    fn serve(&mut self, rx: &Receiver<Op>) {
+        let mut next: Option<Op> = None;
+        loop {
+            let op = match next.take() {
+                Some(op) => op,
+                None => match rx.recv() {
+                    Ok(op) => op,
+                    Err(_) => return,
+                },
+            };
+            next = match op {
+                Op::Write {
+                    job,
+                    bytes,
+                    segment,
+                    len,
+                } => self.write_batch(rx, job, bytes, segment, len),
+                op => {
+                    self.run(op);
+                    None
+                }
+            };
+        }
+    }
+
+    /// Gives a record buffer back for reuse (at most [`SPARE_BUFFERS`] wait).
+    fn recycle(&self, mut bytes: Vec<u8>) {
+        let mut spare = self.spare.lock().expect("lock");
         if spare.len() < SPARE_BUFFERS && bytes.capacity() <= 2 * RECORD_CAPACITY {
             bytes.clear();
             spare.push(bytes);
         }
-    };
-    let mut next: Option<Op> = None;
-    loop {
-        let op = match next.take() {
-            Some(op) => op,
-            None => match rx.recv() {
-                Ok(op) => op,
-                Err(_) => return,
-            },
-        };
-        next = match op {
-            Op::Write {
-                job,
-                bytes,
-                segment,
-                len,
-            } => {
-                let batch = Batch {
-                    staging: &mut staging,
-                    refused: &mut refused,
-                    recycle: &recycle,
-                };
-                write_batch(rx, batch, job, bytes, segment, len)
-            }
-            op => {
-                run(op, &mut staging);
-                None
-            }
-        };
     }
-}
 
-/// What the I/O thread lends a batch.
-struct Batch<'a, R: Fn(Vec<u8>)> {
-    staging: &'a mut Staging,
-    /// `O_DIRECT` was refused once: no later batch asks for it.
-    refused: &'a mut bool,
-    recycle: &'a R,
-}
+    /// Writes what `staging` gathered to `file` (begun with [`SegmentFile::begin`]), with
+    /// `O_DIRECT` if `direct` and it was never refused; empties `staging`.
+    fn commit(&mut self, file: &mut SegmentFile, direct: bool) -> std::io::Result<()> {
+        let written = file.commit(&mut self.staging, direct && !self.refused);
+        self.refused |= file.refused();
+        self.staging.clear(STAGING_KEEP);
+        written
+    }
 
-/// Writes `bytes` and the records of the same job and segment that follow it in the queue
-/// (about [`BATCH_BYTES`] at most; while fewer than [`DIRECT_MIN`] are gathered, waiting up
-/// to [`GATHER`] for more) with one write, then publishes them. Returns the operation that
-/// ended the batch, if one was taken from the queue.
-///
-/// A write error stops the spool at the last batch published: records of the failed batch
-/// that reached the file anyway may be replayed after the job, though no live reader saw them.
-fn write_batch(
-    rx: &Receiver<Op>,
-    batch: Batch<'_, impl Fn(Vec<u8>)>,
-    job: Arc<Shared>,
-    bytes: Vec<u8>,
-    segment: u32,
-    mut len: u64,
-) -> Option<Op> {
-    let Batch {
-        staging,
-        refused,
-        recycle,
-    } = batch;
-    if job.failed() {
-        recycle(bytes);
-        return None;
-    }
-    let begun = {
-        let slot = job.file.lock().expect("lock");
-        slot.as_ref().map(|file| file.begin(staging)).is_some()
-    };
-    if !begun {
-        job.fail("cannot write the spool: no segment is open".to_string());
-        return None;
-    }
-    staging.push(&bytes);
-    recycle(bytes);
-    let deadline = Instant::now() + GATHER;
-    let mut next = None;
-    while staging.len() < BATCH_BYTES {
-        let op = match rx.try_recv() {
-            Ok(op) => op,
-            Err(TryRecvError::Empty) if staging.len() < DIRECT_MIN => {
-                match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(op) => op,
-                    Err(_) => break,
-                }
-            }
-            Err(_) => break,
-        };
-        match op {
-            Op::Write {
-                job: j,
-                bytes,
-                segment: s,
-                len: l,
-            } if Arc::ptr_eq(&j, &job) && s == segment => {
-                staging.push(&bytes);
-                recycle(bytes);
-                len = l;
-            }
-            op => {
-                next = Some(op);
-                break;
-            }
+    /// Writes `bytes` and the records of the same job and segment that follow it in the queue
+    /// (about [`BATCH_BYTES`] at most; while fewer than [`DIRECT_MIN`] are gathered, waiting
+    /// up to [`GATHER`] for more) with one write, then publishes them. Returns the operation
+    /// that ended the batch, if one was taken from the queue.
+    ///
+    /// A write error stops the spool at the last batch published: records of the failed
+    /// batch that reached the file anyway may be replayed after the job, though no live
+    /// reader saw them.
+    fn write_batch(
+        &mut self,
+        rx: &Receiver<Op>,
+        job: Arc<Shared>,
+        bytes: Vec<u8>,
+        segment: u32,
+        mut len: u64,
+    ) -> Option<Op> {
+        if job.failed() {
+            self.recycle(bytes);
+            return None;
         }
-    }
-    let direct = staging.len() >= DIRECT_MIN && !*refused;
-    let result = {
-        let mut slot = job.file.lock().expect("lock");
-        slot.as_mut().map(|file| {
-            let written = file.commit(staging, direct);
-            *refused |= file.refused();
-            written
-        })
-    };
-    staging.clear(STAGING_KEEP);
-    match result {
-        Some(Ok(())) => job.progress.send_modify(|p| {
-            p.segment = segment;
-            p.len = len;
-        }),
-        Some(Err(e)) => job.fail(format!("cannot write the spool: {e}")),
-        // The spool failed meanwhile.
-        None => {}
-    }
-    next
-}
-
-fn run(op: Op, staging: &mut Staging) {
-    match op {
-        Op::Open { job, path, spill } => {
-            if job.failed() {
-                return;
-            }
-            let result = (|| {
-                let mut file = SegmentFile::create(&path)?;
-                if spill {
-                    let mut m = job.inline.lock().expect("lock");
-                    file.begin(staging);
-                    staging.push(&m.bytes);
-                    let written = file.commit(staging, false);
-                    staging.clear(STAGING_KEEP);
-                    written?;
-                    m.spilled = true;
-                    m.bytes = Vec::new();
-                }
-                std::io::Result::Ok(file)
-            })();
-            match result {
-                Ok(file) => {
-                    let done = job.file.lock().expect("lock").replace(file);
-                    if let Some(Err(e)) = done.map(SegmentFile::finish) {
-                        job.fail(format!("cannot finish a spool segment: {e}"));
+        let begun = {
+            let slot = job.file.lock().expect("lock");
+            slot.as_ref()
+                .map(|file| file.begin(&mut self.staging))
+                .is_some()
+        };
+        if !begun {
+            job.fail("cannot write the spool: no segment is open".to_string());
+            return None;
+        }
+        self.staging.push(&bytes);
+        self.recycle(bytes);
+        let deadline = Instant::now() + GATHER;
+        let mut next = None;
+        while self.staging.len() < BATCH_BYTES {
+            let op = match rx.try_recv() {
+                Ok(op) => op,
+                Err(TryRecvError::Empty) if self.staging.len() < DIRECT_MIN => {
+                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                        Ok(op) => op,
+                        Err(_) => break,
                     }
                 }
-                Err(e) => job.fail(format!("cannot create {}: {e}", path.display())),
+                Err(_) => break,
+            };
+            match op {
+                Op::Write {
+                    job: j,
+                    bytes,
+                    segment: s,
+                    len: l,
+                } if Arc::ptr_eq(&j, &job) && s == segment => {
+                    self.staging.push(&bytes);
+                    self.recycle(bytes);
+                    len = l;
+                }
+                op => {
+                    next = Some(op);
+                    break;
+                }
             }
         }
-        Op::Write { .. } => unreachable!("`serve` writes in batches"),
-        Op::Remove { job, path } => {
-            if let Err(e) = std::fs::remove_file(&path) {
-                job.fail(format!("cannot remove {}: {e}", path.display()));
-            }
+        let direct = self.staging.len() >= DIRECT_MIN;
+        let result = {
+            let mut slot = job.file.lock().expect("lock");
+            slot.as_mut().map(|file| self.commit(file, direct))
+        };
+        match result {
+            Some(Ok(())) => job.progress.send_modify(|p| {
+                p.segment = segment;
+                p.len = len;
+            }),
+            Some(Err(e)) => job.fail(format!("cannot write the spool: {e}")),
+            // The spool failed meanwhile.
+            None => self.staging.clear(STAGING_KEEP),
         }
-        Op::Gap { job, path, text } => {
-            if let Err(e) = std::fs::write(&path, text) {
-                job.fail(format!("cannot write {}: {e}", path.display()));
+        next
+    }
+
+    fn run(&mut self, op: Op) {
+        match op {
+            Op::Open { job, path, spill } => {
+                if job.failed() {
+                    return;
+                }
+                let result = (|| {
+                    let mut file = SegmentFile::create(&path)?;
+                    if spill {
+                        let mut m = job.inline.lock().expect("lock");
+                        file.begin(&mut self.staging);
+                        self.staging.push(&m.bytes);
+                        self.commit(&mut file, false)?;
+                        m.spilled = true;
+                        m.bytes = Vec::new();
+                    }
+                    std::io::Result::Ok(file)
+                })();
+                match result {
+                    Ok(file) => {
+                        let done = job.file.lock().expect("lock").replace(file);
+                        if let Some(Err(e)) = done.map(SegmentFile::finish) {
+                            job.fail(format!("cannot finish a spool segment: {e}"));
+                        }
+                    }
+                    Err(e) => job.fail(format!("cannot create {}: {e}", path.display())),
+                }
             }
-        }
-        Op::Close { job, then } => {
-            let file = job.file.lock().expect("lock").take();
-            if let Some(Err(e)) = file.map(SegmentFile::finish) {
-                job.fail(format!("cannot finish the spool: {e}"));
+            Op::Write { .. } => unreachable!("`serve` writes in batches"),
+            Op::Remove { job, path } => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    job.fail(format!("cannot remove {}: {e}", path.display()));
+                }
             }
-            job.progress.send_modify(|p| p.ended = true);
-            then();
-        }
-        Op::Barrier(ack) => {
-            let _ = ack.send(());
+            Op::Gap { job, path, text } => {
+                if let Err(e) = std::fs::write(&path, text) {
+                    job.fail(format!("cannot write {}: {e}", path.display()));
+                }
+            }
+            Op::Close { job, then } => {
+                let file = job.file.lock().expect("lock").take();
+                if let Some(Err(e)) = file.map(SegmentFile::finish) {
+                    job.fail(format!("cannot finish the spool: {e}"));
+                }
+                job.progress.send_modify(|p| p.ended = true);
+                then();
+            }
+            Op::Barrier(ack) => {
+                let _ = ack.send(());
+            }
         }
     }
 }

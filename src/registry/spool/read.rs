@@ -34,9 +34,11 @@ struct Header {
 }
 
 impl Header {
-    /// A record's kind is never 0: zeros where a header should be are a segment's padding.
-    fn valid(&self) -> bool {
-        matches!(self.kind, KIND_STDOUT | KIND_STDERR | KIND_EVENT)
+    /// The header in `b` if all of it was read (`got` bytes) and it is one: a record's kind
+    /// is never 0, so zeros where a header should be are a segment's padding.
+    fn read(got: usize, b: &[u8; HEADER_BYTES]) -> Option<Header> {
+        let h = (got == HEADER_BYTES).then(|| Header::parse(b))?;
+        matches!(h.kind, KIND_STDOUT | KIND_STDERR | KIND_EVENT).then_some(h)
     }
 
     fn parse(b: &[u8; HEADER_BYTES]) -> Header {
@@ -161,8 +163,8 @@ impl SpoolReader {
             }
             let mut hb = [0u8; HEADER_BYTES];
             let got = file.read_at(&self.dir, self.pos, &mut hb)?;
-            let valid = got == HEADER_BYTES && Header::parse(&hb).valid();
-            if limit.is_some() && !valid {
+            let header = Header::read(got, &hb);
+            if limit.is_some() && header.is_none() {
                 // Inside what the live writer has published: never padding.
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -172,7 +174,7 @@ impl SpoolReader {
                     ),
                 ));
             }
-            if !valid {
+            let Some(h) = header else {
                 // End of this segment (or a torn record, or the zeros that pad a segment's
                 // last block, where its writer stopped before finishing it: a crash, a spool
                 // failure).
@@ -181,8 +183,7 @@ impl SpoolReader {
                     continue;
                 }
                 return Ok(None);
-            }
-            let h = Header::parse(&hb);
+            };
             let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
             let skip = self.skipping
                 && if is_output {
@@ -259,8 +260,8 @@ impl SpoolReader {
             // Missing segments: the gap's extent comes from the next record's header.
             let mut file = Source::File(File::open(segment_path(&self.dir, next))?);
             let mut hb = [0u8; HEADER_BYTES];
-            if file.read_at(&self.dir, 0, &mut hb)? == HEADER_BYTES && Header::parse(&hb).valid() {
-                let h = Header::parse(&hb);
+            let got = file.read_at(&self.dir, 0, &mut hb)?;
+            if let Some(h) = Header::read(got, &hb) {
                 let is_output = h.kind == KIND_STDOUT || h.kind == KIND_STDERR;
                 let next_seq = if is_output { h.seq } else { h.seq + 1 };
                 if next_seq > self.last_seq + 1 {
