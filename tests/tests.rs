@@ -3,6 +3,7 @@
 //! one module.
 //!
 //! Layout:
+//! - `heap`: the binary's global allocator, counting live heap bytes.
 //! - `util`: the shared harness (hook builds, scratch dirs, configs, servers, clients).
 //! - `server`: the server through a real WebSocket, with real child processes.
 //! - `cli`: the built `ccx` binary as a user runs it (`serve`, `exec`, `hooks new`).
@@ -55,6 +56,7 @@
 //!   clients that never read, `ulimit -n 256` and a full disk: clear refusals, no crash,
 //!   served again after.
 
+mod heap;
 mod util;
 
 mod audit;
