@@ -3,7 +3,10 @@
 //! sends `execute "sleep 1"` at once; reports the time from the first send until the last
 //! `process.completed`, when the jobs' `process.started` arrived (first, median, last), the
 //! server's CPU time over the run and its resident memory (peak and
-//! after). N = 200 and 1,000 (200 only with `CCX_BENCH_QUICK`). Prints a Markdown table.
+//! after). N = 200 and 1,000 (200 only with `CCX_BENCH_QUICK`), with the locale the bench was
+//! started with, then 1,000 again with `LC_ALL=C`: each `sleep` loads its locale's files at
+//! start (a dozen for `C.UTF-8`), and the server passes its environment on to jobs, so the
+//! locale decides much of what the jobs themselves cost. Prints a Markdown table.
 
 #[path = "support/common.rs"]
 mod common;
@@ -12,7 +15,9 @@ mod util;
 
 use std::time::{Duration, Instant};
 
-use common::{connect, cpu_time, folder, multi_thread_runtime, send_execute, start_server, stop};
+use common::{
+    connect, cpu_time, folder, multi_thread_runtime, send_execute, start_server_with, stop,
+};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
@@ -50,17 +55,28 @@ fn main() {
     let _ = ccx::containment::nofile::raise_open_file_limit();
     let rt = multi_thread_runtime();
     let tmp = util::scratch();
-    let sizes: &[usize] = if common::quick() {
-        &[200]
+    let inherited = std::env::var("LC_ALL")
+        .or_else(|_| std::env::var("LANG"))
+        .map(|l| format!("locale `{l}`"))
+        .unwrap_or_else(|_| "no locale set".into());
+    let c_locale: &[(&str, &str)] = &[("LC_ALL", "C")];
+    let runs: &[(usize, &[(&str, &str)])] = if common::quick() {
+        &[(200, &[])]
     } else {
-        &[200, 1000]
+        &[(200, &[]), (1000, &[]), (1000, c_locale)]
     };
     println!(
         "| connections, each `sleep 1` at once | all completed after | `process.started` first / median / last | server CPU | server RSS: idle / peak / after |"
     );
     println!("|---|---|---|---|---|");
-    for &n in sizes {
-        let (mut child, url, _) = start_server(&folder(tmp.path(), &format!("c{n}")), "serve", "");
+    for (run, &(n, env)) in runs.iter().enumerate() {
+        let dir = folder(tmp.path(), &format!("c{run}"));
+        let (mut child, url, _) = start_server_with(&dir, "serve", "", env);
+        let label = if env.is_empty() {
+            format!("{n}, {inherited}")
+        } else {
+            format!("{n}, `LC_ALL=C`")
+        };
         let pid = child.id();
         std::thread::sleep(Duration::from_millis(300));
         let (idle, _) = rss_mib(pid);
@@ -98,7 +114,7 @@ fn main() {
         });
         let (after, peak) = rss_mib(pid);
         println!(
-            "| {n} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {idle:.1} / {peak:.1} / {after:.1} MiB |",
+            "| {label} | {:.2} s | {:.2} / {:.2} / {:.2} s | {:.2} s | {idle:.1} / {peak:.1} / {after:.1} MiB |",
             elapsed.as_secs_f64(),
             spread.0,
             spread.1,

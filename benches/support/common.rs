@@ -56,14 +56,22 @@ pub fn start_server(
     tag: &str,
     config: &str,
 ) -> (std::process::Child, String, Duration) {
+    start_server_with(dir, tag, config, &[])
+}
+
+/// [`start_server`] with extra environment variables for the server (and so its jobs).
+pub fn start_server_with(
+    dir: &std::path::Path,
+    tag: &str,
+    config: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String, Duration) {
     let cfg = dir.join(format!("{tag}.toml"));
     std::fs::write(&cfg, config).unwrap();
     let started = Instant::now();
-    let (child, addr, _) = util::spawn_ccx_serve(
-        env!("CARGO_BIN_EXE_ccx"),
-        &cfg,
-        &[("RUST_LOG", "warn,ccx::server=info")],
-    );
+    let mut vars = vec![("RUST_LOG", "warn,ccx::server=info")];
+    vars.extend_from_slice(env);
+    let (child, addr, _) = util::spawn_ccx_serve(env!("CARGO_BIN_EXE_ccx"), &cfg, &vars);
     while health(&addr)["status"] != "healthy" {
         std::thread::sleep(Duration::from_millis(5));
     }
