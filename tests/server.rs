@@ -27,6 +27,21 @@ async fn connect_announces_session_and_capabilities() {
     }
 }
 
+/// A job's `process.completed` means its session is free: an `execute` sent the moment it
+/// arrives starts at once (a soak once saw one queued behind the job that had just ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_execute_sent_on_a_completion_starts_at_once() {
+    let server = TestServer::start(test_config()).await;
+    let mut ws = server.connect().await;
+    for i in 0..300 {
+        let reply = ws.call("execute", json!({"command": "true"})).await;
+        assert_eq!(reply["result"]["status"], "started", "job {i}: {reply}");
+        let job = reply["result"]["job_id"].as_str().unwrap().to_string();
+        let events = ws.collect(&job).await;
+        assert_eq!(completion(&events)["status"], "completed", "job {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_then_started_then_output_then_exactly_one_completion() {
     let server = TestServer::start(test_config()).await;

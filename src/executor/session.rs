@@ -75,6 +75,10 @@ pub(super) struct Head {
     pub(super) phase: Phase,
     /// Closes when the job's task has sent its terminal event and let go of the session.
     pub(super) done: watch::Receiver<()>,
+    /// Set when the job's task is about to send its terminal event: a client may answer that
+    /// event with its next `execute` before the task has let go, and that `execute` waits for
+    /// `done` rather than queue behind a job that has ended.
+    pub(super) ending: bool,
 }
 
 pub(super) enum Phase {
@@ -178,8 +182,16 @@ impl Session {
                 Err(e) => return Err(ExecError::Registry(e)),
             }
         }
-        let answer = {
+        let answer = loop {
             let mut st = self.inner.state.lock().await;
+            let ended = st.head.as_ref().filter(|h| h.ending && st.queue.is_empty());
+            if let Some(head) = ended {
+                let mut done = head.done.clone();
+                drop(st);
+                // Closes (an error) once the ending job has let go of the session.
+                let _ = done.changed().await;
+                continue;
+            }
             let refusal = if st.closed {
                 Some(ExecError::Closed)
             } else if st.head.is_some() && st.queue.len() >= cfg.max_queue {
@@ -224,7 +236,7 @@ impl Session {
                     let (tx, rx) = oneshot::channel();
                     self.inner
                         .take_head(&mut st, job_id, request, log, Some(tx), false);
-                    rx
+                    break rx;
                 }
                 Some(head) => {
                     let ahead = usize::from(head.visible_starting());
@@ -482,6 +494,7 @@ impl SessionInner {
             cancel: cancel.clone(),
             phase: Phase::Starting { answered },
             done: done_rx,
+            ending: false,
         });
         job::spawn(JobStart {
             inner: self.clone(),

@@ -143,6 +143,11 @@ impl SessionInner {
         answer: Option<Answer>,
         done: watch::Sender<()>,
     ) {
+        if let Some(head) = self.state.lock().await.head.as_mut()
+            && head.job_id == *job_id
+        {
+            head.ending = true;
+        }
         let reply = match answer {
             Some(tx) => match end.refusal(job_id) {
                 Some(err) => {
