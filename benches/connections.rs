@@ -72,10 +72,11 @@ fn main() {
     for (run, &(n, env)) in runs.iter().enumerate() {
         let dir = folder(tmp.path(), &format!("c{run}"));
         let (mut child, url, _) = start_server_with(&dir, "serve", "", env);
-        let label = if env.is_empty() {
+        let set: Vec<String> = env.iter().map(|(k, v)| format!("`{k}={v}`")).collect();
+        let label = if set.is_empty() {
             format!("{n}, {inherited}")
         } else {
-            format!("{n}, `LC_ALL=C`")
+            format!("{n}, {}", set.join(" "))
         };
         let pid = child.id();
         std::thread::sleep(Duration::from_millis(300));

@@ -240,10 +240,12 @@ async fn random_answers_in_this_process() {
     // The host keeps nothing of an answer: the live heap levels off after the warm-up.
     let mib = |kib: u64| format!("{:.1}", kib as f64 / 1024.0);
     let mibs = |v: &[u64]| v.iter().map(|&k| mib(k)).collect::<Vec<_>>().join(", ");
-    let warm = |v: &[u64]| v[1.min(v.len() - 1)];
+    // (after the warm-up, at the end) of a series.
+    let ends = |v: &[u64]| (v[1.min(v.len() - 1)], *v.last().unwrap());
+    let ((heap_warm, heap_end), (rss_warm, rss_end)) = (ends(&heap), ends(&rss));
     let (heap_growth, rss_growth) = (
-        *heap.last().unwrap() as f64 / warm(&heap) as f64,
-        *rss.last().unwrap() as f64 / warm(&rss) as f64,
+        heap_end as f64 / heap_warm as f64,
+        rss_end as f64 / rss_warm as f64,
     );
     println!(
         "hook boundary: {n} random answers per stage: {seen:?}; MiB at each fifth: live heap \
@@ -258,11 +260,10 @@ async fn random_answers_in_this_process() {
     // at a sample). Resident memory also holds what the allocator keeps for reuse and the
     // linear memory pages of each pool slot as it is first used, so it only has to stay
     // within twice its level after the warm-up.
-    let heap_end = *heap.last().unwrap();
     assert!(
-        heap_end <= warm(&heap) + warm(&heap) / 10 + 1024,
+        heap_end <= heap_warm + heap_warm / 10 + 1024,
         "the live heap grew from {} to {} MiB after the warm-up: [{}]",
-        mib(warm(&heap)),
+        mib(heap_warm),
         mib(heap_end),
         mibs(&heap)
     );
